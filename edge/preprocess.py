@@ -169,7 +169,7 @@ class AugmentSpec:
 
     hflip: bool = True
     rotation_degrees: float = 10.0
-    scale: tuple[float, float] = (0.6, 1.0)
+    scale: tuple[float, float] = (0.7, 1.0)
     brightness: float = 0.3
     contrast: float = 0.3
     saturation: float = 0.3

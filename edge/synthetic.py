@@ -34,14 +34,14 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     img = c0 * (1 - t[..., None]) + c1 * t[..., None]
     img = img.astype(np.uint8)
-    for _ in range(rng.integers(2, 7)):  # clutter: circles and rectangles of random colours
+    for _ in range(rng.integers(1, 5)):  # clutter: circles and rectangles of random colours
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
         if rng.random() < 0.5:
             center = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-            cv2.circle(img, center, int(rng.integers(3, max(4, w // 6))), color, -1, cv2.LINE_AA)
+            cv2.circle(img, center, int(rng.integers(3, max(4, w // 8))), color, -1, cv2.LINE_AA)
         else:
             p0 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-            p1 = (p0[0] + int(rng.integers(-w // 4, w // 4)), p0[1] + int(rng.integers(-h // 4, h // 4)))
+            p1 = (p0[0] + int(rng.integers(-w // 6, w // 6)), p0[1] + int(rng.integers(-h // 6, h // 6)))
             cv2.rectangle(img, p0, p1, color, -1)
     return img
 
@@ -62,12 +62,12 @@ def render_sample(label: str, rng: np.random.Generator, width: int = 160, height
     if label != "none":
         base = DIRECTIONS[label]
         size = min(width, height)
-        length = rng.uniform(0.35, 0.75) * size
+        length = rng.uniform(0.5, 0.8) * size
         margin = length * 0.55
         cx = rng.uniform(margin, max(margin + 1, width - margin))
         cy = rng.uniform(margin, max(margin + 1, height - margin))
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
-        draw_arrow(img, (cx, cy), length, base + rng.uniform(-20, 20), color)
+        draw_arrow(img, (cx, cy), length, base + rng.uniform(-15, 15), color)
     noise = rng.normal(0, rng.uniform(2, 12), img.shape)
     img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     if rng.random() < 0.3:

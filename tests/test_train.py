@@ -1,0 +1,208 @@
+"""`train`: real transfer learning on the synthetic dataset, end-to-end runs, dataset validation, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from edge.metadata import load_checkpoint, load_model
+from edge.preprocess import preprocess_batch
+from edge.synthetic import make_dataset
+from train.cli import main as train_main
+from train.dataset import scan_dataset
+from train.trainer import TrainConfig, train_model
+
+
+@pytest.fixture(scope="module")
+def arrows(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("arrows") / "data", per_class=80, seed=11)
+
+
+@pytest.fixture(scope="module")
+def trained(arrows, tmp_path_factory):
+    """efficientnet_lite0 with its offline ImageNet weights, head mode: the quickstart's path."""
+    out = tmp_path_factory.mktemp("run") / "model"
+    rc = train_main(["--data", str(arrows), "--arch", "efficientnet_lite0", "--weights", "imagenet", "--mode", "head",
+                     "--output", str(out), "--no-progress", "--cache-views", "3"])
+    assert rc == 0
+    return out
+
+
+def test_transfer_learning_reaches_95_percent(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["val_accuracy"] >= 0.95
+    assert metrics["val_images"] == 32
+    for key in ("per_class", "confusion_matrix", "epochs", "seconds"):
+        assert key in metrics
+    assert set(metrics["per_class"]) == {"down", "up"}
+    assert {"precision", "recall"} <= set(metrics["per_class"]["up"])
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 32
+
+
+def test_pretrained_features_are_what_makes_it_work(arrows, tmp_path):
+    """Same data and recipe from random init stays far below: the test above measures real transfer."""
+    result = train_model(TrainConfig(data=arrows, output=tmp_path / "rand", arch="efficientnet_lite0", weights="none",
+                                     mode="head", cache_views=1), progress=False)
+    assert result.metrics["val_accuracy"] < 0.9
+
+
+def test_outputs_are_complete_and_loadable(trained):
+    assert (trained / "labels.txt").read_text().split() == ["down", "up"]
+    png = cv2.imread(str(trained / "confusion_matrix.png"))
+    assert png is not None and png.shape[0] > 100
+    raw = torch.load(trained / "model.pt", map_location="cpu", weights_only=True)  # no pickled code
+    assert raw["meta"]["arch"] == "efficientnet_lite0"
+    _, meta, _ = load_checkpoint(trained / "model.pt")
+    assert meta.class_names == ["down", "up"]
+    assert meta.preprocess.mean == (0.5, 0.5, 0.5)
+    assert meta.training["mode"] == "head"
+    assert not [p for p in trained.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_model_learned_orientation_not_colors(trained, tmp_path):
+    """Vertically flipped arrows get the *other* label: the label lives in the orientation (why no vflip aug)."""
+    model, meta = load_model(trained / "model.pt")
+    fresh = make_dataset(tmp_path / "fresh", per_class=15, seed=99)
+    images, labels = [], []
+    for idx, name in enumerate(meta.class_names):
+        for f in sorted((fresh / name).glob("*.jpg")):
+            images.append(cv2.imread(str(f)))
+            labels.append(idx)
+    labels = np.asarray(labels)
+    with torch.inference_mode():
+        upright = model(torch.from_numpy(preprocess_batch(images, meta.preprocess))).argmax(1).numpy()
+        flipped = model(torch.from_numpy(preprocess_batch([im[::-1] for im in images], meta.preprocess))).argmax(1).numpy()
+    assert (upright == labels).mean() >= 0.9
+    assert (flipped == labels).mean() <= 0.1
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "squeezenet1_1"])
+def test_random_init_end_to_end_on_cpu(arch, synthetic_dataset, tmp_path):
+    out = tmp_path / arch
+    rc = train_main(["--data", str(synthetic_dataset), "--arch", arch, "--weights", "none", "--mode", "finetune",
+                     "--epochs", "1", "--batch-size", "8", "--output", str(out), "--no-progress"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 1 and metrics["epochs"][0]["stage"] == "finetune"
+    model, meta = load_model(out / "model.pt")
+    assert meta.arch == arch and meta.class_names == ["down", "up"]
+
+
+def test_two_stage_then_resume_continues(synthetic_dataset, tmp_path):
+    out = tmp_path / "two"
+    base = ["--data", str(synthetic_dataset), "--arch", "mobilenet_v3_small", "--weights", "none", "--mode", "two-stage",
+            "--batch-size", "8", "--output", str(out), "--no-progress", "--cache-views", "1"]
+    assert train_main(base + ["--epochs", "1"]) == 0
+    first = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert [e["stage"] for e in first] == ["head", "finetune"]
+    assert train_main(base + ["--epochs", "1", "--finetune-epochs", "2", "--resume"]) == 0
+    second = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert [(e["stage"], e["epoch"]) for e in second] == [("head", 1), ("finetune", 1), ("finetune", 2)]
+
+
+def test_continue_from_older_model_after_adding_a_class(synthetic_dataset, tmp_path, caplog):
+    out1 = tmp_path / "two_classes"
+    assert train_main(["--data", str(synthetic_dataset), "--arch", "resnet18", "--weights", "none", "--epochs", "1",
+                       "--output", str(out1), "--no-progress", "--cache-views", "1"]) == 0
+    data3 = tmp_path / "three"
+    shutil.copytree(synthetic_dataset, data3)
+    make_dataset(data3, per_class=10, classes=("left",), seed=5)
+    out2 = tmp_path / "three_classes"
+    caplog.clear()
+    caplog.set_level("INFO")
+    assert train_main(["--data", str(data3), "--arch", "resnet18", "--weights", str(out1 / "model.pt"), "--epochs", "1",
+                       "--output", str(out2), "--no-progress", "--cache-views", "1"]) == 0
+    log = caplog.text
+    assert "left fresh" in log and "fc.weight" in log and "fc.bias" in log
+    assert load_checkpoint(out2 / "model.pt")[1].class_names == ["down", "left", "up"]
+
+
+# ------------------------------------------------------------------ dataset validation
+
+def test_bad_images_are_skipped_and_counted_not_fatal(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=6, seed=1)
+    good = (data / "up" / "up_00000.jpg").read_bytes()
+    (data / "up" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (data / "down" / "garbage.jpg").write_bytes(b"\x00" * 100)
+    (data / "down" / ".tmp-half-written.jpg").write_bytes(good[:50])  # capture's temp names are ignored
+    (data / "empty_class").mkdir()
+    info = scan_dataset(data, 0.2, 0)
+    assert sorted(p for p, _ in info.skipped) == sorted([str(data / "down" / "garbage.jpg"), str(data / "up" / "truncated.jpg")])
+    assert info.classes == ["down", "up"]
+    assert any("empty_class" in w for w in info.warnings)
+    assert sum(info.counts("train").values()) + sum(info.counts("val").values()) == 12
+    lines = "\n".join(info.summary_lines())
+    assert "skipped 2 unreadable" in lines
+
+
+def test_stratified_seeded_split_and_imbalance_flag(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=10, seed=1)
+    make_dataset(data, per_class=40, classes=("left",), seed=2)
+    a, b = scan_dataset(data, 0.2, 7), scan_dataset(data, 0.2, 7)
+    assert [s.path for s in a.val] == [s.path for s in b.val]
+    assert a.counts("val") == {"down": 2, "left": 8, "up": 2}
+    assert any("imbalance" in w for w in a.warnings)
+
+
+def test_presplit_train_val_folders_are_used(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=10, seed=1, split=True)
+    info = scan_dataset(data, 0.5, 0)
+    assert info.presplit and info.counts("val") == {"down": 2, "up": 2}
+    assert all("/val/" in s.path for s in info.val)
+
+
+# ------------------------------------------------------------------ bad input: one line, non-zero, nothing written
+
+def _run_train_cli(args, cwd):
+    return subprocess.run([sys.executable, "-m", "train", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["missing_data", "single_class", "unknown_arch", "bad_weights", "unwritable_output"])
+def test_bad_input_is_one_clear_line(case, tmp_path, synthetic_dataset):
+    out = tmp_path / "out"
+    args = ["--data", str(synthetic_dataset), "--arch", "squeezenet1_1", "--weights", "none", "--epochs", "1", "--output", str(out)]
+    expect = ""
+    if case == "missing_data":
+        args[1] = str(tmp_path / "nope")
+        expect = "not found"
+    elif case == "single_class":
+        one = tmp_path / "one"
+        shutil.copytree(synthetic_dataset / "up", one / "up")
+        args[1] = str(one)
+        expect = "at least 2 classes"
+    elif case == "unknown_arch":
+        args[3] = "resnet9000"
+        expect = "unknown arch"
+    elif case == "bad_weights":
+        bad = tmp_path / "w.pth"
+        bad.write_bytes(b"\x80\x02garbage")
+        args[5] = str(bad)
+        expect = "cannot read weights file"
+    elif case == "unwritable_output":
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        out = ro / "out"
+        args[-1] = str(out)
+        expect = "ro"
+        if os.geteuid() == 0:  # root writes anywhere: use a path under a regular file instead
+            blocker = tmp_path / "file"
+            blocker.write_text("x")
+            out = blocker / "out"
+            args[-1] = str(out)
+            expect = "cannot create output directory"
+    proc = _run_train_cli(args, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not out.exists()

@@ -1,0 +1,68 @@
+"""`train`: fine-tune a pretrained CNN on an ImageFolder dataset."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from edge.errors import cli_entry
+from edge.preprocess import AugmentSpec
+from edge.registry import list_models
+
+from .trainer import MODES, TrainConfig, train_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train",
+        description="Fine-tune a pretrained CNN on DATA/<label>/*.jpg (or DATA/train + DATA/val) and write "
+        "model.pt, labels.txt, metrics.json and confusion_matrix.png to --output.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="ImageFolder dataset directory")
+    p.add_argument("--arch", default="squeezenet1_1", help=f"model architecture: {', '.join(list_models())}")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet (downloaded and cached by torchvision; efficientnet_lite0's ship offline), none "
+                        "(random init), or PATH to a torchvision .pth or one of our model.pt files")
+    p.add_argument("--mode", default="head", choices=MODES,
+                   help="head: freeze the backbone, train the classifier on cached features (seconds); "
+                        "finetune: train all layers, backbone at a lower LR; two-stage: head, then finetune")
+    p.add_argument("--epochs", type=int, default=20, help="epochs (per stage in two-stage mode)")
+    p.add_argument("--finetune-epochs", type=int, default=None, help="two-stage: epochs of the finetune stage")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 32 (16 on 4 GB Jetsons)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the head (default 1e-2 on cached features, 1e-3 when fine-tuning; "
+                        "the backbone gets x0.1)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--output", type=Path, default=Path("runs/model"), help="output directory")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="stratified validation split when DATA has no val/")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=5, help="early stop after N epochs without better val accuracy")
+    p.add_argument("--cache-views", type=int, default=4, help="head mode: feature views per image (1 clean + augmented)")
+    p.add_argument("--no-hflip", dest="hflip", action="store_false",
+                   help="disable horizontal-flip augmentation (when left vs right is the label)")
+    p.add_argument("--workers", type=int, default=None, help="data-loader workers for finetune")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s", stream=sys.stdout)
+    cfg = TrainConfig(
+        data=a.data, output=a.output, arch=a.arch, weights=a.weights, mode=a.mode, epochs=a.epochs,
+        finetune_epochs=a.finetune_epochs, batch_size=a.batch_size, lr=a.lr, device=a.device,
+        val_fraction=a.val_fraction, seed=a.seed, patience=a.patience, cache_views=a.cache_views,
+        augment=AugmentSpec(hflip=a.hflip), workers=a.workers, resume=a.resume,
+    )
+    result = train_model(cfg, progress=False if a.no_progress else None)
+    print(f"val accuracy {result.metrics['val_accuracy']:.3f}; model written to {result.output / 'model.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

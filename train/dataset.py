@@ -1,0 +1,217 @@
+"""Dataset scanning, validation, stratified split and in-memory loading for training.
+
+Layout: torchvision ImageFolder (`DATA/<label>/*.jpg`); if `DATA/train` and `DATA/val` exist they are used as
+they are, otherwise a seeded, stratified split. Every image is decoded once up front: unreadable or truncated
+files are skipped and counted (never a crash mid-epoch), empty classes and strong imbalance are flagged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edge.errors import EdgeError
+from edge.fsutil import is_temp_name
+
+log = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMBALANCE_RATIO = 3.0  # largest/smallest class count above which we warn
+# Images are kept in memory with this shorter side at most (enough for 224 crops; memory-aware on a Nano).
+MAX_KEEP_SIDE = 320
+
+
+def is_image_file(path: str) -> bool:
+    name = os.path.basename(path)
+    return name.lower().endswith(IMG_EXTENSIONS) and not is_temp_name(name) and not name.startswith(".")
+
+
+@dataclass
+class Sample:
+    path: str
+    target: int
+
+
+@dataclass
+class DatasetInfo:
+    root: Path
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    presplit: bool
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    warnings: list[str] = field(default_factory=list)
+
+    def counts(self, which: str) -> dict[str, int]:
+        c = Counter(s.target for s in getattr(self, which))
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+    def summary_lines(self) -> list[str]:
+        tr, va = self.counts("train"), self.counts("val")
+        width = max(len(c) for c in self.classes)
+        lines = [f"dataset {self.root} ({'train/val folders' if self.presplit else 'stratified split'}):"]
+        lines += [f"  {c:<{width}}  train {tr[c]:>5}  val {va[c]:>5}" for c in self.classes]
+        if self.skipped:
+            first = self.skipped[0]
+            lines.append(f"  skipped {len(self.skipped)} unreadable image(s), e.g. {first[0]}: {first[1]}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return lines
+
+
+def _list_class_files(folder: Path) -> dict[str, list[str]]:
+    from torchvision.datasets.folder import find_classes
+
+    try:
+        classes, _ = find_classes(str(folder))
+    except FileNotFoundError:
+        classes = []
+    out = {}
+    for c in classes:
+        files = []
+        for dirpath, _, names in os.walk(folder / c, followlinks=True):
+            files += [os.path.join(dirpath, n) for n in names if is_image_file(n)]
+        out[c] = sorted(files)
+    return out
+
+
+def check_image(path: str) -> str | None:
+    """Decode an image fully (at reduced JPEG scale, fast); return the reason it is unusable, or None."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (64, 64))
+            img.load()
+            if img.width < 8 or img.height < 8:
+                return f"too small ({img.width}x{img.height})"
+    except Exception as e:  # noqa: BLE001 - any decoder failure means the file is skipped
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> DatasetInfo:
+    """List, validate and split an ImageFolder dataset. Raises EdgeError for unusable input."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgeError(
+            f"data directory {str(root)!r} not found; create it with `capture --label NAME --data {root}` "
+            f"or point --data at an ImageFolder dataset (DATA/<label>/*.jpg)"
+        )
+    if not 0.0 < val_fraction < 1.0:
+        raise EdgeError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    presplit = (root / "train").is_dir() and (root / "val").is_dir()
+    if presplit:
+        train_files = _list_class_files(root / "train")
+        val_files = _list_class_files(root / "val")
+    else:
+        train_files = _list_class_files(root)
+        val_files = {}
+    skipped: list[tuple[str, str]] = []
+
+    def good(files: list[str]) -> list[str]:
+        kept = []
+        for f in files:
+            reason = check_image(f)
+            if reason is None:
+                kept.append(f)
+            else:
+                skipped.append((f, reason))
+                log.warning("skipping unreadable image %s (%s)", f, reason)
+        return kept
+
+    train_files = {c: good(fs) for c, fs in train_files.items()}
+    val_files = {c: good(fs) for c, fs in val_files.items()}
+    warnings = []
+    empty = [c for c, fs in train_files.items() if not fs]
+    if empty:
+        warnings.append(f"class(es) with no usable images left out: {', '.join(empty)}")
+    classes = [c for c, fs in train_files.items() if fs]
+    if len(classes) < 2:
+        found = f"{len(classes)} ({', '.join(classes)})" if classes else "none"
+        where = root / "train" if presplit else root
+        raise EdgeError(
+            f"need at least 2 classes with images in {str(where)!r}, found {found}; "
+            f"add one folder of images per label, e.g. `capture --label OTHER --data {root}`"
+        )
+    extra_val = sorted(set(val_files) - set(classes))
+    if extra_val:
+        warnings.append(f"val classes not in train ignored: {', '.join(extra_val)}")
+    target = {c: i for i, c in enumerate(classes)}
+    train: list[Sample] = []
+    val: list[Sample] = []
+    if presplit:
+        for c in classes:
+            train += [Sample(f, target[c]) for f in train_files[c]]
+            val += [Sample(f, target[c]) for f in val_files.get(c, [])]
+            if not val_files.get(c):
+                warnings.append(f"class {c!r} has no validation images")
+    else:
+        rng = random.Random(seed)
+        for c in classes:
+            files = list(train_files[c])
+            rng.shuffle(files)
+            n_val = int(round(len(files) * val_fraction))
+            if len(files) >= 2:
+                n_val = min(max(n_val, 1), len(files) - 1)
+            else:
+                n_val = 0
+                warnings.append(f"class {c!r} has a single image: nothing to validate it with")
+            val += [Sample(f, target[c]) for f in sorted(files[:n_val])]
+            train += [Sample(f, target[c]) for f in sorted(files[n_val:])]
+    counts = Counter(s.target for s in train)
+    lo, hi = min(counts.values()), max(counts.values())
+    if lo and hi / lo > IMBALANCE_RATIO:
+        small = classes[min(counts, key=counts.get)]
+        big = classes[max(counts, key=counts.get)]
+        warnings.append(
+            f"strong class imbalance: {big!r} has {hi} training images, {small!r} only {lo}; capture more of {small!r}"
+        )
+    if not val:
+        raise EdgeError(f"no validation images in {str(root)!r}; add images (at least 2 per class) or a val/ folder")
+    return DatasetInfo(root, classes, train, val, presplit, skipped, warnings)
+
+
+def load_rgb(path: str, max_side: int = MAX_KEEP_SIDE) -> Image.Image:
+    """Decode an image as RGB, downscaled so its shorter side is at most `max_side` (keeps memory bounded)."""
+    with Image.open(path) as img:
+        img.draft("RGB", (max_side, max_side))
+        img = img.convert("RGB")
+    short = min(img.size)
+    if short > max_side:
+        scale = max_side / short
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+    return img
+
+
+class InMemoryImages:
+    """A torch-style dataset over images decoded once into memory, with a transform applied per access."""
+
+    def __init__(self, images: list[Image.Image], targets: list[int], transform=None):
+        self.images, self.targets, self.transform = images, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]
+        return (self.transform(img) if self.transform else img), self.targets[i]
+
+
+def load_samples(samples: list[Sample], max_side: int = MAX_KEEP_SIDE) -> tuple[list[Image.Image], list[int]]:
+    return [load_rgb(s.path, max_side) for s in samples], [s.target for s in samples]
+
+
+def eval_batch(samples: list[Sample], spec) -> np.ndarray:
+    """Val images through the exact runtime preprocessing (full-resolution decode) -> N x 3 x S x S float32."""
+    from edge.preprocess import preprocess_image
+
+    out = np.empty((len(samples), 3, spec.input_size, spec.input_size), np.float32)
+    for i, s in enumerate(samples):
+        with Image.open(s.path) as img:
+            preprocess_image(np.asarray(img.convert("RGB")), spec, "RGB", out=out[i])
+    return out
