@@ -14,12 +14,22 @@ class EdgeError(Exception):
     exit_code = 2
 
 
+def brief(e: BaseException, limit: int = 160) -> str:
+    """`Type: first line of message`, short enough for a one-line error (library messages can span pages)."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def run_cli(main: Callable[[], int]) -> int:
     """Run a CLI body, turning EdgeError (and Ctrl-C) into one line on stderr and a non-zero exit code."""
     try:
         return main()
     except EdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # one line, whatever a wrapped library put in the message
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         logging.getLogger(__name__).debug("details", exc_info=True)
         return e.exit_code
     except KeyboardInterrupt:

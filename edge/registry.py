@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .errors import EdgeError
+from .errors import EdgeError, brief
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def _tv_loader(name: str) -> Callable[[nn.Module], None]:
             state = weights.get_state_dict(progress=True, check_hash=True)
         except Exception as e:  # noqa: BLE001 - network, hash and cache errors all mean "no weights here"
             raise EdgeError(
-                f"could not get ImageNet weights for {name} ({type(e).__name__}: {e}); on an offline device pass "
+                f"could not get ImageNet weights for {name} ({brief(e)}); on an offline device pass "
                 f"--weights PATH (a torchvision .pth or one of our model.pt files), or use --arch efficientnet_lite0, "
                 f"whose ImageNet weights ship with the package"
             ) from e
@@ -245,7 +245,7 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling error means the same thing to the user
-        raise EdgeError(f"cannot read weights file {str(p)!r} (corrupt, truncated, or not a PyTorch file): {e}") from e
+        raise EdgeError(f"cannot read weights file {str(p)!r} (corrupt, truncated, or not a PyTorch file: {brief(e)})") from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
