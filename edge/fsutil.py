@@ -13,6 +13,17 @@ from .errors import EdgeError
 TEMP_PREFIX = ".tmp-"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; finished files get the permissions a plain open() would give them, so a service
+# running as another user (systemd's dedicated user) can read the models and datasets we write
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def is_temp_name(name: str) -> bool:
     """True for the temporary names our atomic writers use (readers such as the trainer skip them)."""
     return os.path.basename(name).startswith(TEMP_PREFIX)
@@ -35,6 +46,12 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory")
     return p
 
 
+def make_readable(path: str | os.PathLike) -> None:
+    """Give a file created by mkstemp (0600) the permissions a plain open() would have given it."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, _FILE_MODE)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write to a temporary file beside `path`, fsync it, then `os.replace` it into place.
@@ -47,6 +64,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), _FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:

@@ -1,0 +1,233 @@
+"""Training checkpoint -> verified ONNX file with the model's metadata embedded.
+
+The graph: input `input` (Nx3xSxS float32, normalized RGB, dynamic batch) -> network -> softmax -> output
+`probabilities` (NxC float32). The FP16 variant keeps float32 input and output (a Cast in, the network in
+float16, softmax in float32), so every backend feeds both variants the same batch.
+
+Opset: 11 by default. Every TensorRT that JetPack has shipped parses it (TensorRT 7.1 on JetPack 4.4, which needs
+opset <= 11, through 8.2 on the Nano's last JetPack 4.6, 8.5 on JetPack 5 and 10.x on JetPack 6), as do
+onnxruntime builds, and the registry's CNNs use nothing newer. `--opset` picks another (9 to 20).
+The TorchScript exporter (`dynamo=False`) is used: it writes exactly the opset asked for (the torch.export-based
+exporter starts at opset 18 and converts down, which old TensorRT parsers handle poorly) and needs no onnxscript.
+
+The file is written under a temporary name in the output directory, verified (export.verify), and only then
+renamed into place: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edge.errors import EdgeError
+from edge.fsutil import TEMP_PREFIX, ensure_writable_dir
+from edge.metadata import ONNX_META_KEY, ModelMeta, load_model, sha256_file
+from edge.onnx_meta import EXPORT_INFO_KEY, INPUT_NAME, OUTPUT_NAME
+
+from .cache import make_readable
+from .verify import (
+    DEFAULT_VERIFY_IMAGES,
+    ExportVerificationError,
+    InputBatch,
+    VerifyReport,
+    torch_probabilities,
+    verification_inputs,
+    verify_onnx,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 11
+MIN_OPSET, MAX_OPSET = 9, 20  # the TorchScript exporter's range that still makes sense for these CNNs
+PRODUCER = "jetson-edge-classifier"
+
+
+def check_opset(opset: int) -> int:
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise EdgeError(
+            f"--opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} "
+            f"({DEFAULT_OPSET} for old Jetson TensorRT 7.x/8.x, the default)"
+        )
+    return opset
+
+
+def default_onnx_path(checkpoint: str | os.PathLike, fp16: bool = False) -> Path:
+    """`runs/x/model.pt` -> `runs/x/model.onnx` (or `model.fp16.onnx`)."""
+    p = Path(checkpoint)
+    return p.with_name(p.stem + (".fp16.onnx" if fp16 else ".onnx"))
+
+
+def resolve_output(checkpoint: str | os.PathLike, output: str | os.PathLike | None, fp16: bool = False) -> Path:
+    """The ONNX path to write: `output` (a file, or an existing directory to put the default name in) or the default.
+
+    Checks the location is writable (creating missing directories) and is not the checkpoint itself.
+    """
+    default = default_onnx_path(checkpoint, fp16)
+    if output is None:
+        out = default
+    else:
+        out = Path(output)
+        if out.is_dir() or str(output).endswith(("/", os.sep)):
+            out = out / default.name
+    if out.exists() and out.is_dir():
+        raise EdgeError(f"output {str(out)!r} is a directory; pass a file name such as {default.name!r}")
+    with contextlib.suppress(OSError):
+        if out.resolve() == Path(checkpoint).resolve():
+            raise EdgeError(f"output {str(out)!r} is the checkpoint itself; choose another --output")
+    for parent in [out.parent, *out.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EdgeError(f"cannot write {str(out)!r}: {str(parent)!r} is a file, not a directory")
+            break
+    ensure_writable_dir(out.parent, "output directory")
+    return out
+
+
+class ProbabilityModel(nn.Module):
+    """What is exported: the network followed by softmax. FP16: input cast to half, network in half, softmax in FP32."""
+
+    def __init__(self, net: nn.Module, fp16: bool = False):
+        super().__init__()
+        self.net = copy.deepcopy(net).half() if fp16 else net
+        self.fp16 = fp16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp16:
+            x = x.half()
+        return torch.softmax(self.net(x).float(), dim=1)
+
+
+def _torch_export(module, example, path: Path, opset: int) -> None:
+    kwargs = dict(
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        opset_version=opset,
+        do_constant_folding=True,
+        export_params=True,
+    )
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # the TorchScript exporter: exact low opsets for old TensorRT (see module doc)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings are not for users
+        torch.onnx.export(module, (example,), str(path), **kwargs)
+
+
+def _embed_metadata(path: Path, meta: ModelMeta, info: dict) -> None:
+    """Add metadata_props (ModelMeta JSON + export info), check the model, rewrite the file and fsync it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in ((ONNX_META_KEY, meta.to_json()), (EXPORT_INFO_KEY, json.dumps(info, sort_keys=True))):
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    model.producer_name = PRODUCER
+    from edge import __version__
+
+    model.producer_version = __version__
+    model.doc_string = (
+        f"{meta.arch} image classifier ({', '.join(meta.class_names)}); input {INPUT_NAME} Nx3x{meta.preprocess.input_size}"
+        f"x{meta.preprocess.input_size} normalized RGB, output {OUTPUT_NAME} = softmax; metadata in {ONNX_META_KEY!r}"
+    )
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def export_onnx_verified(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    calib_data: str | os.PathLike | None = None,
+    verify_images: int = DEFAULT_VERIFY_IMAGES,
+    inputs: InputBatch | None = None,
+) -> tuple[Path, VerifyReport]:
+    """Export a training checkpoint to ONNX, verify it against PyTorch, and move it into place -> (path, report).
+
+    Raises EdgeError (one line) for an unreadable or foreign checkpoint, an unwritable output, an export failure,
+    and ExportVerificationError when the file does not match PyTorch within tolerance; nothing is left behind then.
+    """
+    check_opset(opset)
+    checkpoint = Path(checkpoint)
+    model, meta = load_model(checkpoint, "cpu")
+    meta.source_sha256 = sha256_file(checkpoint)
+    out = resolve_output(checkpoint, output, fp16)
+    precision = "fp16" if fp16 else "fp32"
+    batch = inputs if inputs is not None else verification_inputs(meta, calib_data, verify_images)
+    reference = torch_probabilities(model, batch.data)
+
+    size = meta.preprocess.input_size
+    info = {
+        "precision": precision,
+        "opset": opset,
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "output_kind": "softmax",
+        "io_dtype": "float32",
+        "input_shape": ["batch", 3, size, size],
+        "exporter": f"torch {torch.__version__} torch.onnx (TorchScript)",
+    }
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=TEMP_PREFIX, suffix=".onnx")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        module = ProbabilityModel(model, fp16).eval()
+        example = torch.from_numpy(batch.data[:2].copy()) if len(batch.data) >= 2 else torch.zeros(2, 3, size, size)
+        log.info("exporting %s (%s, opset %d) to %s", meta.arch, precision, opset, out)
+        try:
+            _torch_export(module, example, tmp, opset)
+            _embed_metadata(tmp, meta, info)
+        except EdgeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - exporter and checker errors are many types; the message matters
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise EdgeError(
+                f"could not export {meta.arch} to ONNX opset {opset}: {first}; try another --opset "
+                f"({MIN_OPSET}..{MAX_OPSET})"
+            ) from e
+        report = verify_onnx(tmp, model, batch, precision, reference=reference, name=out.name)
+        log.info(report.summary())
+        if not report.passed:
+            raise ExportVerificationError(
+                f"verification failed, {out.name} not written: {'; '.join(report.failures())} "
+                f"({report.summary()})",
+                report,
+            )
+        make_readable(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return out, report
+
+
+def export_onnx(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    calib_data: str | os.PathLike | None = None,
+    verify_images: int = DEFAULT_VERIFY_IMAGES,
+) -> Path:
+    """Export and verify (see export_onnx_verified) -> path of the written ONNX file."""
+    return export_onnx_verified(
+        checkpoint, output, opset=opset, fp16=fp16, calib_data=calib_data, verify_images=verify_images
+    )[0]
