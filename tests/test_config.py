@@ -1,0 +1,154 @@
+"""`edge serve` configuration: file + flags -> one validated ServeConfig; every mistake is one line naming it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edge.errors import EdgeError
+from edge.serve import cli
+from edge.serve.config import (
+    OPTIONS,
+    ServeConfig,
+    build_config,
+    config_from_args,
+    load_config_file,
+    parse_http_address,
+)
+
+
+def _cfg(argv: list[str], env: dict[str, str] | None = None) -> ServeConfig:
+    return config_from_args(cli.build_parser().parse_args(argv), env=env or {})
+
+
+def test_defaults_and_required():
+    cfg = _cfg(["--model", "m.pt", "--source", "test://"])
+    assert cfg.model == "m.pt" and cfg.source == "test://"
+    assert cfg.http is None and cfg.threshold == 0.0 and cfg.overlay is True and cfg.loop is False
+    with pytest.raises(EdgeError, match="no model given"):
+        _cfg(["--source", "test://"])
+    with pytest.raises(EdgeError, match="no source given"):
+        _cfg(["--model", "m.pt"])
+
+
+def test_toml_file_and_flags_override(tmp_path):
+    f = tmp_path / "serve.toml"
+    f.write_text('model = "a.pt"\nsource = 0\nthreshold = 0.7\nloop = true\nhttp = 8080\ntop-k = 2\n')
+    cfg = _cfg(["--config", str(f), "--threshold", "0.5", "--no-loop"])
+    assert cfg.model == "a.pt" and cfg.source == "0"  # `source = 0` (an int in TOML) means camera 0
+    assert cfg.threshold == 0.5 and cfg.loop is False  # flags win over the file
+    assert cfg.top_k == 2  # dashed keys are accepted too
+    assert cfg.http == "8080" and cfg.http_address == ("127.0.0.1", 8080)
+
+
+def test_json_config(tmp_path):
+    f = tmp_path / "serve.json"
+    f.write_text(json.dumps({"model": "a.onnx", "source": "test://", "smoothing": 0.5}))
+    assert _cfg(["--config", str(f)]).smoothing == 0.5
+
+
+def test_unknown_key_is_one_clear_error(tmp_path):
+    f = tmp_path / "serve.toml"
+    f.write_text('model = "a.pt"\nsource = "0"\ntreshold = 0.5\n')
+    with pytest.raises(EdgeError) as e:
+        load_config_file(f)
+    msg = str(e.value)
+    assert "'treshold'" in msg and "did you mean 'threshold'" in msg and "valid keys" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('threshold = 1.5', "threshold must be in [0, 1]; got 1.5"),
+        ('threshold = "high"', "threshold must be a number, got 'high'"),
+        ('loop = "yes"', "loop must be true or false"),
+        ('top_k = 1.5', "top_k must be an integer"),
+        ('backend = "trt"', "backend must be one of auto, tensorrt, onnxruntime, torch; got 'trt'"),
+        ('smoothing = 1.0', "smoothing must be in [0, 1)"),
+        ('jpeg_quality = 0', "jpeg_quality must be in [1, 100]"),
+        ('[http]\nport = 1', "'http' is a table"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, text, needle):
+    f = tmp_path / "serve.toml"
+    f.write_text('model = "a.pt"\nsource = "0"\n' + text + "\n")
+    with pytest.raises(EdgeError) as e:
+        _cfg(["--config", str(f)])
+    assert needle in str(e.value)
+    assert str(f) in str(e.value)
+
+
+def test_invalid_toml(tmp_path):
+    f = tmp_path / "serve.toml"
+    f.write_text("model = \n")
+    with pytest.raises(EdgeError, match="not valid TOML"):
+        load_config_file(f)
+    with pytest.raises(EdgeError, match="cannot read config file"):
+        load_config_file(tmp_path / "missing.toml")
+
+
+def test_flag_values_checked_too():
+    with pytest.raises(EdgeError, match=r"--threshold: threshold must be in \[0, 1\]"):
+        _cfg(["--model", "m", "--source", "0", "--threshold", "2"])
+    with pytest.raises(EdgeError, match="--stall-timeout: stall_timeout must be in"):
+        _cfg(["--model", "m", "--source", "0", "--stall-timeout", "0"])
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("8080", ("127.0.0.1", 8080)),
+        (":8080", ("127.0.0.1", 8080)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
+def test_http_address(text, expected):
+    assert parse_http_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "1.2.3.4:99999", "::1:80", "host:"])
+def test_bad_http_address(text):
+    with pytest.raises(EdgeError, match="http"):
+        parse_http_address(text)
+
+
+def test_public_http_needs_a_token():
+    base = {"model": "m", "source": "0"}
+    with pytest.raises(EdgeError, match="without authentication; set --token"):
+        build_config({}, {**base, "http": "0.0.0.0:8080"}, env={})
+    assert build_config({}, {**base, "http": "0.0.0.0:8080", "token": "t"}, env={}).token == "t"
+    assert build_config({}, {**base, "http": "0.0.0.0:8080", "allow_no_token": True}, env={}).token is None
+    # the token can come from the environment (kept off the command line, where `ps` shows it)
+    assert build_config({}, {**base, "http": "0.0.0.0:8080"}, env={"EDGE_TOKEN": "s3"}).token == "s3"
+    assert build_config({}, {**base, "http": "[::1]:8080"}, env={}).token is None
+    with pytest.raises(EdgeError, match="--token is set but --http is not"):
+        build_config({}, {**base, "token": "t"}, env={})
+
+
+def test_every_option_has_a_flag_and_a_default():
+    parser = cli.build_parser()
+    flags = {a for act in parser._actions for a in act.option_strings}
+    for opt in OPTIONS:
+        assert "--" + opt.name.replace("_", "-") in flags
+        assert opt.help
+
+
+def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys):
+    f = tmp_path / "serve.toml"
+    f.write_text('model = "a.pt"\nsource = "0"\nfoo = 1\n')
+    assert cli.main(["--config", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "unknown key 'foo'" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_print_config_hides_token(capsys):
+    rc = cli.main(["--model", "m.pt", "--source", "test://", "--http", "0.0.0.0:1", "--token", "secret",
+                   "--print-config"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["token"] == "***" and out["http"] == "0.0.0.0:1" and out["model"] == "m.pt"

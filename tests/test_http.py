@@ -1,0 +1,257 @@
+"""The HTTP server of `edge serve`, in-process with a fake service: routes, token, MJPEG fan-out, bad clients."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from edge.errors import EdgeError
+from edge.serve import http as serve_http
+from edge.serve.http import HttpServer, StreamOutput
+from edge.serve.metrics import ServiceMetrics
+
+
+class FakeApp:
+    def __init__(self) -> None:
+        self.stream = StreamOutput(quality=70)
+        self.ok = True
+        self.pred: dict | None = {"label": "up", "confidence": 0.9, "probabilities": {"up": 0.9, "down": 0.1},
+                                  "frame": 7, "timestamp": time.time(), "fps": 12.5}
+        self.prom = ServiceMetrics(lambda: {"frames_processed": 3, "healthy": 1})
+
+    def prediction_json(self):
+        return self.pred
+
+    def health(self):
+        return self.ok, {"status": "ok" if self.ok else "stale"}
+
+    def metrics(self):
+        return self.prom.render(), "text/plain; version=0.0.4; charset=utf-8"
+
+
+@pytest.fixture()
+def server():
+    app = FakeApp()
+    srv = HttpServer("127.0.0.1", 0, app, token=None)
+    srv.start()
+    yield srv, app
+    srv.stop()
+    app.stream.close()
+
+
+@pytest.fixture()
+def token_server():
+    app = FakeApp()
+    srv = HttpServer("127.0.0.1", 0, app, token="s3cret")
+    srv.start()
+    yield srv, app
+    srv.stop()
+    app.stream.close()
+
+
+def get(url: str, headers: dict | None = None, timeout: float = 5.0):
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def feed(stream: StreamOutput, stop: threading.Event, fps: float = 50.0) -> None:
+    i = 0
+    while not stop.is_set():
+        frame = np.full((48, 64, 3), i % 256, np.uint8)
+        stream.write(frame, None)
+        i += 1
+        time.sleep(1.0 / fps)
+
+
+def read_mjpeg_frames(sock_file, n: int) -> list[bytes]:
+    frames = []
+    while len(frames) < n:
+        line = sock_file.readline()
+        if not line:
+            break
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+            sock_file.readline()  # blank line
+            frames.append(sock_file.read(length))
+    return frames
+
+
+def open_stream(url_host: str, port: int, path: str = "/stream.mjpg"):
+    s = socket.create_connection((url_host, port), timeout=5)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    f = s.makefile("rb")
+    status = f.readline()
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    return s, f, status
+
+
+def test_routes(server):
+    srv, app = server
+    base = srv.url
+    status, headers, body = get(base)
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'id="label"' in body and b"stream.mjpg" in body
+    status, headers, body = get(base + "api/prediction")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert json.loads(body)["label"] == "up"
+    status, _, body = get(base + "healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    app.ok = False
+    assert get(base + "healthz")[0] == 503
+    status, headers, body = get(base + "metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert b"edge_frames_processed_total 3.0" in body and b"edge_inference_seconds_bucket" in body
+    status, _, body = get(base + "nope")
+    assert status == 404 and b"/api/prediction" in body
+    app.pred = None
+    status, _, body = get(base + "api/prediction")
+    assert status == 503 and json.loads(body)["label"] is None
+
+
+def test_token_required_except_healthz(token_server):
+    srv, _ = token_server
+    base = srv.url
+    for path in ("", "api/prediction", "metrics", "stream.mjpg", "snapshot.jpg"):
+        status, headers, _ = get(base + path)
+        assert status == 401, path
+        assert "Bearer" in headers["WWW-Authenticate"]
+    assert get(base + "api/prediction?token=wrong")[0] == 401
+    assert get(base + "api/prediction", {"Authorization": "Bearer wrong"})[0] == 401
+    assert get(base + "api/prediction?token=s3cret")[0] == 200
+    assert get(base + "api/prediction", {"Authorization": "Bearer s3cret"})[0] == 200
+    assert get(base + "healthz")[0] == 200  # probes cannot send headers; it says only ok/stale
+
+
+def test_mjpeg_encodes_once_per_frame_for_all_clients(server, monkeypatch):
+    srv, app = server
+    import cv2
+
+    calls = []
+    real = cv2.imencode
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cv2, "imencode", counting)
+    host, port = srv.server_address[:2]
+    clients = [open_stream(host, port) for _ in range(3)]
+    for _, _, status in clients:
+        assert b"200" in status
+    deadline = time.monotonic() + 5
+    while app.stream.clients < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop = threading.Event()
+    t = threading.Thread(target=feed, args=(app.stream, stop, 20.0), daemon=True)
+    t.start()
+    try:
+        got = [read_mjpeg_frames(f, 5) for _, f, _ in clients]
+    finally:
+        stop.set()
+        t.join()
+    for frames in got:
+        assert len(frames) == 5 and all(fr.startswith(b"\xff\xd8") for fr in frames)
+        img = cv2.imdecode(np.frombuffer(frames[-1], np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (48, 64, 3)
+    written = app.stream._frame_seq
+    # one encode per frame written (at most), however many clients: not one per client
+    assert len(calls) <= written
+    for s, f, _ in clients:
+        f.close()
+        s.close()
+
+
+def test_no_clients_no_work():
+    stream = StreamOutput()
+    try:
+        stream.write(np.zeros((10, 10, 3), np.uint8), None)
+        time.sleep(0.05)
+        assert stream._frame_seq == 0 and stream.latest_jpeg() is None
+    finally:
+        stream.close()
+
+
+def test_slow_and_vanishing_clients_never_block_the_pipeline(server):
+    srv, app = server
+    host, port = srv.server_address[:2]
+    # a client that connects and never reads, and one that disconnects mid-stream
+    stuck = socket.create_connection((host, port), timeout=5)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    s, f, status = open_stream(host, port)
+    assert b"200" in status
+    big = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)  # large, incompressible JPEGs
+    worst = 0.0
+    for i in range(60):
+        t0 = time.perf_counter()
+        app.stream.write(big, None)
+        worst = max(worst, time.perf_counter() - t0)
+        if i == 10:
+            f.close()
+            s.close()
+        time.sleep(0.01)
+    assert worst < 0.05, f"write() blocked for {worst:.3f} s"
+    stuck.close()
+    deadline = time.monotonic() + 5
+    while app.stream.clients and time.monotonic() < deadline:
+        app.stream.write(big, None)
+        time.sleep(0.05)
+    assert app.stream.clients == 0  # both client threads ended and unregistered
+    assert get(srv.url + "api/prediction")[0] == 200  # and the server still answers
+
+
+def test_too_many_stream_clients(server, monkeypatch):
+    srv, app = server
+    monkeypatch.setattr(serve_http, "MAX_STREAM_CLIENTS", 1)
+    host, port = srv.server_address[:2]
+    s, f, status = open_stream(host, port)
+    assert b"200" in status
+    deadline = time.monotonic() + 5
+    while app.stream.clients < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert get(srv.url + "stream.mjpg")[0] == 503
+    f.close()
+    s.close()
+
+
+def test_snapshot(server):
+    srv, app = server
+    stop = threading.Event()
+    t = threading.Thread(target=feed, args=(app.stream, stop), daemon=True)
+    t.start()
+    try:
+        status, headers, body = get(srv.url + "snapshot.jpg")
+    finally:
+        stop.set()
+        t.join()
+    assert status == 200 and headers["Content-Type"] == "image/jpeg" and body.startswith(b"\xff\xd8")
+
+
+def test_port_in_use_is_a_clear_error(server):
+    srv, app = server
+    port = srv.server_address[1]
+    with pytest.raises(EdgeError, match=f"cannot listen on 127.0.0.1:{port}"):
+        HttpServer("127.0.0.1", port, app)
+
+
+def test_stop_ends_streaming_clients_quickly(server):
+    srv, app = server
+    host, port = srv.server_address[:2]
+    s, f, _ = open_stream(host, port)
+    t0 = time.monotonic()
+    srv.stop()
+    app.stream.close()
+    assert time.monotonic() - t0 < 3.0
+    s.close()

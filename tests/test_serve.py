@@ -1,0 +1,626 @@
+"""`edge serve` for real: subprocesses on a looping video file and on another service's MJPEG stream.
+
+The model is a real SqueezeNet 1.1 checkpoint whose weights are set by hand so that it classifies frame
+brightness: white -> "up", black -> "down", mid-grey -> 50/50 (so `--threshold 0.9` shows "unknown"). The test
+video loops 2 s white, 2 s black, 2 s grey at 10 fps, so every label change is predictable to the frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.preprocess import PreprocessSpec, preprocess_image
+
+FPS = 10
+PHASE = 20  # frames per phase: white, black, grey
+SIZE = (160, 120)
+GREY = 128
+TOKEN = "test-token-123"
+SPEC = PreprocessSpec(input_size=96, resize_size=96)
+
+
+# ---------------------------------------------------------------------------------------------- fixtures' helpers
+def make_video(path: Path) -> np.ndarray:
+    """Write the white/black/grey video; return its decoded grey frame (the codec shifts grey a little)."""
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, SIZE)
+    for v in [255] * PHASE + [0] * PHASE + [GREY] * PHASE:
+        w.write(np.full((SIZE[1], SIZE[0], 3), v, np.uint8))
+    w.release()
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    assert len(frames) == 3 * PHASE
+    return frames[2 * PHASE + PHASE // 2]
+
+
+def brightness_model(path: Path, grey: np.ndarray, names=("up", "down"), k: float = 15.0) -> None:
+    """A real squeezenet1_1 checkpoint whose logits are +-k * (brightness - brightness(grey))."""
+    import torch
+
+    from edge.metadata import ModelMeta, save_checkpoint
+    from edge.registry import create_model
+
+    model = create_model("squeezenet1_1", 2, "none")
+    sd = {n: torch.zeros_like(v) for n, v in model.state_dict().items()}
+    sd["features.0.weight"][0, :, 1, 1] = 1.0 / 3  # channel 0 = mean of the normalized RGB
+    for name in sd:  # every Fire module passes channel 0 through (squeeze -> expand1x1); all else is zero
+        if name.endswith(("squeeze.weight", "expand1x1.weight")):
+            sd[name][0, 0] = 1.0
+    t = float(preprocess_image(grey, SPEC).mean())
+    sd["classifier.1.weight"][0, 0], sd["classifier.1.bias"][0] = k, -k * t
+    sd["classifier.1.weight"][1, 0], sd["classifier.1.bias"][1] = -k, k * t
+    save_checkpoint(path, sd, ModelMeta(arch="squeezenet1_1", class_names=list(names), preprocess=SPEC))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NotifyCollector:
+    """A fake systemd: receives sd_notify datagrams on a unix socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = False
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+
+    def _loop(self) -> None:
+        while not self._stop:
+            try:
+                self.messages.append((time.time(), self.sock.recv(4096).decode()))
+            except socket.timeout:
+                pass
+            except OSError:
+                return
+
+    def first(self, prefix: str) -> float | None:
+        return next((t for t, m in self.messages if m.startswith(prefix)), None)
+
+    def count(self, prefix: str) -> int:
+        return sum(m.startswith(prefix) for _, m in self.messages)
+
+    def close(self) -> None:
+        self._stop = True
+        self._t.join(1)
+        self.sock.close()
+
+
+class Served:
+    """One `edge serve` subprocess."""
+
+    def __init__(self, cwd: Path, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.cwd = cwd
+        self.log_path = cwd / f"{name}.log"
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.env.pop("EDGE_TOKEN", None)
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        for i, a in enumerate(args):
+            if a == "--http":
+                self.port = int(args[i + 1].rsplit(":", 1)[1])
+
+    def start(self) -> "Served":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", *self.args], cwd=self.cwd,
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, token: str | None = TOKEN, timeout: float = 5.0):
+        req = urllib.request.Request(self.url + path.lstrip("/"))
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+    def json(self, path: str, token: str | None = TOKEN):
+        status, _, body = self.get(path, token)
+        return status, json.loads(body)
+
+    def wait_for(self, what: str, cond, timeout: float = 60.0, interval: float = 0.2):
+        """Poll `cond()` until truthy (returns its value); fail with the log if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(f"edge serve exited ({self.proc.returncode}) while waiting for {what}:\n{self.log()[-4000:]}")
+            try:
+                got = cond()
+            except (OSError, ValueError):
+                got = None
+            if got:
+                return got
+            time.sleep(interval)
+        pytest.fail(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
+
+    def wait_healthy(self, timeout: float = 90.0) -> None:
+        self.wait_for("/healthz 200", lambda: self.get("healthz", None, timeout=2)[0] == 200, timeout)
+
+    def terminate(self, timeout: float = 5.0, sig: int = signal.SIGTERM) -> tuple[int, float]:
+        """SIGTERM (or `sig`) -> (exit code, seconds it took)."""
+        assert self.proc is not None
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout + 5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"edge serve ignored SIGTERM:\n{self.log()[-4000:]}")
+        self._log.close()
+        return rc, time.monotonic() - t0
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def metric(text: str, name: str) -> float | None:
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def mjpeg_frames(url: str, n: int, token: str | None = TOKEN, timeout: float = 10.0) -> list[np.ndarray]:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    frames = []
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+        while len(frames) < n:
+            line = r.readline()
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+                r.readline()
+                frames.append(cv2.imdecode(np.frombuffer(r.read(length), np.uint8), cv2.IMREAD_COLOR))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("serve")
+    grey = make_video(d / "video.avi")
+    brightness_model(d / "model.pt", grey)
+    brightness_model(d / "model-finite.pt", grey)  # model.pt itself is replaced by the SIGHUP test
+    return SimpleNamespace(dir=d, video=d / "video.avi", model=d / "model.pt", grey=grey,
+                           model_for_finite=d / "model-finite.pt")
+
+
+@pytest.fixture(scope="module")
+def svc(assets):
+    """The main service: looping video file, threshold, every output, token, a fake systemd watching."""
+    d = assets.dir
+    notify = NotifyCollector(d / "notify.sock")
+    port = free_port()
+    s = Served(d, "main", [
+        "--model", "model.pt", "--source", "video.avi", "--loop",
+        "--threshold", "0.9", "--top-k", "2",
+        "--http", f"127.0.0.1:{port}", "--token", TOKEN,
+        "--events", "events.jsonl",
+        "--on-change", 'echo "$EDGE_LABEL $1" >> changes.txt', "--on-change-interval", "0",
+        "--record", "record.avi",
+        "--health-max-age", "2",
+    ], env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "2000000"})
+    s.notify = notify
+    s.start()
+    try:
+        s.wait_healthy()
+        yield s
+    finally:
+        s.kill()
+        notify.close()
+
+
+# ---------------------------------------------------------------------------------------------- main service
+@pytest.mark.slow
+def test_ready_after_model_and_first_frame(svc, assets):
+    ready = svc.wait_for("READY=1", lambda: svc.notify.first("READY=1"), 30)
+    first = svc.wait_for("first event", lambda: read_events(assets.dir / "events.jsonl"), 30)[0]
+    assert first["timestamp"] <= ready + 0.05  # READY only once a frame had been classified
+    assert "ready: first frame classified" in svc.log()
+    status = [m for _, m in svc.notify.messages if m.startswith("STATUS=")]
+    assert any("loading model" in m for m in status)
+
+
+@pytest.mark.slow
+def test_prediction_api(svc):
+    status, p = svc.json("api/prediction")
+    assert status == 200
+    for key in ("label", "confidence", "probabilities", "frame", "timestamp", "fps"):
+        assert key in p, key
+    assert p["label"] in ("up", "down", "unknown")
+    assert set(p["probabilities"]) == {"up", "down"} and abs(sum(p["probabilities"].values()) - 1) < 1e-3
+    assert abs(time.time() - p["timestamp"]) < 5 and p["stale"] is False
+    assert p["model"]["classes"] == "up,down" and p["model"]["backend"] == "torch"
+    # the file plays at its own rate, like a camera
+    fps = svc.wait_for("fps measured", lambda: svc.json("api/prediction")[1]["fps"] or None, 10)
+    assert 6 <= fps <= 14, fps
+    # --threshold 0.9: the grey phase (50/50) shows `unknown`, white/black their labels
+    seen: set[str] = set()
+    svc.wait_for("all three labels", lambda: seen.add(svc.json("api/prediction")[1]["label"]) or
+                 seen >= {"up", "down", "unknown"}, 30, 0.1)
+
+
+@pytest.mark.slow
+def test_http_endpoints_and_token(svc):
+    for path in ("", "api/prediction", "metrics", "stream.mjpg"):
+        assert svc.get(path, token=None)[0] == 401, path
+    assert svc.get("api/prediction?token=" + TOKEN, token=None)[0] == 200
+    status, headers, body = svc.get("")
+    assert status == 200 and headers["Content-Type"].startswith("text/html") and b"stream.mjpg" in body
+    status, health = svc.json("healthz", token=None)
+    assert status == 200 and health["status"] == "ok" and health["source_state"] == "streaming"
+    frames = mjpeg_frames(svc.url + "stream.mjpg", 3)
+    assert all(f.shape == (SIZE[1], SIZE[0], 3) for f in frames)
+    status, headers, body = svc.get("snapshot.jpg")
+    assert status == 200 and body.startswith(b"\xff\xd8")
+
+
+@pytest.mark.slow
+def test_metrics(svc):
+    status, headers, body = svc.get("metrics")
+    text = body.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert metric(text, "edge_frames_captured_total") > 0
+    assert metric(text, "edge_frames_processed_total") > 0
+    assert metric(text, "edge_frames_dropped_total") is not None
+    assert metric(text, "edge_source_reconnects_total") == 0
+    assert metric(text, "edge_inference_seconds_count") > 0
+    assert 'edge_inference_seconds_bucket{le="0.01"}' in text
+    assert metric(text, "edge_healthy") == 1
+    assert 'edge_output_alive{output="record"} 1.0' in text
+    assert 'edge_model_info{arch="squeezenet1_1"' in text
+
+
+@pytest.mark.slow
+def test_events_on_label_change(svc, assets):
+    path = assets.dir / "events.jsonl"
+    events = svc.wait_for(">= 5 events", lambda: (e := read_events(path)) and len(e) >= 5 and e, 40)
+    for ev in events:
+        assert set(ev) >= {"timestamp", "label", "confidence", "frame"}
+    labels = [e["label"] for e in events]
+    assert labels[0] == "up" and events[0]["previous"] is None
+    order = ["up", "down", "unknown"]
+    for a, b in zip(labels, labels[1:]):  # white -> black -> grey -> white ...
+        assert order.index(b) == (order.index(a) + 1) % 3, labels
+    for ev in events[1:]:  # each change lands on the phase boundary (no smoothing), give or take a dropped frame
+        assert (ev["frame"] % PHASE) <= 2, events
+    unknown = [e for e in events if e["label"] == "unknown"]
+    assert unknown and all(e["confidence"] < 0.9 for e in unknown)
+    assert all(e["confidence"] >= 0.9 for e in events if e["label"] != "unknown")
+
+
+@pytest.mark.slow
+def test_on_change_command(svc, assets):
+    path = assets.dir / "changes.txt"
+    lines = svc.wait_for("on-change runs", lambda: path.exists() and len(path.read_text().split("\n")) > 3 and
+                         path.read_text().splitlines(), 30)
+    for line in lines:
+        label, arg = line.split()
+        assert label == arg and label in ("up", "down", "unknown")  # $EDGE_LABEL and $1 agree
+
+
+@pytest.mark.slow
+def test_watchdog_pings(svc):
+    svc.wait_for("3 watchdog pings", lambda: svc.notify.count("WATCHDOG=1") >= 3, 10)
+
+
+@pytest.mark.slow
+def test_disconnecting_clients_do_not_hurt(svc):
+    for _ in range(3):  # read a little of the stream, then vanish mid-frame
+        s = socket.create_connection(("127.0.0.1", svc.port), timeout=5)
+        s.sendall(f"GET /stream.mjpg?token={TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        s.recv(2000)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+        s.close()
+    frame0 = svc.json("api/prediction")[1]["frame"]
+    svc.wait_for("frames keep coming", lambda: svc.json("api/prediction")[1]["frame"] > frame0 + 5, 10)
+    svc.wait_for("clients unregistered", lambda: metric(svc.get("metrics")[2].decode(),
+                                                        "edge_http_stream_clients") == 0, 15)
+
+
+def find_chromium() -> str | None:
+    for name in (os.environ.get("EDGE_TEST_CHROMIUM"), "chromium", "chromium-browser", "google-chrome",
+                 "google-chrome-stable"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium binary (apt-get install chromium) for the live-page test")
+def test_live_page_in_headless_chromium(svc, tmp_path):
+    """The page, in a real browser: it fetches /api/prediction and shows the label and FPS, and plays the MJPEG."""
+    cmd = [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+           "--virtual-time-budget=4000", "--dump-dom", f"{svc.url}?token={TOKEN}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    dom = r.stdout
+    assert r.returncode == 0 and "<html" in dom, r.stderr[-2000:]
+
+    def text_of(id_: str) -> str:
+        m = re.search(rf'id="{id_}"[^>]*>([^<]*)<', dom)
+        assert m, f"#{id_} missing from the rendered page:\n{dom[:3000]}"
+        return m.group(1).strip()
+
+    assert text_of("label") in ("up", "down", "unknown")
+    assert 1.0 <= float(text_of("fps")) <= 20.0
+    assert text_of("status") == "live"
+    assert text_of("confidence").endswith("%")
+    assert text_of("video-size") == f"{SIZE[0]}x{SIZE[1]}"  # Chromium decoded frames of the MJPEG stream
+    assert int(text_of("frame")) > 0
+
+
+@pytest.mark.slow
+def test_sighup_reload_good_and_bad_model_then_sigterm(svc, assets):
+    """SIGHUP reloads the model file; a bad file keeps the old model. SIGTERM: exit 0 within 5 s, video finalized."""
+    pid = svc.proc.pid
+    # a good new model: same brightness logic, new class names
+    brightness_model(assets.model, assets.grey, names=("bright", "dark"))
+    svc.proc.send_signal(signal.SIGHUP)
+    svc.wait_for("new classes served", lambda: svc.json("api/prediction")[1]["model"]["classes"] == "bright,dark", 60)
+    svc.wait_for("new label", lambda: svc.json("api/prediction")[1]["label"] in ("bright", "dark"), 30)
+    svc.wait_for("RELOADING=1", lambda: svc.notify.count("RELOADING=1") == 1, 5)
+    assert "reloaded" in svc.log()
+    # a bad file: keep serving the previous model, say why
+    assets.model.write_bytes(b"this is not a checkpoint")
+    svc.proc.send_signal(signal.SIGHUP)
+    svc.wait_for("reload failure logged", lambda: "reload failed, still serving the previous model" in svc.log(), 60)
+    text = svc.get("metrics")[2].decode()
+    assert 'edge_model_reloads_total{result="failed"} 1.0' in text
+    assert 'edge_model_reloads_total{result="ok"} 1.0' in text
+    frame0 = svc.json("api/prediction")[1]["frame"]
+    svc.wait_for("still classifying", lambda: svc.json("api/prediction")[1]["frame"] > frame0 + 5, 15)
+    status, p = svc.json("api/prediction")
+    assert p["model"]["classes"] == "bright,dark" and p["label"] in ("bright", "dark", "unknown")
+    assert svc.get("healthz", None)[0] == 200
+    # READY=1 after each reload (systemd waits for it after RELOADING=1)
+    assert svc.notify.count("READY=1") == 3
+
+    rc, took = svc.terminate()
+    assert rc == 0, svc.log()[-3000:]
+    assert took < 5.0, f"SIGTERM took {took:.1f} s"
+    assert svc.proc.pid == pid
+    log = svc.log()
+    assert "SIGTERM received: stopping" in log and "stopped" in log and "Traceback" not in log
+    time.sleep(0.3)
+    assert svc.notify.count("STOPPING=1") == 1
+    # the recording was finalized under its name, and plays
+    rec = assets.dir / "record.avi"
+    assert rec.is_file() and not list(assets.dir.glob(".tmp-*"))
+    cap = cv2.VideoCapture(str(rec))
+    ok, frame = cap.read()
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    assert ok and frame.shape == (SIZE[1], SIZE[0], 3) and n > 10
+
+
+# ---------------------------------------------------------------------------------------------- recovery
+@pytest.mark.slow
+def test_smoothing_and_recovery_from_a_vanishing_stream(assets):
+    """Upstream service (video, --smoothing) feeds a downstream one over MJPEG; the upstream is stopped and
+    restarted: the downstream reports 503, stays up, logs the loss once, and resumes when frames return."""
+    d = assets.dir
+    brightness_model(d / "model2.pt", assets.grey)
+    up_port, down_port = free_port(), free_port()
+    up_args = ["--model", "model2.pt", "--source", "video.avi", "--loop", "--smoothing", "0.8", "--no-overlay",
+               "--http", f"127.0.0.1:{up_port}", "--events", "events-smoothed.jsonl"]
+    upstream = Served(d, "upstream", up_args).start()
+    downstream = Served(d, "downstream", [
+        "--model", "model2.pt", "--source", f"http://127.0.0.1:{up_port}/stream.mjpg",
+        "--http", f"127.0.0.1:{down_port}", "--stall-timeout", "1", "--max-backoff", "1", "--health-max-age", "1",
+        "--events", "/dev/full",  # a disk that is full: the output is dropped, the service goes on
+    ]).start()
+    upstream2 = None
+    try:
+        upstream.wait_healthy()
+        downstream.wait_healthy()
+        # smoothing: the EMA (0.8) delays the white -> black change by >= 3 frames (0.8^3 > 0.5 > 0.8^4)
+        events = upstream.wait_for("smoothed events", lambda: [e for e in read_events(d / "events-smoothed.jsonl")
+                                                               if e["label"] == "down"] or None, 40)
+        assert all(e["frame"] % (3 * PHASE) >= PHASE + 3 for e in events), events
+        assert not [e for e in read_events(d / "events-smoothed.jsonl") if e["label"] == "unknown"]  # no threshold
+
+        text = downstream.get("metrics", None)[2].decode()
+        assert 'edge_output_alive{output="events"} 0.0' in text
+        assert "events: writing to '/dev/full' failed" in downstream.log()
+        pid = downstream.proc.pid
+
+        rc, took = upstream.terminate(sig=signal.SIGINT)  # Ctrl-C stops as cleanly as SIGTERM
+        assert rc == 0 and took < 5.0 and "SIGINT received: stopping" in upstream.log()
+        downstream.wait_for("/healthz 503", lambda: downstream.get("healthz", None, 2)[0] == 503, 15)
+        status, p = downstream.json("api/prediction", None)
+        assert status == 200 and p["stale"] is True
+        time.sleep(4)  # several reopen attempts fail meanwhile
+        assert downstream.proc.poll() is None
+        assert downstream.get("healthz", None)[0] == 503
+        lost = [ln for ln in downstream.log().splitlines() if "WARNING edge.camera" in ln and "reconnecting" in ln]
+        assert len(lost) == 1, lost  # the outage is logged once, not once per attempt
+
+        upstream2 = Served(d, "upstream2", up_args).start()
+        upstream2.wait_healthy()
+        downstream.wait_healthy(60)
+        frame0 = downstream.json("api/prediction", None)[1]["frame"]
+        downstream.wait_for("frames after recovery", lambda: downstream.json("api/prediction", None)[1]["frame"] >
+                            frame0 + 5, 20)
+        text = downstream.get("metrics", None)[2].decode()
+        assert metric(text, "edge_source_reconnects_total") >= 1
+        assert metric(text, "edge_healthy") == 1
+        assert downstream.proc.pid == pid and "healthy again" in downstream.log()
+
+        rc, took = downstream.terminate()
+        assert rc == 0 and took < 5.0, (rc, took)
+    finally:
+        for s in (upstream, downstream, upstream2):
+            if s is not None:
+                s.kill()
+
+
+# ---------------------------------------------------------------------------------------------- CLI errors
+def test_bad_model_is_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    r = subprocess.run([sys.executable, "-m", "edge", "serve", "--model", str(bad), "--source", "test://"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "bad.pt" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_missing_source_file_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "edge", "serve", "--model", "m.pt", "--source", str(tmp_path / "x.mp4")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------- service outputs
+def _pred(label: str, conf: float = 0.9, frame: int = 0):
+    return SimpleNamespace(label=label, confidence=conf, timestamp=time.time(), frame_id=frame)
+
+
+def test_events_output_writes_changes_only(tmp_path):
+    from edge.serve.outputs import EventsOutput
+
+    path = tmp_path / "ev.jsonl"
+    out = EventsOutput(str(path))
+    frame = np.zeros((4, 4, 3), np.uint8)
+    for i, label in enumerate(["a", "a", "b", "b", "a"]):
+        out.write(frame, _pred(label, frame=i))
+    out.close()
+    events = read_events(path)
+    assert [(e["label"], e["previous"], e["frame"]) for e in events] == [("a", None, 0), ("b", "a", 2), ("a", "b", 4)]
+    assert events[0]["time"].endswith("+00:00")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_events_output_disk_full_marks_it_dead():
+    from edge.serve.outputs import EventsOutput
+
+    out = EventsOutput("/dev/full")
+    out.write(np.zeros((1, 1, 3), np.uint8), _pred("a"))
+    deadline = time.monotonic() + 5
+    while out.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not out.alive
+    out.write(np.zeros((1, 1, 3), np.uint8), _pred("b"))  # still never raises into the pipeline
+    out.close()
+
+
+def test_on_change_never_blocks_and_coalesces(tmp_path):
+    from edge.serve.outputs import OnChangeOutput
+
+    log = tmp_path / "runs.txt"
+    out = OnChangeOutput(f'sleep 0.5; echo "$EDGE_PREVIOUS>$EDGE_LABEL" >> {log}', interval=0.0, timeout=10)
+    frame = np.zeros((1, 1, 3), np.uint8)
+    out.write(frame, _pred("a"))
+    deadline = time.monotonic() + 5
+    while out.runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t0 = time.perf_counter()
+    for i, label in enumerate(["b", "c", "d", "e"]):  # four changes while the first command still runs
+        out.write(frame, _pred(label, frame=i))
+    assert time.perf_counter() - t0 < 0.05
+    deadline = time.monotonic() + 10
+    while (not log.exists() or len(log.read_text().splitlines()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.7)
+    out.close()
+    assert log.read_text().splitlines() == [">a", "a>e"]  # the first change, then the latest one: no backlog
+
+
+def test_on_change_rate_limit_and_timeout(tmp_path):
+    from edge.serve.outputs import OnChangeOutput
+
+    log = tmp_path / "runs.txt"
+    out = OnChangeOutput(f"echo $1 >> {log}", interval=0.6, timeout=10)
+    frame = np.zeros((1, 1, 3), np.uint8)
+    out.write(frame, _pred("a"))
+    time.sleep(0.2)
+    out.write(frame, _pred("b"))  # within the interval: runs later
+    time.sleep(0.2)
+    assert log.read_text().splitlines() == ["a"]
+    time.sleep(0.6)
+    assert log.read_text().splitlines() == ["a", "b"]
+    out.close()
+
+    hung = OnChangeOutput("sleep 30", interval=0.0, timeout=0.3)
+    hung.write(frame, _pred("a"))
+    deadline = time.monotonic() + 5
+    while hung.failures == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hung.failures == 1  # killed after its timeout, counted
+    t0 = time.monotonic()
+    hung.close()
+    assert time.monotonic() - t0 < 2
+
+
+def test_display_without_a_desktop_is_a_clear_error(monkeypatch):
+    from edge.errors import EdgeError
+    from edge.serve.outputs import DisplayOutput
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(EdgeError, match="--display needs a desktop session"):
+        DisplayOutput()
+
+
+@pytest.mark.slow
+def test_finite_source_ends_cleanly_with_a_finalized_recording(tmp_path, assets):
+    """Without --loop, the end of a file ends the service: exit 0, recording moved into place."""
+    r = subprocess.run([sys.executable, "-m", "edge", "serve", "--model", str(assets.model_for_finite),
+                        "--source", "test://?frames=20&fps=20&width=160&height=120", "--record", "out.mp4"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "source ended" in r.stderr
+    cap = cv2.VideoCapture(str(tmp_path / "out.mp4"))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape == (120, 160, 3)
+    assert not list(tmp_path.glob(".tmp-*"))
