@@ -1,0 +1,200 @@
+"""`capture`: collect labeled snapshots (or import photos) into an ImageFolder dataset."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from edge.camera import Camera
+from edge.errors import EdgeError, cli_entry
+from edge.sources import SOURCE_HELP, open_source
+
+from . import display as display_mod
+from .dataset import DatasetWriter, describe_totals
+from .importer import import_photos
+from .labels import SPLITS, check_label, label_dir
+from .session import ChangeFilter, Interactive, Shooter, capture_live, capture_media
+
+HEADLESS_INTERVAL_S, BURST_INTERVAL_S = 1.0, 0.25
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="capture",
+        description="Collect labeled camera snapshots into DIR/LABEL/ (an ImageFolder dataset), headless or with a "
+        "live preview, or import a folder of existing photos.",
+    )
+    p.add_argument("--label", required=True, help="class name; becomes the folder DIR/LABEL")
+    p.add_argument("--source", default="0", help=f"video source (default 0): {SOURCE_HELP}; a folder is imported")
+    p.add_argument("--data", default="data", help="dataset folder (default: data)")
+    p.add_argument("--count", type=int, help="take N snapshots, headless (default: until q / Ctrl-C)")
+    p.add_argument("--interval", type=float, help=f"seconds between snapshots (default {HEADLESS_INTERVAL_S:g}; "
+                   f"{BURST_INTERVAL_S:g} in burst mode); of video time for files and test://")
+    p.add_argument("--split", choices=SPLITS, help="write into DIR/SPLIT/LABEL/")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality 1-100 (default 95)")
+    p.add_argument("--min-change", type=float, default=0.0, metavar="FRACTION",
+                   help="skip frames that differ from the last saved one by less than this (0-1, e.g. 0.02)")
+    p.add_argument("--width", type=int, help="camera width")
+    p.add_argument("--height", type=int, help="camera height")
+    p.add_argument("--fps", type=float, help="camera frame rate")
+    p.add_argument("--headless", action="store_true", help="no preview window even when a display is present")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C or `kill` finish the shot in progress, release the camera and print the totals; a second Ctrl-C
+    interrupts at once. (An exception raised mid-write could strand a temporary file.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    check_label(a.label)  # before anything touches the disk or the camera
+    label_dir(a.data, a.label, a.split)
+    if a.count is not None and a.count < 1:
+        raise EdgeError(f"--count must be >= 1, got {a.count}")
+    if a.interval is not None and a.interval < 0:
+        raise EdgeError(f"--interval must be >= 0 seconds, got {a.interval}")
+    if not 1 <= a.quality <= 100:
+        raise EdgeError(f"--quality must be 1-100, got {a.quality}")
+    if not a.split and Path(a.data, "train").is_dir():
+        raise EdgeError(f"{a.data!r} has train/ and val/ folders; pass --split train or --split val")
+
+
+def run(a: argparse.Namespace) -> int:
+    _check_args(a)
+    writer = DatasetWriter(a.data, a.split, a.quality)
+    change = ChangeFilter(a.min_change) if a.min_change else None
+    source_path = Path(a.source).expanduser()
+    if "://" not in a.source and source_path.is_dir():
+        return _import(a, source_path, writer)
+
+    interactive = a.count is None and not a.headless and display_mod.display_present()
+    if interactive and not display_mod.gui_available():
+        print("no preview: this OpenCV has no GUI (opencv-python-headless); capturing headless. For a preview "
+              "install opencv-python, or JetPack's OpenCV on a Jetson", file=sys.stderr)
+        interactive = False
+    kwargs = dict(width=a.width, height=a.height, fps=a.fps)
+    first = open_source(a.source, realtime=interactive, loop=interactive, **kwargs)  # fails fast, one line
+    try:
+        writer.prepare(a.label)
+    except BaseException:
+        first.close()
+        raise
+    shooter = Shooter(writer, a.label, change)
+    try:
+        with _stop_on_signals(shooter.stop):
+            if interactive:
+                _interactive(a, first, shooter, kwargs)
+            elif first.is_live:
+                _headless_live(a, first, shooter, kwargs)
+            else:
+                with first:
+                    _announce(a, first.uri, media=True)
+                    capture_media(first, shooter, a.count, HEADLESS_INTERVAL_S if a.interval is None else a.interval)
+    finally:
+        first.close()
+        if shooter.stop.is_set():
+            print("stopped", file=sys.stderr)
+        _finish(a, writer, shooter)
+    if a.count is not None and shooter.saved < a.count:
+        return 1  # the source ended before N shots: say so in the exit code too
+    return 0
+
+
+def _import(a: argparse.Namespace, folder: Path, writer: DatasetWriter) -> int:
+    imported = 0
+    writer.prepare(a.label)
+    stop = threading.Event()
+    try:
+        with _stop_on_signals(stop):
+            imported, bad = import_photos(folder, writer, a.label, a.count, stop=stop)
+        if bad:
+            print(f"skipped {len(bad)} unreadable file(s)", file=sys.stderr)
+    finally:
+        writer.remove_empty_folders()
+        with contextlib.suppress(EdgeError):
+            writer.sync_labels()
+    print(f"imported {imported} image(s) into {writer.base / a.label}")
+    print(describe_totals(writer))
+    return 0 if imported else 1
+
+
+def _finish(a: argparse.Namespace, writer: DatasetWriter, shooter: Shooter) -> None:
+    """Totals, labels.txt, and no empty class folder left behind (the trainer would see an empty class)."""
+    writer.remove_empty_folders()
+    try:
+        writer.sync_labels()
+    except EdgeError as e:  # the error that stopped us (e.g. disk full) is the one to report
+        logging.getLogger(__name__).debug("labels.txt not updated: %s", e)
+    if shooter.skipped:
+        print(f"skipped {shooter.skipped} near-duplicate frame(s) (--min-change {a.min_change:g})")
+    print(f"saved {shooter.saved} image(s) of {shooter.label!r}")
+    print(describe_totals(writer))
+
+
+def _announce(a: argparse.Namespace, uri: str, media: bool = False) -> None:
+    interval = HEADLESS_INTERVAL_S if a.interval is None else a.interval
+    what = f"{a.count} snapshot(s)" if a.count else "snapshots until Ctrl-C"
+    clock = " of video time" if media else ""
+    print(f"capturing {what} of {a.label!r} from {uri}, one every {interval:g} s{clock}")
+
+
+def _camera(a: argparse.Namespace, first, kwargs, interactive: bool) -> Camera:
+    pending = [first]
+
+    def opener():  # the already-opened source first; reopen on loss
+        return pending.pop() if pending else open_source(a.source, realtime=interactive, loop=interactive, **kwargs)
+
+    return Camera(a.source, opener=opener, **kwargs)
+
+
+def _headless_live(a, first, shooter: Shooter, kwargs) -> None:
+    _announce(a, first.uri)
+    with _camera(a, first, kwargs, False) as cam:
+        capture_live(cam, shooter, a.count, HEADLESS_INTERVAL_S if a.interval is None else a.interval)
+
+
+def _interactive(a, first, shooter: Shooter, kwargs) -> None:
+    print("preview: SPACE snap, b burst, 1-9/TAB switch label, u undo, q/ESC quit")
+    display = display_mod.open_display(f"capture - {a.data}")
+    try:
+        with _camera(a, first, kwargs, True) as cam:
+            session = Interactive(cam, shooter, display, BURST_INTERVAL_S if a.interval is None else a.interval,
+                                  labels=shooter.writer.known_labels())
+            session.run()
+    finally:
+        display.close()
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return run(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""edge.sources: one URI scheme for every tool; files and test:// paced like a camera; one-line errors."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import EdgeError
+from edge.sources import SOURCES, FrameSource, SourceError, open_source
+from edge.sources import csi
+
+
+def write_video(path, frames=10, fps=25.0, size=(64, 48)):
+    codec = "MJPG" if str(path).endswith(".avi") else "mp4v"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        img = np.full((size[1], size[0], 3), i * 20 % 256, np.uint8)
+        writer.write(img)
+    writer.release()
+    return path
+
+
+def read_all(source: FrameSource, limit=1000):
+    frames = []
+    while len(frames) < limit and (f := source.read()) is not None:
+        frames.append(f)
+    return frames
+
+
+def test_test_pattern_frames_options_and_end():
+    with open_source("test://?width=80&height=60&fps=200&frames=5") as src:
+        assert isinstance(src, FrameSource)
+        frames = read_all(src)
+    assert len(frames) == 5
+    assert all(f.shape == (60, 80, 3) and f.dtype == np.uint8 for f in frames)
+    assert not np.array_equal(frames[0], frames[4])  # the scene moves
+    assert src.fps == 200 and src.is_live is False
+
+
+def test_test_pattern_loop_repeats():
+    with open_source("test://?width=32&height=24&frames=3", loop=True, realtime=False) as src:
+        assert len(read_all(src, limit=10)) == 10
+
+
+def test_width_height_fps_arguments_override_defaults():
+    with open_source("test://", width=40, height=30, fps=50, realtime=False) as src:
+        assert src.read().shape == (30, 40, 3) and src.fps == 50
+
+
+def test_realtime_paces_to_fps_and_realtime_false_does_not():
+    uri = "test://?width=32&height=24&fps=20&frames=7"
+    t0 = time.monotonic()
+    with open_source(uri) as src:
+        read_all(src)
+    paced = time.monotonic() - t0
+    t0 = time.monotonic()
+    with open_source(uri, realtime=False) as src:
+        read_all(src)
+    fast = time.monotonic() - t0
+    assert paced >= 0.28  # 6 intervals of 50 ms
+    assert fast < 0.2
+
+
+@pytest.mark.parametrize("name", ["clip.avi", "clip.mp4"])
+def test_video_file_plays_every_frame_at_its_own_rate(tmp_path, name):
+    path = write_video(tmp_path / name, frames=10, fps=25)
+    t0 = time.monotonic()
+    with open_source(str(path)) as src:
+        assert src.fps == pytest.approx(25) and src.is_live is False
+        frames = read_all(src)
+    elapsed = time.monotonic() - t0
+    assert len(frames) == 10 and frames[0].shape == (48, 64, 3)
+    assert abs(int(frames[3].mean()) - 60) < 8  # the 4th frame, in order
+    assert elapsed >= 0.3  # 9 intervals of 40 ms: played like a camera, not dumped
+
+
+def test_video_file_as_fast_as_possible_and_looping(tmp_path):
+    path = write_video(tmp_path / "clip.avi", frames=6, fps=5)
+    t0 = time.monotonic()
+    with open_source(str(path), realtime=False, loop=True) as src:
+        frames = read_all(src, limit=15)
+    assert len(frames) == 15
+    assert time.monotonic() - t0 < 1.0  # 5 fps paced would take 3 s
+    assert abs(int(frames[6].mean()) - int(frames[0].mean())) < 8  # back at the first frame
+
+
+def test_file_uri_scheme(tmp_path):
+    path = write_video(tmp_path / "clip.avi", frames=3)
+    with open_source(f"file://{path}", realtime=False) as src:
+        assert len(read_all(src)) == 3
+
+
+def test_image_folder_in_name_order_skipping_temporary_files(tmp_path):
+    for i, name in enumerate(["b.jpg", "a.png", "c.jpeg"]):
+        cv2.imwrite(str(tmp_path / name), np.full((20, 30, 3), 50 * (i + 1), np.uint8))
+    (tmp_path / ".tmp-partial.jpg").write_bytes(b"\xff\xd8 half a jpeg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with open_source(str(tmp_path), realtime=False) as src:
+        frames = read_all(src)
+    assert [int(f.mean()) for f in frames] == [100, 50, 150]  # a.png, b.jpg, c.jpeg
+
+
+def test_single_image_file_is_a_one_frame_source(tmp_path):
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((10, 12, 3), np.uint8))
+    with open_source(str(tmp_path / "x.png"), realtime=False) as src:
+        assert [f.shape for f in read_all(src)] == [(10, 12, 3)]
+
+
+def one_line(e: Exception) -> str:
+    text = str(e)
+    assert "\n" not in text and isinstance(e, EdgeError)
+    return text
+
+
+@pytest.mark.parametrize(
+    "uri, words",
+    [
+        ("no/such/video.mp4", ["no/such/video.mp4", "valid sources"]),
+        ("bogus://x", ["bogus://", "csi://", "test://"]),
+        ("test://?colour=red", ["colour", "width"]),
+        ("test://?fps=fast", ["fps", "fast"]),
+        ("test://?width=-3", ["width", "> 0"]),
+        ("csi://front", ["front", "csi://0"]),
+        ("", ["empty"]),
+    ],
+)
+def test_bad_uris_name_the_problem_in_one_line(uri, words):
+    with pytest.raises(SourceError) as info:
+        open_source(uri)
+    for word in words:
+        assert word in one_line(info.value)
+
+
+def test_missing_v4l2_device_says_what_to_try():
+    with pytest.raises(SourceError) as info:
+        open_source("/dev/video97")
+    text = one_line(info.value)
+    assert "/dev/video97" in text and "v4l2-ctl --list-devices" in text
+    with pytest.raises(SourceError, match="/dev/video97"):
+        open_source("v4l2:///dev/video97")
+
+
+def test_undecodable_video_file(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(os.urandom(4096))
+    with pytest.raises(SourceError) as info:
+        open_source(str(bad))
+    assert "broken.mp4" in one_line(info.value) and "codec" in str(info.value)
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(SourceError, match="no images"):
+        open_source(str(tmp_path))
+
+
+def test_unreachable_stream_names_the_url():
+    with pytest.raises(SourceError) as info:
+        open_source("http://127.0.0.1:9/stream.mjpg")
+    text = one_line(info.value)
+    assert "http://127.0.0.1:9/stream.mjpg" in text and "reachable" in text
+
+
+def test_every_scheme_has_a_factory():
+    assert {"v4l2", "csi", "test", "rtsp", "http", "https", "file"} <= set(SOURCES)
+
+
+# ---- CSI: no Jetson here, so check the pipeline, the GStreamer check and the Argus diagnosis -----------------
+
+
+def test_csi_pipeline_keeps_only_the_latest_buffer():
+    p = csi.csi_pipeline(1, 1920, 1080, 30, flip=2)
+    assert p.startswith("nvarguscamerasrc sensor-id=1 ")
+    assert "width=1920, height=1080, framerate=30/1" in p and "flip-method=2" in p
+    assert p.endswith("appsink drop=true max-buffers=1 sync=false")
+
+
+def test_csi_without_gstreamer_says_so_with_the_fix(monkeypatch):
+    monkeypatch.setattr(csi, "gstreamer_available", lambda: False)
+    with pytest.raises(SourceError) as info:
+        open_source("csi://0")
+    text = one_line(info.value)
+    assert "GStreamer" in text and "pip uninstall opencv-python" in text
+
+
+def test_pip_opencv_is_detected_as_lacking_gstreamer(monkeypatch):
+    monkeypatch.setattr(csi.cv2, "getBuildInformation", lambda: "  Video I/O:\n    GStreamer:   NO\n")
+    csi.gstreamer_available.cache_clear()
+    try:
+        assert csi.gstreamer_available() is False
+        monkeypatch.setattr(csi.cv2, "getBuildInformation", lambda: "    GStreamer:  YES (1.16.3)\n")
+        csi.gstreamer_available.cache_clear()
+        assert csi.gstreamer_available() is True
+    finally:
+        csi.gstreamer_available.cache_clear()
+
+
+class _ArgusStuckCapture:
+    """What OpenCV does when nvargus-daemon is wedged: Argus prints to fd 2 and the capture does not open."""
+
+    def __init__(self, pipeline, api, params=()):
+        assert "nvarguscamerasrc" in pipeline and api == cv2.CAP_GSTREAMER
+        os.write(2, b"Error generated. gstnvarguscamerasrc.cpp, threadExecute:694 Failed to create CaptureSession\n")
+
+    def isOpened(self):
+        return False
+
+    def release(self):
+        pass
+
+
+def test_csi_argus_capture_session_failure_prints_the_daemon_restart(monkeypatch, capfd):
+    monkeypatch.setattr(csi, "gstreamer_available", lambda: True)
+    monkeypatch.setattr("edge.sources.opencv_source.cv2.VideoCapture", _ArgusStuckCapture)
+    with pytest.raises(SourceError) as info:
+        open_source("csi://0")
+    text = one_line(info.value)
+    assert "sudo systemctl restart nvargus-daemon" in text and "CaptureSession" in text
+    assert "Failed to create CaptureSession" in capfd.readouterr().err  # Argus's own line is not swallowed
+
+
+def test_csi_other_failures_suggest_checks():
+    text = csi.diagnose("nvbuf_utils: could not get EGL display")
+    assert "ribbon cable" in text and "gst-launch-1.0" in text
