@@ -1,0 +1,236 @@
+"""Runtime backends: one interface, `auto` by file type, metadata from the model file, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from edge.backends import BACKENDS, backend_for_file, load_backend
+from edge.backends.onnxruntime_backend import select_providers
+from edge.errors import EdgeError
+from edge.metadata import ONNX_META_KEY, ModelMeta, save_checkpoint
+from edge.preprocess import PreprocessSpec
+
+CLASSES = ["cat", "dog", "none"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A random-init SqueezeNet 1.1 checkpoint (3 classes) and its verified ONNX export."""
+    from edge.registry import create_model, get_arch
+    from export.onnx_export import export_onnx
+
+    d = tmp_path_factory.mktemp("models")
+    pt = d / "model.pt"
+    model = create_model("squeezenet1_1", len(CLASSES), "none")
+    save_checkpoint(pt, model.state_dict(), ModelMeta("squeezenet1_1", CLASSES, get_arch("squeezenet1_1").preprocess))
+    onnx_path = export_onnx(pt, d / "model.onnx", verify_images=4)
+    return pt, onnx_path
+
+
+def tiny_onnx(path, *, softmax: bool, batch: int | str = "N", meta: bool = True, size: int = 8):
+    """A hand-built graph: global average pool -> 3->2 matmul [-> softmax], with our metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = np.array([[2.0, -1.0], [0.5, 1.0], [-1.0, 3.0]], np.float32)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+    ]
+    out = "logits"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
+        out = "probabilities"
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [batch, 2])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.flatten())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    if meta:
+        m = ModelMeta("tiny", ["a", "b"], PreprocessSpec(size, size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+        prop = model.metadata_props.add()
+        prop.key, prop.value = ONNX_META_KEY, m.to_json()
+    onnx.save(model, str(path))
+    return path, w
+
+
+def batch_of(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, size, size), dtype=np.float32)
+
+
+def test_registry_is_an_explicit_dict():
+    assert set(BACKENDS) == {"tensorrt", "onnxruntime", "torch"}
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("m.engine", "tensorrt"), ("m.plan", "tensorrt"), ("m.ONNX", "onnxruntime"), ("m.pt", "torch"), ("m.pth", "torch"),
+])
+def test_auto_picks_by_file_type(name, expected):
+    assert backend_for_file(name) == expected
+
+
+def test_unknown_suffix_names_the_valid_ones(tmp_path):
+    p = tmp_path / "model.tflite"
+    p.write_bytes(b"x")
+    with pytest.raises(EdgeError, match=r"unknown type '\.tflite'.*\.onnx"):
+        load_backend(p)
+
+
+def test_missing_file_and_unknown_backend_and_device(tmp_path, models):
+    pt, _ = models
+    with pytest.raises(EdgeError, match="not found"):
+        load_backend(tmp_path / "nope.onnx")
+    with pytest.raises(EdgeError, match="unknown backend 'tflite'.*auto, tensorrt, onnxruntime, torch"):
+        load_backend(pt, "tflite")
+    with pytest.raises(EdgeError, match="unknown device 'tpu'"):
+        load_backend(pt, "auto", "tpu")
+
+
+def test_backend_that_cannot_read_the_file_says_what_to_do(models):
+    pt, onnx_path = models
+    with pytest.raises(EdgeError, match="cannot read .*model.pt.*edge export"):
+        load_backend(pt, "onnxruntime")
+    with pytest.raises(EdgeError, match="torch backend reads `train` checkpoints"):
+        load_backend(onnx_path, "torch")
+
+
+def test_torch_backend_probabilities_and_labels_from_the_file(models, caplog):
+    pt, _ = models
+    with caplog.at_level(logging.INFO, logger="edge.backends"):
+        be = load_backend(pt, "auto", "cpu")
+    assert "auto-selected backend torch" in caplog.text
+    assert be.name == "torch" and be.device == "cpu"
+    assert be.meta.class_names == CLASSES
+    p = be.infer(batch_of(3))
+    assert p.shape == (3, 3) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert (p >= 0).all()
+    be.close()
+
+
+def test_onnxruntime_matches_torch(models):
+    pt, onnx_path = models
+    x = batch_of(4, seed=1)
+    with load_backend(pt, "torch", "cpu") as t, load_backend(onnx_path, "auto", "cpu") as o:
+        assert o.name == "onnxruntime" and o.providers == ["CPUExecutionProvider"]
+        assert o.meta.class_names == CLASSES and o.meta.preprocess == t.meta.preprocess
+        pt_probs, ort_probs = t.infer(x), o.infer(x)
+    np.testing.assert_allclose(ort_probs, pt_probs, atol=1e-4)
+    # the exported graph already ends in softmax; applying it twice would break the parity above
+    from edge.backends import softmax
+
+    assert np.abs(softmax(ort_probs) - ort_probs).max() > 1e-3
+
+
+def test_onnx_without_softmax_gets_softmax(tmp_path):
+    path, w = tiny_onnx(tmp_path / "logits.onnx", softmax=False)
+    x = batch_of(2, size=8)
+    with load_backend(path) as be:
+        p = be.infer(x)
+    logits = x.mean(axis=(2, 3)) @ w
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(p, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fixed_batch_onnx_takes_any_batch(tmp_path):
+    path, w = tiny_onnx(tmp_path / "b1.onnx", softmax=True, batch=1)
+    x = batch_of(5, size=8)
+    with load_backend(path) as be:
+        assert be.max_batch == 1
+        p = be.infer(x)
+    assert p.shape == (5, 2)
+    np.testing.assert_allclose(p.argmax(1), (x.mean(axis=(2, 3)) @ w).argmax(1))
+
+
+def test_wrong_input_shape_is_rejected(tmp_path, models):
+    _, onnx_path = models
+    with load_backend(onnx_path) as be, pytest.raises(ValueError, match="Nx3x224x224"):
+        be.infer(np.zeros((1, 3, 100, 100), np.float32))
+
+
+def test_onnx_without_metadata_is_refused(tmp_path):
+    path, _ = tiny_onnx(tmp_path / "foreign.onnx", softmax=True, meta=False)
+    with pytest.raises(EdgeError, match="no 'jetson_edge_meta' metadata.*edge export"):
+        load_backend(path)
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt"])
+def test_corrupt_model_file_is_one_line_error(tmp_path, suffix):
+    p = tmp_path / f"broken{suffix}"
+    p.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(EdgeError) as e:
+        load_backend(p)
+    assert "broken" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_provider_order_and_filtering():
+    avail = ["AzureExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
+    assert select_providers(avail, "auto") == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(avail, "cpu") == ["CPUExecutionProvider"]
+    assert select_providers(["CPUExecutionProvider"], "auto") == ["CPUExecutionProvider"]
+    with pytest.raises(EdgeError, match="no GPU provider"):
+        select_providers(["CPUExecutionProvider"], "cuda")
+
+
+def test_tensorrt_backend_without_tensorrt_is_a_clear_error(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    p = tmp_path / "model.engine"
+    p.write_bytes(b"engine")
+    with pytest.raises(EdgeError, match="TensorRT"):
+        load_backend(p)
+    with pytest.raises(EdgeError, match="GPU only"):
+        load_backend(p, device="cpu")
+
+
+@pytest.mark.gpu
+def test_torch_backend_cuda_fp16_matches_cpu(models):
+    pt, _ = models
+    x = batch_of(2, seed=2)
+    with load_backend(pt, "torch", "cuda") as g, load_backend(pt, "torch", "cpu") as c:
+        assert g.device == "cuda" and g.fp16
+        np.testing.assert_allclose(g.infer(x), c.infer(x), atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_tensorrt_engine_matches_onnxruntime(tmp_path):
+    """Builds an engine from the tiny graph with TensorRT's builder, writes the sidecar, compares with ORT."""
+    import tensorrt as trt
+    import torch
+
+    from edge.metadata import sha256_file
+    from edge.onnx_meta import EngineKey, EngineSidecar, sidecar_path
+
+    onnx_path, _ = tiny_onnx(tmp_path / "tiny.onnx", softmax=True)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(onnx_path.read_bytes())
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("input", (1, 3, 8, 8), (1, 3, 8, 8), (4, 3, 8, 8))
+    config.add_optimization_profile(profile)
+    engine_path = tmp_path / "tiny.engine"
+    engine_path.write_bytes(bytes(builder.build_serialized_network(network, config)))
+    meta = ModelMeta("tiny", ["a", "b"], PreprocessSpec(8, 8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+    key = EngineKey(sha256_file(onnx_path), trt.__version__, torch.cuda.get_device_name(0),
+                    "{}.{}".format(*torch.cuda.get_device_capability(0)), "fp32", (1, 3, 8, 8), 4)
+    side = EngineSidecar(key, meta, sha256_file(engine_path), engine_path.stat().st_size)
+    sidecar_path(engine_path).write_text(json.dumps(side.to_dict()))
+    x = batch_of(6, size=8)
+    with load_backend(engine_path) as t, load_backend(onnx_path, device="cpu") as o:
+        assert t.name == "tensorrt" and t.max_batch == 4
+        np.testing.assert_allclose(t.infer(x), o.infer(x), atol=1e-4)
