@@ -48,14 +48,14 @@ def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray | None:
-    """BGR uint8 image, or None if it cannot be decoded. EXIF orientation is ignored, as in training."""
+    """BGR uint8 image, or None if it cannot be decoded. EXIF orientation is applied, as in training."""
     try:
         data = np.fromfile(str(path), np.uint8)
     except OSError:
         return None
     if data.size == 0:
         return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 
 def predict_files(backend, paths: Sequence[Path], batch_size: int = 16, top_k: int = 1) -> Iterator[dict]:

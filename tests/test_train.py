@@ -206,3 +206,29 @@ def test_bad_input_is_one_clear_line(case, tmp_path, synthetic_dataset):
     assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not out.exists()
+
+
+def test_phone_photo_exif_orientation_is_applied_in_training_and_predict(tmp_path):
+    """A photo stored sideways with an EXIF rotation is trained on (and predicted) the way the user sees it."""
+    import io
+
+    from PIL import Image
+
+    from edge.predict import read_image
+    from train.dataset import load_rgb
+
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:10] = (255, 0, 0)  # red band on top of the upright picture
+    stored = np.rot90(rgb, 1)  # the camera stored it turned by 90 degrees...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ...and says: rotate 90 degrees clockwise to view
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(stored)).save(buf, "JPEG", exif=exif, quality=95)
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(buf.getvalue())
+
+    trained_on = np.asarray(load_rgb(str(path)))
+    predicted_on = read_image(path)[..., ::-1]
+    for seen in (trained_on, predicted_on):
+        assert seen.shape[:2] == (40, 60)
+        assert seen[:8, :, 0].mean() > 200 and seen[-20:, :, 0].mean() < 50

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from edge.errors import EdgeError
 from edge.fsutil import is_temp_name
@@ -180,7 +180,7 @@ def load_rgb(path: str, max_side: int = MAX_KEEP_SIDE) -> Image.Image:
     """Decode an image as RGB, downscaled so its shorter side is at most `max_side` (keeps memory bounded)."""
     with Image.open(path) as img:
         img.draft("RGB", (max_side, max_side))
-        img = img.convert("RGB")
+        img = ImageOps.exif_transpose(img).convert("RGB")  # phone photos: upright, as the user saw them
     short = min(img.size)
     if short > max_side:
         scale = max_side / short
@@ -213,5 +213,5 @@ def eval_batch(samples: list[Sample], spec) -> np.ndarray:
     out = np.empty((len(samples), 3, spec.input_size, spec.input_size), np.float32)
     for i, s in enumerate(samples):
         with Image.open(s.path) as img:
-            preprocess_image(np.asarray(img.convert("RGB")), spec, "RGB", out=out[i])
+            preprocess_image(np.asarray(ImageOps.exif_transpose(img).convert("RGB")), spec, "RGB", out=out[i])
     return out
