@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from edge.perf import keep_freed_memory
 from edge.synthetic import make_dataset
 from train.trainer import TrainConfig, train_model
 
@@ -31,6 +32,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    keep_freed_memory()
     results = {"arch": a.arch, "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     with tempfile.TemporaryDirectory() as tmp:
         data = make_dataset(Path(tmp) / "data", per_class=a.per_class, seed=0)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edge.errors import cli_entry
+from edge.perf import keep_freed_memory
 from edge.preprocess import AugmentSpec
 from edge.registry import list_models
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    keep_freed_memory()
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s", stream=sys.stdout)
     cfg = TrainConfig(
         data=a.data, output=a.output, arch=a.arch, weights=a.weights, mode=a.mode, epochs=a.epochs,

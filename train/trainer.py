@@ -269,12 +269,15 @@ class Trainer:
         from tqdm import tqdm
 
         feats = []
+        # channels_last: about 1.5x faster convolutions on CPU (and for cuDNN with AMP)
+        self.model.to(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             for i in tqdm(range(0, n, self.batch_size), desc=desc, unit="batch", disable=self._no_bar(), leave=False):
-                x = inputs(i).to(self.device, non_blocking=True)
+                x = inputs(i).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 f = self.arch.features(self.model, x)
                 # half precision halves the cache (SqueezeNet's 512x13x13 maps) at no accuracy cost
-                feats.append(f.to(torch.float16 if self.device.type == "cuda" else torch.float32))
+                feats.append(f.to(torch.float16 if self.device.type == "cuda" else torch.float32).contiguous())
+        self.model.to(memory_format=torch.contiguous_format)
         return torch.cat(feats)
 
     def _head_stage(self, epochs: int, first: int, stopper: _EarlyStopper, rs: dict[str, Any] | None) -> None:
