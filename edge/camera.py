@@ -200,6 +200,14 @@ class Camera(traitlets.HasTraits):
         def current() -> bool:
             return gen == self._gen and not self._stop_event.is_set()
 
+        def wait_backoff() -> bool:
+            """Sleep the current backoff (doubling it, capped); True when stop() was called meanwhile."""
+            nonlocal backoff
+            if self._stop_event.wait(backoff):
+                return True
+            backoff = min(backoff * 2, self.max_backoff)
+            return False
+
         try:
             while current():
                 if source is None:
@@ -212,9 +220,8 @@ class Camera(traitlets.HasTraits):
                         self._source_fps = source.fps or self._source_fps
                     except Exception as e:
                         self._failed(gen, f"cannot open: {e}")
-                        if self._stop_event.wait(backoff):
+                        if wait_backoff():
                             break
-                        backoff = min(backoff * 2, self.max_backoff)
                         continue
                     if not current():
                         break
@@ -227,9 +234,8 @@ class Camera(traitlets.HasTraits):
                     self._failed(gen, f"read failed: {e}")
                     self._close(source)
                     source = None
-                    if self._stop_event.wait(backoff):
+                    if wait_backoff():
                         break
-                    backoff = min(backoff * 2, self.max_backoff)
                     continue
                 if not current():
                     break
