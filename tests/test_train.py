@@ -232,3 +232,20 @@ def test_phone_photo_exif_orientation_is_applied_in_training_and_predict(tmp_pat
     for seen in (trained_on, predicted_on):
         assert seen.shape[:2] == (40, 60)
         assert seen[:8, :, 0].mean() > 200 and seen[-20:, :, 0].mean() < 50
+
+
+def test_resume_a_finished_head_run_with_more_epochs(synthetic_dataset, tmp_path):
+    out = tmp_path / "head"
+    base = ["--data", str(synthetic_dataset), "--arch", "squeezenet1_1", "--weights", "none", "--output", str(out),
+            "--no-progress", "--cache-views", "1", "--patience", "10"]
+    assert train_main(base + ["--epochs", "2"]) == 0
+    assert train_main(base + ["--epochs", "4", "--resume"]) == 0
+    epochs = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+
+
+def test_resume_without_a_previous_run_is_one_clear_line(synthetic_dataset, tmp_path, capsys):
+    rc = train_main(["--data", str(synthetic_dataset), "--arch", "squeezenet1_1", "--weights", "none",
+                     "--output", str(tmp_path / "new"), "--resume"])
+    assert rc == 2
+    assert "nothing to resume" in capsys.readouterr().err

@@ -276,7 +276,7 @@ class Trainer:
                 x = inputs(i).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 f = self.arch.features(self.model, x)
                 # half precision halves the cache (SqueezeNet's 512x13x13 maps) at no accuracy cost
-                feats.append(f.to(torch.float16 if self.device.type == "cuda" else torch.float32).contiguous())
+                feats.append(f.to(torch.float16).contiguous())
         self.model.to(memory_format=torch.contiguous_format)
         return torch.cat(feats)
 
@@ -314,7 +314,7 @@ class Trainer:
         opt = torch.optim.AdamW(params, lr=cfg.lr or HEAD_LR, weight_decay=cfg.weight_decay)
         steps_per_epoch = math.ceil(len(train_f) / self.batch_size)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-        if rs:
+        if rs and "optimizer" in rs:  # absent when the stage had finished (a resume with more --epochs)
             opt.load_state_dict(rs["optimizer"])
             sched.load_state_dict(rs["scheduler"])
         for epoch in range(first, epochs + 1):
@@ -381,7 +381,7 @@ class Trainer:
             torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps - warmup)),
         ], milestones=[warmup])
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
-        if rs:
+        if rs and "optimizer" in rs:
             opt.load_state_dict(rs["optimizer"])
             sched.load_state_dict(rs["scheduler"])
             scaler.load_state_dict(rs["scaler"])
