@@ -18,7 +18,7 @@ from edge.sources import SOURCE_HELP, open_source
 from . import display as display_mod
 from .dataset import DatasetWriter, describe_totals
 from .importer import import_photos
-from .labels import SPLITS, check_label, label_dir
+from .labels import SPLITS, label_dir
 from .session import ChangeFilter, Interactive, Shooter, capture_live, capture_media
 
 HEADLESS_INTERVAL_S, BURST_INTERVAL_S = 1.0, 0.25
@@ -70,21 +70,18 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def _check_args(a: argparse.Namespace) -> None:
-    check_label(a.label)  # before anything touches the disk or the camera
-    label_dir(a.data, a.label, a.split)
+    label_dir(a.data, a.label, a.split)  # checks the label, before anything touches the disk or the camera
     if a.count is not None and a.count < 1:
         raise EdgeError(f"--count must be >= 1, got {a.count}")
     if a.interval is not None and a.interval < 0:
         raise EdgeError(f"--interval must be >= 0 seconds, got {a.interval}")
-    if not 1 <= a.quality <= 100:
-        raise EdgeError(f"--quality must be 1-100, got {a.quality}")
     if not a.split and Path(a.data, "train").is_dir():
         raise EdgeError(f"{a.data!r} has train/ and val/ folders; pass --split train or --split val")
 
 
 def run(a: argparse.Namespace) -> int:
     _check_args(a)
-    writer = DatasetWriter(a.data, a.split, a.quality)
+    writer = DatasetWriter(a.data, a.split, a.quality)  # checks --quality
     change = ChangeFilter(a.min_change) if a.min_change else None
     source_path = Path(a.source).expanduser()
     if "://" not in a.source and source_path.is_dir():
@@ -133,21 +130,24 @@ def _import(a: argparse.Namespace, folder: Path, writer: DatasetWriter) -> int:
         if bad:
             print(f"skipped {len(bad)} unreadable file(s)", file=sys.stderr)
     finally:
-        writer.remove_empty_folders()
-        with contextlib.suppress(EdgeError):
-            writer.sync_labels()
+        _tidy(writer)
     print(f"imported {imported} image(s) into {writer.base / a.label}")
     print(describe_totals(writer))
     return 0 if imported else 1
 
 
-def _finish(a: argparse.Namespace, writer: DatasetWriter, shooter: Shooter) -> None:
-    """Totals, labels.txt, and no empty class folder left behind (the trainer would see an empty class)."""
+def _tidy(writer: DatasetWriter) -> None:
+    """labels.txt up to date, and no empty class folder left behind (the trainer would see an empty class)."""
     writer.remove_empty_folders()
     try:
         writer.sync_labels()
     except EdgeError as e:  # the error that stopped us (e.g. disk full) is the one to report
         logging.getLogger(__name__).debug("labels.txt not updated: %s", e)
+
+
+def _finish(a: argparse.Namespace, writer: DatasetWriter, shooter: Shooter) -> None:
+    """Tidy the dataset and print the totals."""
+    _tidy(writer)
     if shooter.skipped:
         print(f"skipped {shooter.skipped} near-duplicate frame(s) (--min-change {a.min_change:g})")
     print(f"saved {shooter.saved} image(s) of {shooter.label!r}")

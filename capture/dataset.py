@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.fsutil import TEMP_PREFIX, atomic_write_bytes, atomic_write_text, ensure_writable_dir, is_temp_name
-from edge.sources import IMAGE_EXTENSIONS
+from edge.fsutil import TEMP_PREFIX, atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from edge.sources import is_image_name
 
 from .labels import SPLITS, check_label, label_dir
 
@@ -32,8 +32,9 @@ def new_name(suffix: str = ".jpg") -> str:
 
 
 def count_images(folder: Path) -> int:
+    """Images in `folder` as the trainer sees them (same extensions; hidden and temporary names skipped)."""
     try:
-        return sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not is_temp_name(p.name))
+        return sum(1 for p in folder.iterdir() if is_image_name(p.name))
     except OSError:
         return 0
 
@@ -84,11 +85,14 @@ class DatasetWriter:
             self._counts[label] = count_images(self.base / label)
         return self._counts[label]
 
+    def _bases(self) -> list[Path]:
+        """The folders holding class folders: every split's when the dataset is split, else the root."""
+        return [self.root / s for s in SPLITS] if self.split else [self.root]
+
     def known_labels(self) -> list[str]:
         """Class folders already in the dataset (all splits), sorted; invalid folder names are left out."""
-        bases = [self.root / s for s in SPLITS] if self.split else [self.root]
         names = set()
-        for base in bases:
+        for base in self._bases():
             if base.is_dir():
                 for p in base.iterdir():
                     if p.is_dir() and not p.name.startswith(".") and p.name not in SPLITS:
@@ -144,7 +148,7 @@ class DatasetWriter:
 
     def sync_labels(self) -> None:
         """Rewrite DIR/labels.txt (atomically) with the classes that have at least one image, if it changed."""
-        bases = [self.root / s for s in SPLITS] if self.split else [self.root]
+        bases = self._bases()
         labels = [n for n in self.known_labels() if any(count_images(b / n) for b in bases)]
         text = "".join(f"{n}\n" for n in labels)
         path = self.root / LABELS_FILE

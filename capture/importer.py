@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from edge.errors import EdgeError
-from edge.sources import list_images
+from edge.sources import IMAGE_EXTENSIONS, list_images
 
 from .dataset import DatasetWriter
 
@@ -25,7 +25,7 @@ def import_photos(folder: str | Path, writer: DatasetWriter, label: str, count: 
     anything else re-encoded as JPEG with EXIF rotation applied. Returns (imported, unreadable files)."""
     files = list_images(folder, recursive=True)
     if not files:
-        raise EdgeError(f"no images in {str(folder)!r} (looked for .jpg, .jpeg, .png, .bmp, .webp, .tif)")
+        raise EdgeError(f"no images in {str(folder)!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     if count is not None:
         files = files[:count]
     imported, bad = 0, []

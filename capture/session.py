@@ -148,7 +148,7 @@ class Interactive:
         if path is not None:
             self.last_shot = time.monotonic()
             self.flash_until = self.last_shot + 0.15
-            self.shooter.out(f"[{self.shooter.saved}] {path}")
+            _progress(self.shooter, None, path)
 
     def switch(self, label: str) -> None:
         if label != self.shooter.label:

@@ -142,7 +142,9 @@ class Camera(traitlets.HasTraits):
             self._cond.notify_all()
         me = threading.current_thread()
         timeout = self.stall_timeout + 1.0
-        for t in (self._reader, self._notifier):
+        # the notifier first: until it has seen the stop, its watchdog may replace `_reader` with a new thread
+        for name in ("_notifier", "_reader"):
+            t = getattr(self, name)
             if t is not None and t is not me and t.is_alive():
                 t.join(timeout)
                 if t.is_alive():

@@ -78,10 +78,6 @@ class _Recorder:
                 self.timeline.append((round(pred.frame_id / self.fps, 2), pred.label))
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(np.asarray(values), q)), 2) if values else None
-
-
 def run_demo(
     output: str | Path = "demo-output",
     per_class: int = 80,
@@ -95,7 +91,7 @@ def run_demo(
     from .backends import load_backend
     from .camera import Camera
     from .outputs.record import RecordOutput
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, percentiles
     from .smoothing import Smoother
     from .synthetic import SceneRenderer, make_dataset
 
@@ -177,6 +173,9 @@ def run_demo(
 
     n = len(stats.rows)
     col = lambda k: [r[k] for r in stats.rows]  # noqa: E731
+    infer50, infer95 = percentiles(col("infer_ms"), ndigits=2)
+    e2e50, e2e95 = percentiles(col("e2e_ms"), ndigits=2)
+    (age50,) = percentiles(col("frame_age_ms"), (50,), ndigits=2)
     train_metrics = json.loads((model_dir / "metrics.json").read_text()) if (model_dir / "metrics.json").is_file() else {}
     stages["total_s"] = round(time.monotonic() - t_all, 2)
     metrics: dict[str, Any] = {
@@ -196,11 +195,11 @@ def run_demo(
             "drops": run_stats["drops"],
             "fps": round(n / max(stages["serve_s"], 1e-6), 2),
             "camera_fps": fps,
-            "infer_ms_p50": _pct(col("infer_ms"), 50),
-            "infer_ms_p95": _pct(col("infer_ms"), 95),
-            "latency_ms_p50": _pct(col("e2e_ms"), 50),
-            "latency_ms_p95": _pct(col("e2e_ms"), 95),
-            "frame_age_ms_p50": _pct(col("frame_age_ms"), 50),
+            "infer_ms_p50": infer50,
+            "infer_ms_p95": infer95,
+            "latency_ms_p50": e2e50,
+            "latency_ms_p95": e2e95,
+            "frame_age_ms_p50": age50,
             "agreement_with_scene": round(stats.correct_smoothed / n, 3),
             "agreement_with_scene_raw": round(stats.correct_raw / n, 3),
             "label_timeline": stats.timeline,

@@ -127,7 +127,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], ModelMeta,
             f"{str(p)!r} is not a checkpoint written by `train` (no model metadata: arch, labels, preprocessing); "
             f"train one with `train --data DIR`, or start from it with `train --weights {p}`"
         )
-    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+    try:
+        version = int(obj.get("format_version", 0))
+    except (TypeError, ValueError) as e:
+        raise EdgeError(f"{str(p)!r} has an invalid format_version {obj.get('format_version')!r}") from e
+    if version > FORMAT_VERSION:
         raise EdgeError(f"{str(p)!r} has format version {obj.get('format_version')}; upgrade this tool to read it")
     state = obj.get("state_dict")
     if not isinstance(state, dict):

@@ -164,9 +164,9 @@ class EngineSidecar:
     def from_dict(cls, d: Mapping[str, Any], source: str = "engine sidecar") -> "EngineSidecar":
         if not isinstance(d, Mapping) or d.get("format") != ENGINE_SIDECAR_FORMAT:
             raise EdgeError(f"{source} is not an engine sidecar written by `edge export`")
-        if int(d.get("format_version", 0)) > ENGINE_SIDECAR_VERSION:
-            raise EdgeError(f"{source} has format version {d.get('format_version')}; upgrade this tool to read it")
         try:
+            if int(d.get("format_version", 0)) > ENGINE_SIDECAR_VERSION:
+                raise EdgeError(f"{source} has format version {d.get('format_version')}; upgrade this tool to read it")
             return cls(
                 key=EngineKey.from_dict(d["key"]),
                 meta=ModelMeta.from_dict(d["meta"]),

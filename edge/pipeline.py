@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -85,7 +86,7 @@ class SyncSource:
         return frame, self.frame_id, time.monotonic()
 
 
-class PrefetchSource:
+class PrefetchSource(SyncSource):
     """Adapts a non-live `FrameSource` (file, folder, unpaced test://) for throughput: a reader thread decodes
     frame n+1 while frame n is classified, then waits until n+1 is taken (one frame ahead, just in time).
 
@@ -94,13 +95,8 @@ class PrefetchSource:
     """
 
     def __init__(self, source) -> None:
-        import queue
-
-        self.source = source
-        self.frame_id = -1
-        self.state = "stopped"
-        self.running = False
-        self._q: "queue.Queue" = queue.Queue()
+        super().__init__(source)
+        self._q: queue.Queue = queue.Queue()
         self._slot = threading.Semaphore(1)  # one frame decoded ahead at most
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,8 +105,7 @@ class PrefetchSource:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self.running = True
-        self.state = "streaming"
+        super().start()
         self._thread = threading.Thread(target=self._loop, name="edge-prefetch", daemon=True)
         self._thread.start()
 
@@ -132,8 +127,6 @@ class PrefetchSource:
             self._q.put(None)
 
     def read_latest(self, after_id: int = -1, timeout: float | None = None):
-        import queue
-
         if self.state == "ended":
             return None
         try:
@@ -152,10 +145,7 @@ class PrefetchSource:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
-        self.running = False
-        if self.state != "ended":
-            self.state = "stopped"
-        self.source.close()
+        super().stop()
 
 
 class Pipeline:
@@ -423,12 +413,8 @@ class Pipeline:
     def stats(self) -> dict[str, Any]:
         """A JSON-friendly snapshot: frames, drops, fps (smoothed and average), recent latency percentiles..."""
         elapsed = (self._t_last - self._t_first) if self._t_first is not None and self._t_last is not None else 0.0
-        e2e = np.fromiter(self._recent_e2e, np.float64) if self._recent_e2e else None
-        inf = np.fromiter(self._recent_infer, np.float64) if self._recent_infer else None
-
-        def pct(a: np.ndarray | None, q: float) -> float | None:
-            return None if a is None else round(float(np.percentile(a, q)), 3)
-
+        inf50, inf95 = percentiles(self._recent_infer) if self._recent_infer else (None, None)
+        e2e50, e2e95 = percentiles(self._recent_e2e) if self._recent_e2e else (None, None)
         return {
             "frames": self._frames,
             "drops": self._drops,
@@ -438,10 +424,10 @@ class Pipeline:
             "infer_ms": round(self._last_infer_ms, 3),
             "latency_ms": round(self._last_latency_ms, 3),
             "frame_age_ms": round(self._last_age_ms, 3),
-            "infer_ms_p50": pct(inf, 50),
-            "infer_ms_p95": pct(inf, 95),
-            "e2e_ms_p50": pct(e2e, 50),
-            "e2e_ms_p95": pct(e2e, 95),
+            "infer_ms_p50": inf50,
+            "infer_ms_p95": inf95,
+            "e2e_ms_p50": e2e50,
+            "e2e_ms_p95": e2e95,
             "backend": getattr(self._backend, "name", "?"),
             "swaps": self._swaps,
             "running": self._running,
@@ -450,9 +436,9 @@ class Pipeline:
         }
 
 
-def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 95)) -> list[float]:
-    """Percentiles of a list of timings (ms), rounded; empty list -> NaNs."""
-    if not values:
+def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 95), ndigits: int = 3) -> list[float]:
+    """Percentiles of timings (ms), rounded to `ndigits`; no values -> NaNs."""
+    a = np.fromiter(values, np.float64)
+    if not a.size:
         return [float("nan")] * len(qs)
-    a = np.asarray(values, np.float64)
-    return [round(float(np.percentile(a, q)), 3) for q in qs]
+    return [round(float(q), ndigits) for q in np.percentile(a, qs)]

@@ -20,16 +20,13 @@ import numpy as np
 
 from .errors import EdgeError, cli_entry
 from .preprocess import preprocess_image
+from .sources import IMAGE_EXTENSIONS, list_images
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Files named directly (any extension) plus image files found recursively under named folders, in order."""
-    from .sources import list_images
-
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)

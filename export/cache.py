@@ -16,10 +16,10 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from edge.fsutil import atomic_write_bytes, atomic_write_text, make_readable
+from edge.fsutil import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from edge.errors import EdgeError
 from edge.metadata import ModelMeta, sha256_file
-from edge.onnx_meta import PRECISIONS, EngineKey, EngineSidecar, read_engine_sidecar, sidecar_path
+from edge.onnx_meta import EngineKey, EngineSidecar, read_engine_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ __all__ = [
     "calibration_cache_path",
     "calibration_digest",
     "slug",
-    "make_readable",
+    "is_dir_arg",
+    "prepare_output",
 ]
 
 
@@ -52,11 +53,9 @@ def engine_cache_key(
     """The key an engine is cached under. compute_capability as "8.7" or (8, 7)."""
     if isinstance(compute_capability, (tuple, list)):
         compute_capability = ".".join(str(int(v)) for v in compute_capability)
-    if precision not in PRECISIONS:
-        raise EdgeError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if max_batch < 1 or (input_shape and int(input_shape[0]) > max_batch):
         raise EdgeError(f"max batch {max_batch} must be >= 1 and >= the input shape's batch {input_shape}")
-    return EngineKey(
+    return EngineKey(  # refuses an unknown precision
         onnx_sha256=onnx_sha256,
         tensorrt_version=str(tensorrt_version),
         gpu_name=str(gpu_name),
@@ -66,6 +65,23 @@ def engine_cache_key(
         max_batch=int(max_batch),
         calibration=calibration if precision == "int8" else "",
     )
+
+
+def is_dir_arg(output: str | os.PathLike) -> bool:
+    """True when an --output names a directory: an existing one, or a path ending in a separator."""
+    return Path(output).is_dir() or str(output).endswith(("/", os.sep))
+
+
+def prepare_output(out: Path, what: str = "output directory") -> Path:
+    """Check `out` can be written: no file stands where a parent directory should be; its folder is created and
+    writable (EdgeError saying which, otherwise). Returns `out`."""
+    for parent in [out.parent, *out.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EdgeError(f"cannot write {str(out)!r}: {str(parent)!r} is a file, not a directory")
+            break
+    ensure_writable_dir(out.parent, what)
+    return out
 
 
 def slug(text: str) -> str:

@@ -30,16 +30,16 @@ import torch
 from torch import nn
 
 from edge.errors import EdgeError
-from edge.fsutil import TEMP_PREFIX, ensure_writable_dir
+from edge.fsutil import TEMP_PREFIX, make_readable
 from edge.metadata import ONNX_META_KEY, ModelMeta, load_model, sha256_file
 from edge.onnx_meta import EXPORT_INFO_KEY, INPUT_NAME, OUTPUT_NAME
 
-from .cache import make_readable
+from .cache import is_dir_arg, prepare_output
 from .verify import (
     DEFAULT_VERIFY_IMAGES,
-    ExportVerificationError,
     InputBatch,
     VerifyReport,
+    require_passed,
     torch_probabilities,
     verification_inputs,
     verify_onnx,
@@ -77,20 +77,14 @@ def resolve_output(checkpoint: str | os.PathLike, output: str | os.PathLike | No
         out = default
     else:
         out = Path(output)
-        if out.is_dir() or str(output).endswith(("/", os.sep)):
+        if is_dir_arg(output):
             out = out / default.name
     if out.exists() and out.is_dir():
         raise EdgeError(f"output {str(out)!r} is a directory; pass a file name such as {default.name!r}")
     with contextlib.suppress(OSError):
         if out.resolve() == Path(checkpoint).resolve():
             raise EdgeError(f"output {str(out)!r} is the checkpoint itself; choose another --output")
-    for parent in [out.parent, *out.parent.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise EdgeError(f"cannot write {str(out)!r}: {str(parent)!r} is a file, not a directory")
-            break
-    ensure_writable_dir(out.parent, "output directory")
-    return out
+    return prepare_output(out, "output directory")
 
 
 class ProbabilityModel(nn.Module):
@@ -202,13 +196,7 @@ def export_onnx_verified(
                 f"({MIN_OPSET}..{MAX_OPSET})"
             ) from e
         report = verify_onnx(tmp, model, batch, precision, reference=reference, name=out.name)
-        log.info(report.summary())
-        if not report.passed:
-            raise ExportVerificationError(
-                f"verification failed, {out.name} not written: {'; '.join(report.failures())} "
-                f"({report.summary()})",
-                report,
-            )
+        require_passed(report, f"verification failed, {out.name} not written")
         make_readable(tmp)
         os.replace(tmp, out)
     except BaseException:

@@ -10,6 +10,7 @@ from typing import Callable
 
 from edge.errors import EdgeError
 
+from .cache import is_dir_arg
 from .onnx_export import DEFAULT_OPSET, check_opset, default_onnx_path, export_onnx_verified
 from .verify import DEFAULT_VERIFY_IMAGES, VerifyReport
 
@@ -24,10 +25,6 @@ class ExportedFile:
     path: Path
     report: VerifyReport | None = None
     note: str = ""  # e.g. the engine build summary
-
-
-def _is_dir_arg(output: str | os.PathLike) -> bool:
-    return Path(output).is_dir() or str(output).endswith(("/", os.sep))
 
 
 def engine_precision(fp16: bool, int8: bool) -> str:
@@ -71,7 +68,7 @@ def run_export(
             f"{model.name} is already ONNX; to export ONNX pass the training checkpoint (model.pt), or build an engine "
             f"from it with --format engine"
         )
-    if fmt == "all" and output is not None and not _is_dir_arg(output):
+    if fmt == "all" and output is not None and not is_dir_arg(output):
         raise EdgeError(f"--format all writes several files; --output must be a directory (ending in '/'), not {str(output)!r}")
     if not model.is_file():
         raise EdgeError(f"model file {str(model)!r} not found")
@@ -87,11 +84,10 @@ def run_export(
         if on_file is not None:
             on_file(f)
 
-    out_dir = Path(output) if output is not None and _is_dir_arg(output) else None
+    out_dir = Path(output) if output is not None and is_dir_arg(output) else None
     onnx_for_engine: Path | None = model if is_onnx else None
 
     if not is_onnx:
-        variants = []
         if fmt == "onnx":
             variants = [fp16]
         elif fmt == "all":

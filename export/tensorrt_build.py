@@ -37,6 +37,8 @@ from .cache import (
     calibration_digest,
     default_engine_path,
     engine_cache_key,
+    is_dir_arg,
+    prepare_output,
     stale_reason,
     timing_cache_path,
     write_engine,
@@ -44,15 +46,14 @@ from .cache import (
 from .verify import (
     DEFAULT_VERIFY_IMAGES,
     ENGINE_TOLERANCES,
-    ExportVerificationError,
     InputBatch,
     VerifyReport,
     compare_probabilities,
-    find_images,
     image_source,
     onnxruntime_probabilities,
     pick_evenly,
     read_image_bgr,
+    require_passed,
     verification_inputs,
 )
 
@@ -700,19 +701,13 @@ class EngineBuild:
 def _resolve_engine_path(onnx_path: Path, precision: str, key: EngineKey, output, cache_dir) -> Path:
     if output is not None:
         out = Path(output)
-        if out.is_dir() or str(output).endswith(("/", os.sep)):
+        if is_dir_arg(output):
             out = out / default_engine_path(onnx_path, precision).name
     elif cache_dir is not None:
         out = cached_engine_path(cache_dir, onnx_path, key)
     else:
         out = default_engine_path(onnx_path, precision)
-    for parent in [out.parent, *out.parent.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise EdgeError(f"cannot write {str(out)!r}: {str(parent)!r} is a file, not a directory")
-            break
-    ensure_writable_dir(out.parent, "engine directory")
-    return out
+    return prepare_output(out, "engine directory")
 
 
 def build_engine_report(
@@ -746,13 +741,13 @@ def build_engine_report(
     calib_files: list[Path] = []
     calibration = ""
     if precision == "int8":
-        folder, why = image_source(meta, calib_data)
+        folder, why, found = image_source(meta, calib_data)
         if folder is None:
             raise EdgeError(
                 f"INT8 needs real calibration images ({why}): pass --calib-data DIR with a few hundred images like "
                 f"the camera sees (the training set is ideal); random data is never used, it would quantize badly"
             )
-        calib_files = pick_evenly(find_images(folder), calib_images)
+        calib_files = pick_evenly(found, calib_images)
         calib_batch = max(1, min(calib_batch, max_batch, len(calib_files)))
         if len(calib_files) < MIN_CALIB_IMAGES:
             log.warning("only %d calibration images in %s; INT8 accuracy may suffer (use a few hundred)", len(calib_files), folder)
@@ -803,13 +798,7 @@ def build_engine_report(
             batch = verification_inputs(meta, calib_data, verify_images)
             report = verify_engine(trt, data, onnx_path, batch, precision, backend)
             if report is not None:
-                log.info(report.summary())
-                if not report.passed:
-                    raise ExportVerificationError(
-                        f"engine verification failed, {engine_path.name} not written: {'; '.join(report.failures())} "
-                        f"({report.summary()})",
-                        report,
-                    )
+                require_passed(report, f"engine verification failed, {engine_path.name} not written")
     write_engine(engine_path, data, key, meta)
     return EngineBuild(engine_path, True, reason, key, report, time.monotonic() - started)
 

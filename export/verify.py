@@ -23,13 +23,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.fsutil import is_temp_name
 from edge.metadata import ModelMeta
 from edge.preprocess import PreprocessSpec, preprocess_image
+from edge.sources import IMAGE_EXTENSIONS, list_images
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_VERIFY_IMAGES = 32
 RANDOM_SEED = 0
 
@@ -103,6 +102,14 @@ class VerifyReport:
         return d
 
 
+def require_passed(report: VerifyReport, failed: str) -> VerifyReport:
+    """Log the report's summary; raise ExportVerificationError ("{failed}: what failed (summary)") unless it passed."""
+    log.info(report.summary())
+    if not report.passed:
+        raise ExportVerificationError(f"{failed}: {'; '.join(report.failures())} ({report.summary()})", report)
+    return report
+
+
 def compare_probabilities(
     test: np.ndarray,
     reference: np.ndarray,
@@ -137,13 +144,7 @@ def compare_probabilities(
 
 def find_images(root: str | os.PathLike) -> list[Path]:
     """Image files under root (recursively, sorted; temporary and hidden files skipped)."""
-    root = Path(root)
-    out = []
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not is_temp_name(p.name) and not p.name.startswith("."):
-            if p.is_file():
-                out.append(p)
-    return out
+    return list_images(root, recursive=True)
 
 
 def pick_evenly(items: Sequence[Any], n: int) -> list[Any]:
@@ -184,8 +185,8 @@ def load_image_batch(files: Sequence[Path], spec: PreprocessSpec) -> tuple[np.nd
     return np.stack(arrays).astype(np.float32, copy=False), skipped
 
 
-def image_source(meta: ModelMeta, calib_data: str | os.PathLike | None) -> tuple[Path | None, str]:
-    """Where real images come from: (folder, how it was chosen) or (None, why there is none).
+def image_source(meta: ModelMeta, calib_data: str | os.PathLike | None) -> tuple[Path | None, str, list[Path]]:
+    """Where real images come from: (folder, how it was chosen, its images) or (None, why there is none, []).
 
     `calib_data` must exist and hold images (EdgeError otherwise); without it, the training data recorded in the
     checkpoint (`meta.training["data"]`) is used if it still exists.
@@ -194,15 +195,18 @@ def image_source(meta: ModelMeta, calib_data: str | os.PathLike | None) -> tuple
         p = Path(calib_data)
         if not p.is_dir():
             raise EdgeError(f"--calib-data {str(p)!r} is not a directory; pass a folder of images (e.g. your dataset)")
-        if not find_images(p):
+        files = find_images(p)
+        if not files:
             raise EdgeError(f"--calib-data {str(p)!r} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-        return p, "--calib-data"
+        return p, "--calib-data", files
     data = (meta.training or {}).get("data")
-    if data and Path(str(data)).is_dir() and find_images(Path(str(data))):
-        return Path(str(data)), "training data"
+    if data and Path(str(data)).is_dir():
+        files = find_images(Path(str(data)))
+        if files:
+            return Path(str(data)), "training data", files
     if data:
-        return None, f"training data {str(data)!r} not found here"
-    return None, "no --calib-data"
+        return None, f"training data {str(data)!r} not found here", []
+    return None, "no --calib-data", []
 
 
 def verification_inputs(
@@ -215,10 +219,9 @@ def verification_inputs(
     if count < 1:
         raise EdgeError(f"--verify-images must be >= 1, got {count}")
     spec = meta.preprocess
-    folder, why = image_source(meta, calib_data)
+    folder, why, files = image_source(meta, calib_data)
     if folder is not None:
-        files = pick_evenly(find_images(folder), count)
-        data, skipped = load_image_batch(files, spec)
+        data, skipped = load_image_batch(pick_evenly(files, count), spec)
         if len(data):
             extra = f", {skipped} unreadable skipped" if skipped else ""
             return InputBatch(data, f"{len(data)} images from {why} {str(folder)!r}{extra}", True)

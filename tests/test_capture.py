@@ -430,6 +430,17 @@ def test_names_never_collide_even_within_a_microsecond(tmp_path):
     assert len(paths) == 200 and len(images(tmp_path / "a")) == 200
 
 
+def test_counts_match_what_the_trainer_sees(tmp_path):
+    from train.dataset import _list_class_files
+
+    writer = DatasetWriter(tmp_path, quality=50)
+    folder = writer.prepare("a")
+    writer.save("a", np.zeros((8, 8, 3), np.uint8))
+    for name in ("._mac-resource.jpg", ".tmp-partial.jpg", "notes.txt", "scan.PGM", "b.ppm"):
+        (folder / name).write_bytes(b"x")
+    assert DatasetWriter(tmp_path).count("a") == 3 == len(_list_class_files(tmp_path)["a"])
+
+
 def test_quality_setting_changes_the_file_size(tmp_path):
     frame = open_source("test://", realtime=False).read()
     sizes = []

@@ -152,3 +152,11 @@ def test_print_config_hides_token(capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["token"] == "***" and out["http"] == "0.0.0.0:1" and out["model"] == "m.pt"
+
+
+def test_backend_and_device_choices_match_the_runtime():
+    # config keeps its own copies so `edge serve --help` imports no cv2/numpy; they must not drift
+    from edge.backends import BACKEND_CHOICES, DEVICE_CHOICES
+    from edge.serve.config import BACKENDS, DEVICES
+
+    assert BACKENDS == BACKEND_CHOICES and DEVICES == DEVICE_CHOICES

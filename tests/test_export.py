@@ -361,6 +361,9 @@ def test_write_engine_and_staleness(tmp_path):
     assert "size" in cache.stale_reason(engine, k)
     sidecar_path(engine).write_text("{broken")
     assert "cannot read engine sidecar" in cache.stale_reason(engine, k)
+    raw["format_version"] = "two"  # a hand-edited sidecar: a reason to rebuild, not a traceback
+    sidecar_path(engine).write_text(json.dumps(raw))
+    assert "incomplete" in cache.stale_reason(engine, k)
 
 
 def test_interrupted_engine_write_never_pairs_engine_with_wrong_sidecar(tmp_path, monkeypatch):

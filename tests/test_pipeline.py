@@ -343,3 +343,13 @@ def test_a_failing_frame_is_counted_and_skipped_but_endless_failure_stops(caplog
     with pytest.raises(RuntimeError, match="5 frames in a row failed"):
         pipe.run()
     assert not pipe.running
+
+
+def test_percentiles_round_and_handle_no_values():
+    from collections import deque
+
+    from edge.pipeline import percentiles
+
+    assert percentiles([1.0, 2.0, 3.0, 4.0]) == [2.5, 3.85]
+    assert percentiles(deque([1.0, 2.0, 3.0, 4.0]), (50,), ndigits=0) == [2.0]
+    assert all(v != v for v in percentiles([]))  # NaN

@@ -18,19 +18,17 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from edge.errors import EdgeError
-from edge.fsutil import is_temp_name
+from edge.sources import IMAGE_EXTENSIONS, is_image_name
 
 log = logging.getLogger(__name__)
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMG_EXTENSIONS = IMAGE_EXTENSIONS  # one list, shared with capture, sources and export (edge.sources)
 IMBALANCE_RATIO = 3.0  # largest/smallest class count above which we warn
 # Images are kept in memory with this shorter side at most (enough for 224 crops; memory-aware on a Nano).
 MAX_KEEP_SIDE = 320
 
 
-def is_image_file(path: str) -> bool:
-    name = os.path.basename(path)
-    return name.lower().endswith(IMG_EXTENSIONS) and not is_temp_name(name) and not name.startswith(".")
+is_image_file = is_image_name  # extension known, not hidden, not a temporary .tmp-* name
 
 
 @dataclass

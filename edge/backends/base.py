@@ -52,6 +52,13 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def as_probabilities(y: np.ndarray, atol: float = 1e-3) -> np.ndarray:
+    """`y` when its rows already are probabilities (>= 0, summing to 1 within `atol`), else softmax(y)."""
+    if (y >= 0).all() and np.allclose(y.sum(axis=1), 1.0, atol=atol):
+        return y
+    return softmax(y)
+
+
 def check_batch(batch: np.ndarray, size: int) -> np.ndarray:
     """Validate an Nx3xSxS float32 batch; returns it C-contiguous."""
     if batch.ndim != 4 or batch.shape[1:] != (3, size, size):

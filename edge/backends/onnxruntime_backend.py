@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeError
-from ..metadata import ONNX_META_KEY, ModelMeta
-from .base import Backend, check_batch, softmax
+from ..errors import EdgeError, brief
+from ..metadata import ModelMeta
+from ..onnx_meta import meta_from_metadata_props
+from .base import Backend, as_probabilities, check_batch, softmax
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +62,7 @@ def select_providers(available: list[str], device: str) -> list[str]:
 
 def read_meta(path: Path, custom: dict[str, str]) -> ModelMeta:
     """ModelMeta from the session's metadata map (the exporter's reader, so messages match `edge export`)."""
-    try:
-        from ..onnx_meta import meta_from_metadata_props
-    except ImportError:  # pragma: no cover - older tree without the export work
-        meta_from_metadata_props = None
-    if meta_from_metadata_props is not None:
-        return meta_from_metadata_props(custom, source=repr(str(path)))
-    text = custom.get(ONNX_META_KEY)
-    if not text:
-        raise EdgeError(f"{str(path)!r} has no model metadata ({ONNX_META_KEY!r}: labels, preprocessing); export "
-                        f"it with `edge export` from a `train` checkpoint")
-    return ModelMeta.from_json(text)
+    return meta_from_metadata_props(custom, source=repr(str(path)))
 
 
 _PASS_THROUGH = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Transpose"}
@@ -132,8 +123,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             sess = ort.InferenceSession(str(path), sess_options=opts, providers=provider_args)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for corrupt/invalid models
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EdgeError(f"cannot load ONNX model {str(path)!r} (corrupt, truncated or not ONNX): {first}") from e
+            raise EdgeError(f"cannot load ONNX model {str(path)!r} (corrupt, truncated or not ONNX): {brief(e)}") from e
         meta = read_meta(path, sess.get_modelmeta().custom_metadata_map)
         used = sess.get_providers()
         if device != "cpu" and providers[0] != used[0]:
@@ -170,13 +160,9 @@ class OnnxRuntimeBackend(Backend):
                                 for i in range(0, batch.shape[0], self.max_batch)])
         else:
             y = self._run(batch)
-        if self._has_softmax is False or (self._has_softmax is None and not _looks_like_probs(y)):
-            y = softmax(y)
-        return y
+        if self._has_softmax is False:
+            return softmax(y)
+        return as_probabilities(y) if self._has_softmax is None else y
 
     def close(self) -> None:
         self._sess = None
-
-
-def _looks_like_probs(y: np.ndarray) -> bool:
-    return bool((y >= 0).all() and np.allclose(y.sum(axis=1), 1.0, atol=1e-3))

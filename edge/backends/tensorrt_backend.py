@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeError
-from .base import Backend, check_batch, softmax
+from .base import Backend, as_probabilities, check_batch
 
 log = logging.getLogger(__name__)
 
 
 def read_engine_meta(path: Path):
-    """(ModelMeta, EngineKey or None) from the engine's sidecar `<engine>.json` written by `edge export`."""
+    """(ModelMeta, EngineKey) from the engine's sidecar `<engine>.json` written by `edge export`."""
     from ..onnx_meta import read_engine_sidecar
 
     side = read_engine_sidecar(path)
@@ -32,8 +32,6 @@ def read_engine_meta(path: Path):
 
 def check_environment(path: Path, key, trt_version: str) -> None:
     """Refuse an engine built by another TensorRT (it cannot deserialize); warn when the GPU differs."""
-    if key is None:
-        return
     if key.tensorrt_version and key.tensorrt_version != trt_version:
         raise EdgeError(
             f"engine {str(path)!r} was built with TensorRT {key.tensorrt_version}, this is {trt_version}; engines "
@@ -75,7 +73,11 @@ class TensorRTBackend(Backend):
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")
         runtime = trt.Runtime(self._logger)
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        try:
+            data = path.read_bytes()
+        except OSError as e:  # e.g. the service user may not read it
+            raise EdgeError(f"cannot read engine {str(path)!r}: {e.strerror or e}") from e
+        engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise EdgeError(
                 f"TensorRT {trt.__version__} cannot load engine {str(path)!r}: engines only run on the TensorRT "
@@ -161,9 +163,7 @@ class TensorRTBackend(Backend):
             raise RuntimeError("backend is closed")
         batch = check_batch(batch, self.input_size)
         y = np.concatenate([self._run(batch[i:i + self.max_batch]) for i in range(0, batch.shape[0], self.max_batch)])
-        if not ((y >= 0).all() and np.allclose(y.sum(axis=1), 1.0, atol=1e-2)):
-            y = softmax(y)  # engine built from a graph without Softmax
-        return y
+        return as_probabilities(y, atol=1e-2)  # softmax for an engine built from a graph without Softmax
 
     def close(self) -> None:
         if self._context is not None:

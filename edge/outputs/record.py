@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from ..errors import EdgeError
-from ..fsutil import TEMP_PREFIX, ensure_writable_dir
+from ..fsutil import TEMP_PREFIX, ensure_writable_dir, make_readable
 from .base import Output
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,7 +132,7 @@ class RecordOutput(Output):
         if self._writer is not None and self.frames_written and self._error is None:
             with open(self._tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            os.chmod(self._tmp, 0o644)  # mkstemp creates 0600; a recording is meant to be shared
+            make_readable(self._tmp)  # mkstemp creates 0600; a recording is meant to be shared
             os.replace(self._tmp, self.path)
             log.info("recorded %d frames to %s (%d dropped)", self.frames_written, self.path, self.dropped)
         else:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_STREAM_CLIENTS = 16  # each is a thread and an upload of the video; more is a mistake or an attack
 CLIENT_TIMEOUT_S = 10.0  # a client that accepts no data for this long is dropped
 BOUNDARY = "frame"
+_PART_HEAD = b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
 
 
 class StreamOutput(Output):
@@ -240,10 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if got is None:
                     continue  # source silent: keep the connection; the client sees the last picture
                 jpeg, last = got
-                self.wfile.write(
-                    b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                    + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n"
-                )
+                self.wfile.write(_PART_HEAD + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
                 sent += 1
         except (BrokenPipeError, ConnectionResetError, socket.timeout, OSError) as e:
             log.debug("stream client %s dropped after %d frames: %s", self.address_string(), sent, e)

@@ -21,6 +21,7 @@ class Notifier:
     def __init__(self, env: dict[str, str] | None = None) -> None:
         env = os.environ if env is None else env
         addr = env.get("NOTIFY_SOCKET") or ""
+        self._name = addr  # for messages
         self._addr: str | bytes | None = None
         if addr.startswith("@"):
             self._addr = b"\0" + addr[1:].encode()
@@ -52,7 +53,7 @@ class Notifier:
             return True
         except OSError as e:
             if not self._failed:  # systemd gone or socket not writable: say so once, keep serving
-                log.warning("sd_notify to %r failed: %s", os.environ.get("NOTIFY_SOCKET"), e)
+                log.warning("sd_notify to %r failed: %s", self._name, e)
                 self._failed = True
             return False
 

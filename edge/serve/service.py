@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EdgeError
+from ..errors import EdgeError, brief
 from .config import ServeConfig
 from .metrics import CONTENT_TYPE, ServiceMetrics
 from .sdnotify import Notifier
@@ -47,6 +47,11 @@ def _redact(uri: str) -> str:
 
 def _looks_like_path(uri: str) -> bool:
     return "://" not in uri and not uri.isdigit() and not uri.startswith("/dev/")
+
+
+def _one_line(e: BaseException) -> str:
+    """An EdgeError's own message; `Type: first line` for anything else (library messages can span pages)."""
+    return str(e) if isinstance(e, EdgeError) else brief(e)
 
 
 class Service:
@@ -97,15 +102,25 @@ class Service:
             _check_model(backend)
         except Exception as e:
             backend.close()
-            if isinstance(e, EdgeError):
-                raise EdgeError(f"model {self.cfg.model!r} loads but cannot run: {e}") from e
-            raise EdgeError(f"model {self.cfg.model!r} loads but cannot run: {type(e).__name__}: {e}") from e
+            raise EdgeError(f"model {self.cfg.model!r} loads but cannot run: {_one_line(e)}") from e
         return backend
 
     def _set_model_info(self, backend: Any) -> None:
         meta = backend.meta
         self._model_info = {"arch": meta.arch, "backend": getattr(backend, "name", "?"),
                             "classes": ",".join(meta.class_names), "file": Path(self.cfg.model).name}
+
+    def _serving_status(self) -> str:
+        return f"serving {Path(self.cfg.model).name} on {_redact(self.cfg.source)}"
+
+    def _close_unstarted(self, backend: Any) -> None:
+        """Release what setup built before anything was started (outputs, the bound HTTP socket, the model)."""
+        for o in self.outputs:
+            _close_quietly(o)
+        if self.http is not None:
+            self.http.server_close()
+        if backend is not None:
+            _close_quietly(backend)
 
     def _build_outputs(self) -> None:
         from .outputs import DisplayOutput, EventsOutput, OnChangeOutput
@@ -159,20 +174,11 @@ class Service:
             self._build_outputs()
             self._build_pipeline(backend)
         except BaseException:
-            for o in self.outputs:
-                _close_quietly(o)
-            if self.http is not None:
-                self.http.server_close()
-            if backend is not None:
-                _close_quietly(backend)
+            self._close_unstarted(backend)
             raise
         if self._stop_signal:  # SIGTERM while the model was loading: nothing was started yet
             log.info("%s received during startup: exiting", self._stop_signal)
-            for o in self.outputs:
-                _close_quietly(o)
-            if self.http is not None:
-                self.http.server_close()
-            _close_quietly(backend)
+            self._close_unstarted(backend)
             return 0
         if self.http is not None:
             self.http.start()
@@ -204,7 +210,7 @@ class Service:
             if not self._ready and pipe.latest is not None:
                 self._ready = True
                 log.info("ready: first frame classified (%s)", pipe.latest.label)
-                self.notifier.ready(f"serving {Path(self.cfg.model).name} on {_redact(self.cfg.source)}")
+                self.notifier.ready(self._serving_status())
             if wd is not None and now - last_ping >= wd / 2 and now - pipe.heartbeat < wd / 2:
                 # only a pipeline that is still looping earns a ping; a hung one lets systemd restart us
                 self.notifier.watchdog()
@@ -225,7 +231,7 @@ class Service:
         if ok != self._healthy and (self._healthy is not None or not ok) and info["status"] != "starting":
             if ok:
                 log.info("healthy again: frames are fresh")
-                self.notifier.status(f"serving {Path(self.cfg.model).name} on {_redact(self.cfg.source)}")
+                self.notifier.status(self._serving_status())
             else:
                 log.warning("unhealthy: %s", info.get("reason", "stale"))
                 self.notifier.status(f"unhealthy: {info.get('reason', 'stale')}")
@@ -243,15 +249,14 @@ class Service:
         try:
             new = self._load_backend()
         except Exception as e:  # noqa: BLE001 - any failure: keep the model we have
-            msg = str(e) if isinstance(e, EdgeError) else f"{type(e).__name__}: {e}"
-            log.error("reload failed, still serving the previous model: %s", msg)
+            log.error("reload failed, still serving the previous model: %s", _one_line(e))
             self.prom.reloads.labels("failed").inc()
         else:
             self.pipeline.swap_backend(new)
             self._set_model_info(new)
             self.prom.reloads.labels("ok").inc()
             log.info("reloaded %s (%s)", self.cfg.model, ", ".join(new.meta.class_names))
-        self.notifier.ready(f"serving {Path(self.cfg.model).name} on {_redact(self.cfg.source)}")
+        self.notifier.ready(self._serving_status())
 
     # ------------------------------------------------------------------ shutdown
     def _shutdown(self) -> None:

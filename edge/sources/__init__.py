@@ -14,12 +14,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .base import FrameSource, Pacer, SourceError
 from .csi import open_csi
-from .folder import IMAGE_EXTENSIONS, list_images, open_folder
+from .folder import IMAGE_EXTENSIONS, is_image_name, list_images, open_folder
 from .opencv_source import open_file, open_stream, open_v4l2
 from .testpattern import open_test
 
 __all__ = ["FrameSource", "SourceError", "Pacer", "open_source", "SOURCES", "SOURCE_HELP", "list_images",
-           "IMAGE_EXTENSIONS"]
+           "is_image_name", "IMAGE_EXTENSIONS"]
 
 log = logging.getLogger(__name__)
 
