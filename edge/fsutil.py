@@ -53,10 +53,12 @@ def make_readable(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "wb", permissions: int | None = None) -> Iterator[IO]:
     """Write to a temporary file beside `path`, fsync it, then `os.replace` it into place.
 
     If the block raises (or the process dies), `path` is untouched and no partial file is left under its name.
+    `permissions` (e.g. 0o640 for a file holding a token) are set before the file appears under its name;
+    default: what a plain open() would give.
     """
     target = Path(path)
     tmp = None
@@ -65,7 +67,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
-            os.fchmod(f.fileno(), _FILE_MODE)
+            os.fchmod(f.fileno(), _FILE_MODE if permissions is None else permissions)
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
@@ -75,11 +77,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_write(path, "wb") as f:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, permissions: int | None = None) -> None:
+    with atomic_write(path, "wb", permissions) as f:
         f.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_write(path, "w") as f:
+def atomic_write_text(path: str | os.PathLike, text: str, permissions: int | None = None) -> None:
+    with atomic_write(path, "w", permissions) as f:
         f.write(text)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -70,7 +71,8 @@ def render_unit(template: str, edge_bin: Path, user: str = SERVICE_USER) -> str:
 
 
 def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # a JSON string is a valid TOML basic string, control characters escaped included
+    return json.dumps(s, ensure_ascii=False)
 
 
 def render_config(model: str, source: str, http: str | None, extra: dict[str, str | float | bool]) -> str:
@@ -115,8 +117,7 @@ class Installer:
         if self.dry_run:
             return
         p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(p, text)
-        os.chmod(p, mode)
+        atomic_write_text(p, text, permissions=mode)  # never briefly world-readable (the env file may hold a token)
 
     def ensure_user(self) -> None:
         try:
