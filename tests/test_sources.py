@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import time
 
 import cv2
@@ -11,7 +14,7 @@ import pytest
 
 from edge.errors import EdgeError
 from edge.sources import SOURCES, FrameSource, SourceError, open_source
-from edge.sources import csi
+from edge.sources import csi, opencv_source
 
 
 def write_video(path, frames=10, fps=25.0, size=(64, 48)):
@@ -163,6 +166,71 @@ def test_unreachable_stream_names_the_url():
         open_source("http://127.0.0.1:9/stream.mjpg")
     text = one_line(info.value)
     assert "http://127.0.0.1:9/stream.mjpg" in text and "reachable" in text
+
+
+# A dead stream reopened again and again (edge.camera's reconnect loop): nothing from FFmpeg or OpenCV's own
+# logger per attempt, only our Python log lines. Run in a fresh process: FFmpeg reads its log level once.
+RECONNECT_SCRIPT = textwrap.dedent("""
+    import logging, socket, sys
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    url = "http://127.0.0.1:%d/x.mjpg" % sock.getsockname()[1]
+    from edge.sources import SourceError, open_source
+    for _ in range(3):
+        try:
+            open_source(url).close()
+        except SourceError:
+            print("SourceError", flush=True)
+    logging.getLogger("edge.camera").warning("%s: lost, reconnecting (outage marker)", url)
+""")
+NATIVE_MARKERS = ("[tcp @", "[http @", "[OPENCV:FFMPEG", "VIDEOIO", "[ WARN", "[ERROR:")
+
+
+def run_reconnects(**env_overrides):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    env.update(env_overrides)
+    r = subprocess.run([sys.executable, "-c", RECONNECT_SCRIPT], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("SourceError") == 3, (r.stdout, r.stderr)
+    native = [ln for ln in (r.stdout + r.stderr).splitlines() if any(m in ln for m in NATIVE_MARKERS)]
+    assert "WARNING edge.camera" in r.stderr and "outage marker" in r.stderr  # our own logging still works
+    return native
+
+
+def test_failed_reopens_print_nothing_native():
+    assert run_reconnects() == []
+
+
+def test_user_set_native_log_levels_are_respected():
+    native = run_reconnects(OPENCV_FFMPEG_LOGLEVEL="16", OPENCV_LOG_LEVEL="WARNING")  # 16: AV_LOG_ERROR
+    assert sum("Connection" in ln and "refused" in ln for ln in native) == 3, native  # FFmpeg, once per open
+    assert sum("VIDEOIO" in ln for ln in native) == 3, native  # OpenCV's warning, once per open
+
+
+def test_quiet_native_logs_keeps_the_users_settings():
+    logging_api = cv2.utils.logging
+    before = logging_api.getLogLevel()
+    try:
+        logging_api.setLogLevel(logging_api.LOG_LEVEL_WARNING)
+        user = {"OPENCV_FFMPEG_LOGLEVEL": "24", "OPENCV_LOG_LEVEL": "INFO"}
+        opencv_source.quiet_native_logs(user)
+        assert user == {"OPENCV_FFMPEG_LOGLEVEL": "24", "OPENCV_LOG_LEVEL": "INFO"}
+        assert logging_api.getLogLevel() == logging_api.LOG_LEVEL_WARNING
+        debug = {"OPENCV_FFMPEG_DEBUG": "1", "OPENCV_VIDEOIO_DEBUG": "1"}
+        opencv_source.quiet_native_logs(debug)
+        assert "OPENCV_FFMPEG_LOGLEVEL" not in debug and logging_api.getLogLevel() == logging_api.LOG_LEVEL_WARNING
+        logging_api.setLogLevel(logging_api.LOG_LEVEL_DEBUG)  # chosen in code: kept
+        opencv_source.quiet_native_logs({})
+        assert logging_api.getLogLevel() == logging_api.LOG_LEVEL_DEBUG
+        logging_api.setLogLevel(logging_api.LOG_LEVEL_WARNING)  # the library default: lowered to errors only
+        clean: dict[str, str] = {}
+        opencv_source.quiet_native_logs(clean)
+        assert clean == {"OPENCV_FFMPEG_LOGLEVEL": "-8"}
+        assert logging_api.getLogLevel() == logging_api.LOG_LEVEL_ERROR
+    finally:
+        logging_api.setLogLevel(before)
 
 
 def test_every_scheme_has_a_factory():

@@ -22,6 +22,38 @@ V4L2_OPTIONS = {"fourcc": "pixel format to ask for, e.g. MJPG (needed by many US
 FILE_OPTIONS: dict[str, str] = {}
 
 
+def quiet_native_logs(environ=os.environ) -> None:
+    """Silence FFmpeg's and OpenCV's own stderr lines about failed opens, unless the user configured them.
+
+    Every reopen of a dead stream or camera makes FFmpeg print `[tcp @ 0x...] Connection ... refused` and
+    OpenCV `[ WARN:0@...] ... VIDEOIO(FFMPEG): ...`: an always-on service reconnecting for days fills the
+    journal (tens of GB). Our SourceError and the camera's once-per-outage log line already say what failed.
+    Called once, on import of edge.sources. Python logging is not touched.
+    """
+    # OpenCV's FFmpeg backend reads OPENCV_FFMPEG_LOGLEVEL once, when FFmpeg is first used in the process (the
+    # first FFmpeg VideoCapture or VideoWriter), not at `import cv2`: set it here, before any source opens.
+    # -8 is AV_LOG_QUIET. A user's OPENCV_FFMPEG_LOGLEVEL or OPENCV_FFMPEG_DEBUG wins.
+    if "OPENCV_FFMPEG_LOGLEVEL" not in environ and "OPENCV_FFMPEG_DEBUG" not in environ:
+        environ["OPENCV_FFMPEG_LOGLEVEL"] = "-8"
+    # OpenCV's logger: warnings off, errors still shown. Only from the library default (WARNING): a user's
+    # OPENCV_LOG_LEVEL / OPENCV_VIDEOIO_DEBUG or an explicit level set in code is kept.
+    if "OPENCV_LOG_LEVEL" in environ or "OPENCV_VIDEOIO_DEBUG" in environ:
+        return
+    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+    try:
+        if logging_api is not None and hasattr(logging_api, "setLogLevel"):
+            if logging_api.getLogLevel() == logging_api.LOG_LEVEL_WARNING:
+                logging_api.setLogLevel(logging_api.LOG_LEVEL_ERROR)
+        elif hasattr(cv2, "setLogLevel") and hasattr(cv2, "getLogLevel"):  # older builds (same numbering)
+            if cv2.getLogLevel() == 3:
+                cv2.setLogLevel(2)
+    except Exception as e:  # cv2.error: never fail an import over log verbosity
+        log.debug("could not lower OpenCV's log level: %s", e)
+
+
+quiet_native_logs()
+
+
 class OpenCVSource(FrameSource):
     """A cv2.VideoCapture. The first frame is read on open, so a device that opens but never delivers fails early."""
 
@@ -145,9 +177,6 @@ def open_stream(uri: str, options: dict[str, str], *, width=None, height=None, f
     if uri.startswith("rtsp"):
         # TCP: UDP loses packets on Wi-Fi and gives smeared frames; set before the first open, read by OpenCV
         os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
-    # FFmpeg prints a line per failed connection; a camera reconnecting for hours would flood the journal.
-    # Our own errors say what failed (rate-limited). Takes effect if no FFmpeg capture was opened before.
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS]
     hint = ("check the URL (open it in VLC or ffplay), that the server is up and reachable, and the credentials "
             "(rtsp://user:pass@host/path)")
