@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 
 # name -> (module with main(argv), one-line help). Modules import lazily so `edge --help` stays fast.
@@ -26,12 +25,6 @@ def _usage() -> str:
     lines += [f"  {name:<16} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     lines += ["", "`edge <command> --help` for a command's options."]
     return "\n".join(lines)
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import EdgeError
+from .errors import EdgeError, brief
 from .preprocess import PreprocessSpec
 
 CHECKPOINT_FORMAT = "jetson-edge-classifier/model"
@@ -149,5 +149,5 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise EdgeError(f"{str(path)!r} does not match its declared arch {meta.arch!r}: {str(e).splitlines()[0]}") from e
+        raise EdgeError(f"{str(path)!r} does not match its declared arch {meta.arch!r}: {brief(e, 300)}") from e
     return model.to(device).eval(), meta

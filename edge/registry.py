@@ -285,6 +285,7 @@ def create_model(arch: str, num_classes: int, weights: str = "imagenet") -> nn.M
     model = spec.build()
     if weights == "imagenet":
         spec.load_imagenet(model)
+    imagenet_layout = model.state_dict()  # before the head is resized: what package weight files map onto
     _set_submodule(model, spec.head_path, spec.make_head(model, num_classes))
     report: LoadReport | None = None
     if weights == "imagenet":
@@ -293,7 +294,7 @@ def create_model(arch: str, num_classes: int, weights: str = "imagenet") -> nn.M
     elif weights not in ("none", "", None):
         state = read_weights_file(weights)
         if arch == "efficientnet_lite0" and "_conv_stem.weight" in state:
-            state = map_efficientnet_lite0_keys(state, spec.build().state_dict()) or state
+            state = map_efficientnet_lite0_keys(state, imagenet_layout) or state
         report = load_matching(model, state, str(weights))
         if not report.loaded:
             raise EdgeError(

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, brief
 from edge.fsutil import TEMP_PREFIX, make_readable
 from edge.metadata import ONNX_META_KEY, ModelMeta, load_model, sha256_file
 from edge.onnx_meta import EXPORT_INFO_KEY, INPUT_NAME, OUTPUT_NAME
@@ -190,9 +190,8 @@ def export_onnx_verified(
         except EdgeError:
             raise
         except Exception as e:  # noqa: BLE001 - exporter and checker errors are many types; the message matters
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise EdgeError(
-                f"could not export {meta.arch} to ONNX opset {opset}: {first}; try another --opset "
+                f"could not export {meta.arch} to ONNX opset {opset}: {brief(e, 300)}; try another --opset "
                 f"({MIN_OPSET}..{MAX_OPSET})"
             ) from e
         report = verify_onnx(tmp, model, batch, precision, reference=reference, name=out.name)

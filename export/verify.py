@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, brief
 from edge.metadata import ModelMeta
 from edge.preprocess import PreprocessSpec, preprocess_image
 from edge.sources import IMAGE_EXTENSIONS, list_images
@@ -245,7 +245,7 @@ def onnxruntime_probabilities(onnx_path: str | os.PathLike, batch: np.ndarray, p
         sess = ort.InferenceSession(str(onnx_path), opts, providers=list(providers or ["CPUExecutionProvider"]))
         return np.asarray(sess.run(None, {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})[0])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise EdgeError(f"onnxruntime cannot run {Path(onnx_path).name}: {str(e).splitlines()[0][:300]}") from e
+        raise EdgeError(f"onnxruntime cannot run {Path(onnx_path).name}: {brief(e, 300)}") from e
 
 
 def torch_probabilities(model: Any, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
