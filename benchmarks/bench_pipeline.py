@@ -6,7 +6,7 @@ Baseline: the straightforward per-frame loop of common tutorials and of JetBot's
 PIL image -> torchvision transforms (Resize 256, CenterCrop 224, ToTensor, Normalize) -> eager PyTorch ->
 softmax -> cv2.putText overlay -- one frame after the other.
 
-Ours: `edge bench` (edge.bench.run_bench), i.e. the service's Pipeline: vectorised preprocessing into a reused
+Ours: `edge bench` (edge.cli.bench.run_bench), i.e. the service's Pipeline: vectorised preprocessing into a reused
 buffer, onnxruntime, smoothing-ready prediction, the full overlay; capture modes `prefetch` (default for files:
 one frame decoded ahead on a reader thread), `sync` (decode on the inference thread) and `camera` (the service's
 latest-frame camera thread reading the file unpaced: most frames are dropped by design). Also ours with the
@@ -33,7 +33,7 @@ import numpy as np
 
 def make_video(path: Path, frames: int = 300, size: tuple[int, int] = (640, 480), fps: float = 30.0) -> Path:
     """The test:// scene written as an mp4 (mp4v) file."""
-    from edge.synthetic import SceneRenderer
+    from edge.core.synthetic import SceneRenderer
 
     w, h = size
     scene = SceneRenderer(w, h)
@@ -46,8 +46,8 @@ def make_video(path: Path, frames: int = 300, size: tuple[int, int] = (640, 480)
 
 def make_models(workdir: Path, arch: str = "squeezenet1_1", classes=("up", "down")) -> tuple[Path, Path]:
     """A random-init checkpoint of `arch` (our model.pt format) and its verified ONNX export."""
-    from edge.metadata import ModelMeta, save_checkpoint
-    from edge.registry import create_model, get_arch
+    from edge.core.metadata import ModelMeta, save_checkpoint
+    from edge.core.registry import create_model, get_arch
     from export.onnx_export import export_onnx
 
     pt = workdir / f"{arch}.pt"
@@ -64,7 +64,7 @@ def tutorial_loop(checkpoint: Path, video: Path, frames: int, warmup: int = 10) 
     import torch.nn.functional as F
     from torchvision import transforms
 
-    from edge.metadata import load_model
+    from edge.core.metadata import load_model
 
     model, meta = load_model(checkpoint, "cpu")
     spec = meta.preprocess
@@ -111,7 +111,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from edge.bench import run_bench
+    from edge.cli.bench import run_bench
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from edge.perf import keep_freed_memory
-from edge.synthetic import make_dataset
+from edge.core.memory import keep_freed_memory
+from edge.core.synthetic import make_dataset
 from train.trainer import TrainConfig, train_model
 
 

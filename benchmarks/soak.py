@@ -50,11 +50,11 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from edge.backends import load_backend
-    from edge.camera import Camera
-    from edge.outputs.base import Output
-    from edge.pipeline import Pipeline
-    from edge.smoothing import Smoother
+    from edge.runtime.backends import load_backend
+    from edge.runtime.camera import Camera
+    from edge.runtime.outputs.base import Output
+    from edge.runtime.pipeline import Pipeline
+    from edge.runtime.smoothing import Smoother
 
     class JpegOutput(Output):
         name = "jpeg"

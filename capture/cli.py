@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from edge.camera import Camera
-from edge.errors import EdgeError, cli_entry
-from edge.sources import SOURCE_HELP, open_source
+from edge.core.errors import EdgeError, cli_entry
+from edge.runtime.camera import Camera
+from edge.runtime.sources import SOURCE_HELP, open_source
 
 from . import display as display_mod
 from .dataset import DatasetWriter, describe_totals

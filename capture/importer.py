@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from edge.errors import EdgeError
-from edge.sources import IMAGE_EXTENSIONS, list_images
+from edge.core.errors import EdgeError
+from edge.runtime.sources import IMAGE_EXTENSIONS, list_images
 
 from .dataset import DatasetWriter
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-from edge.errors import EdgeError
+from edge.core.errors import EdgeError
 
 MAX_LABEL_LENGTH = 64
 SPLITS = ("train", "val")

@@ -11,9 +11,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from edge.camera import Camera
-from edge.errors import EdgeError
-from edge.sources import FrameSource
+from edge.core.errors import EdgeError
+from edge.runtime.camera import Camera
+from edge.runtime.sources import FrameSource
 
 from .dataset import DatasetWriter
 from .display import Display

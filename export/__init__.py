@@ -8,5 +8,5 @@ Modules (import what you need; nothing heavy is imported here):
   (TensorRT imported lazily; `require_tensorrt()` says how to get it).
 - `export.cache`: `engine_cache_key(...)`, `stale_reason(engine, key)`, `write_engine(...)` (no TensorRT needed).
 - `export.run`: `run_export(model, fmt=..., ...)`, what the CLI (`edge export`, `python -m export`) calls.
-Reading metadata back (for the runtime): `edge.onnx_meta.read_onnx_meta`, `edge.onnx_meta.read_engine_sidecar`.
+Reading metadata back (for the runtime): `edge.core.model_files.read_onnx_meta`, `edge.core.model_files.read_engine_sidecar`.
 """

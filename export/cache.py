@@ -16,10 +16,15 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from edge.fsutil import atomic_write_bytes, atomic_write_text, ensure_writable_dir
-from edge.errors import EdgeError
-from edge.metadata import ModelMeta, sha256_file
-from edge.onnx_meta import EngineKey, EngineSidecar, read_engine_sidecar, sidecar_path
+from edge.core.errors import EdgeError
+from edge.core.fsutil import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from edge.core.metadata import ModelMeta, sha256_file
+from edge.core.model_files import (
+    EngineKey,
+    EngineSidecar,
+    read_engine_sidecar,
+    sidecar_path,
+)
 
 log = logging.getLogger(__name__)
 

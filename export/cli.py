@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from edge.errors import EdgeError, cli_entry
+from edge.core.errors import EdgeError, cli_entry
 
 from .onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .run import FORMATS, ExportedFile, run_export

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge.errors import EdgeError, brief
-from edge.fsutil import TEMP_PREFIX, make_readable
-from edge.metadata import ONNX_META_KEY, ModelMeta, load_model, sha256_file
-from edge.onnx_meta import EXPORT_INFO_KEY, INPUT_NAME, OUTPUT_NAME
+from edge.core.errors import EdgeError, brief
+from edge.core.fsutil import TEMP_PREFIX, make_readable
+from edge.core.metadata import ONNX_META_KEY, ModelMeta, load_model, sha256_file
+from edge.core.model_files import EXPORT_INFO_KEY, INPUT_NAME, OUTPUT_NAME
 
 from .cache import is_dir_arg, prepare_output
 from .verify import (

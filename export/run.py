@@ -8,10 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edge.errors import EdgeError
+from edge.core.errors import EdgeError
 
 from .cache import is_dir_arg
-from .onnx_export import DEFAULT_OPSET, check_opset, default_onnx_path, export_onnx_verified
+from .onnx_export import (
+    DEFAULT_OPSET,
+    check_opset,
+    default_onnx_path,
+    export_onnx_verified,
+)
 from .verify import DEFAULT_VERIFY_IMAGES, VerifyReport
 
 log = logging.getLogger(__name__)
@@ -112,7 +117,11 @@ def run_export(
 
     if wants_engine:
         from .cache import default_engine_path
-        from .tensorrt_build import DEFAULT_MAX_BATCH, DEFAULT_WORKSPACE_MB, build_engine_report
+        from .tensorrt_build import (
+            DEFAULT_MAX_BATCH,
+            DEFAULT_WORKSPACE_MB,
+            build_engine_report,
+        )
 
         assert onnx_for_engine is not None
         precision = engine_precision(fp16, int8)

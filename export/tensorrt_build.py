@@ -25,11 +25,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from edge.errors import EdgeError
-from edge.fsutil import atomic_write_bytes, ensure_writable_dir
-from edge.metadata import ModelMeta, sha256_file
-from edge.onnx_meta import PRECISIONS, EngineKey, read_onnx_meta
-from edge.preprocess import PreprocessSpec, preprocess_image
+from edge.core.errors import EdgeError
+from edge.core.fsutil import atomic_write_bytes, ensure_writable_dir
+from edge.core.metadata import ModelMeta, sha256_file
+from edge.core.model_files import PRECISIONS, EngineKey, read_onnx_meta
+from edge.core.preprocess import PreprocessSpec, preprocess_image
 
 from .cache import (
     cached_engine_path,

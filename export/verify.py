@@ -1,7 +1,7 @@
 """Verification of exported models: run the export and a reference on the same inputs and compare probabilities.
 
 Inputs are real images when there are any (`--calib-data DIR`, else the training data recorded in the checkpoint if
-it still exists), preprocessed with the model's own spec (`edge.preprocess.preprocess_image`); otherwise seeded random
+it still exists), preprocessed with the model's own spec (`edge.core.preprocess.preprocess_image`); otherwise seeded random
 input. Two figures decide: the largest absolute difference between the two probability vectors, and top-1 agreement.
 
 Tolerances (on softmax probabilities, which lie in [0, 1]):
@@ -22,10 +22,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edge.errors import EdgeError, brief
-from edge.metadata import ModelMeta
-from edge.preprocess import PreprocessSpec, preprocess_image
-from edge.sources import IMAGE_EXTENSIONS, list_images
+from edge.core.errors import EdgeError, brief
+from edge.core.metadata import ModelMeta
+from edge.core.preprocess import PreprocessSpec, preprocess_image
+from edge.runtime.sources import IMAGE_EXTENSIONS, list_images
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def onnxruntime_probabilities(onnx_path: str | os.PathLike, batch: np.ndarray, p
     """Run an exported ONNX file in onnxruntime (CPU by default) -> NxC probabilities."""
     import onnxruntime as ort
 
-    from edge.onnx_meta import INPUT_NAME
+    from edge.core.model_files import INPUT_NAME
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory):
     """A small up/down arrow ImageFolder dataset (20 images per class)."""
-    from edge.synthetic import make_dataset
+    from edge.core.synthetic import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("data") / "arrows", per_class=20, seed=3)
 
@@ -34,8 +34,8 @@ def synthetic_dataset(tmp_path_factory):
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     """Factory: a random-init checkpoint of `arch` in our model.pt format."""
-    from edge.metadata import ModelMeta, save_checkpoint
-    from edge.registry import create_model, get_arch
+    from edge.core.metadata import ModelMeta, save_checkpoint
+    from edge.core.registry import create_model, get_arch
 
     def make(arch: str = "squeezenet1_1", classes=("up", "down")):
         path = tmp_path / f"{arch}.pt"

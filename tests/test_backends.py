@@ -8,11 +8,11 @@ import logging
 import numpy as np
 import pytest
 
-from edge.backends import BACKENDS, backend_for_file, load_backend
-from edge.backends.onnxruntime_backend import select_providers
-from edge.errors import EdgeError
-from edge.metadata import ONNX_META_KEY, ModelMeta, save_checkpoint
-from edge.preprocess import PreprocessSpec
+from edge.core.errors import EdgeError
+from edge.core.metadata import ONNX_META_KEY, ModelMeta, save_checkpoint
+from edge.core.preprocess import PreprocessSpec
+from edge.runtime.backends import BACKENDS, backend_for_file, load_backend
+from edge.runtime.backends.onnxruntime_backend import select_providers
 
 CLASSES = ["cat", "dog", "none"]
 
@@ -20,7 +20,7 @@ CLASSES = ["cat", "dog", "none"]
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A random-init SqueezeNet 1.1 checkpoint (3 classes) and its verified ONNX export."""
-    from edge.registry import create_model, get_arch
+    from edge.core.registry import create_model, get_arch
     from export.onnx_export import export_onnx
 
     d = tmp_path_factory.mktemp("models")
@@ -104,7 +104,7 @@ def test_backend_that_cannot_read_the_file_says_what_to_do(models):
 
 def test_torch_backend_probabilities_and_labels_from_the_file(models, caplog):
     pt, _ = models
-    with caplog.at_level(logging.INFO, logger="edge.backends"):
+    with caplog.at_level(logging.INFO, logger="edge.runtime.backends"):
         be = load_backend(pt, "auto", "cpu")
     assert "auto-selected backend torch" in caplog.text
     assert be.name == "torch" and be.device == "cpu"
@@ -125,7 +125,7 @@ def test_onnxruntime_matches_torch(models):
         pt_probs, ort_probs = t.infer(x), o.infer(x)
     np.testing.assert_allclose(ort_probs, pt_probs, atol=1e-4)
     # the exported graph already ends in softmax; applying it twice would break the parity above
-    from edge.backends import softmax
+    from edge.runtime.backends import softmax
 
     assert np.abs(softmax(ort_probs) - ort_probs).max() > 1e-3
 
@@ -209,8 +209,8 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path):
     import tensorrt as trt
     import torch
 
-    from edge.metadata import sha256_file
-    from edge.onnx_meta import EngineKey, EngineSidecar, sidecar_path
+    from edge.core.metadata import sha256_file
+    from edge.core.model_files import EngineKey, EngineSidecar, sidecar_path
 
     onnx_path, _ = tiny_onnx(tmp_path / "tiny.onnx", softmax=True)
     logger = trt.Logger(trt.Logger.WARNING)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from edge.bench import main, run_bench
 from test_predict import color_model
+
+from edge.cli.bench import main, run_bench
 
 SOURCE = "test://?width=160&height=120"
 
@@ -36,7 +36,7 @@ def test_camera_capture_counts_drops(model):
 def test_a_finite_video_file_is_looped(model, tmp_path):
     import cv2
 
-    from edge.synthetic import SceneRenderer
+    from edge.core.synthetic import SceneRenderer
 
     video = tmp_path / "short.avi"
     w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))

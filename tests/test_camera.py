@@ -1,4 +1,4 @@
-"""edge.camera.Camera: latest frame only, traits, retries with backoff, stall watchdog, device always released."""
+"""edge.runtime.camera.Camera: latest frame only, traits, retries with backoff, stall watchdog, device always released."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import camera as camera_mod
-from edge.camera import Camera
-from edge.sources import FrameSource
+from edge.runtime import camera as camera_mod
+from edge.runtime.camera import Camera
+from edge.runtime.sources import FrameSource
 
 
 def wait_until(predicate, timeout=5.0, step=0.01):
@@ -126,9 +126,9 @@ def test_state_is_reconnecting_during_an_outage():
 
 def test_outage_is_logged_once_not_per_attempt(caplog):
     cam = make_camera(lambda: (_ for _ in ()).throw(OSError("no camera")), max_backoff=0.01)
-    with caplog.at_level("WARNING", logger="edge.camera"), cam:
+    with caplog.at_level("WARNING", logger="edge.runtime.camera"), cam:
         assert wait_until(lambda: cam.errors >= 10)
-    lines = [r for r in caplog.records if r.name == "edge.camera" and "no camera" in r.getMessage()]
+    lines = [r for r in caplog.records if r.name == "edge.runtime.camera" and "no camera" in r.getMessage()]
     assert len(lines) == 1
 
 

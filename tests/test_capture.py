@@ -20,8 +20,8 @@ from PIL import Image
 import capture.cli as cli
 from capture import display as display_mod
 from capture.dataset import DatasetWriter
-from edge.fsutil import is_temp_name
-from edge.sources import open_source
+from edge.core.fsutil import is_temp_name
+from edge.runtime.sources import open_source
 
 TEST_SRC = "test://?width=96&height=72"
 PREVIEW_SRC = "test://?width=320&height=240"  # not the 640x480 "waiting for camera" placeholder

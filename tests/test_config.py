@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from edge.errors import EdgeError
-from edge.serve import cli
-from edge.serve.config import (
+from edge.core.errors import EdgeError
+from edge.cli import serve as cli
+from edge.service.config import (
     OPTIONS,
     ServeConfig,
     build_config,
@@ -156,7 +156,7 @@ def test_print_config_hides_token(capsys):
 
 def test_backend_and_device_choices_match_the_runtime():
     # config keeps its own copies so `edge serve --help` imports no cv2/numpy; they must not drift
-    from edge.backends import BACKEND_CHOICES, DEVICE_CHOICES
-    from edge.serve.config import BACKENDS, DEVICES
+    from edge.runtime.backends import BACKEND_CHOICES, DEVICE_CHOICES
+    from edge.service.config import BACKENDS, DEVICES
 
     assert BACKENDS == BACKEND_CHOICES and DEVICES == DEVICE_CHOICES

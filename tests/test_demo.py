@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.demo import main
+from edge.cli.demo import main
 
 
 @pytest.mark.slow

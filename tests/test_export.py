@@ -22,9 +22,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edge.errors import EdgeError
-from edge.metadata import ModelMeta, load_model, save_checkpoint, sha256_file
-from edge.onnx_meta import (
+from edge.core.errors import EdgeError
+from edge.core.metadata import ModelMeta, load_model, save_checkpoint, sha256_file
+from edge.core.model_files import (
     INPUT_NAME,
     OUTPUT_NAME,
     EngineKey,
@@ -34,12 +34,18 @@ from edge.onnx_meta import (
     read_onnx_meta,
     sidecar_path,
 )
-from edge.preprocess import preprocess_image
-from edge.registry import create_model, get_arch
-from edge.synthetic import make_dataset
+from edge.core.preprocess import preprocess_image
+from edge.core.registry import create_model, get_arch
+from edge.core.synthetic import make_dataset
 from export import cache, tensorrt_build
 from export.cli import main as export_main
-from export.verify import ONNX_TOLERANCES, find_images, load_image_batch, read_image_bgr, verification_inputs
+from export.verify import (
+    ONNX_TOLERANCES,
+    find_images,
+    load_image_batch,
+    read_image_bgr,
+    verification_inputs,
+)
 
 CLASSES = ["up", "down", "none"]
 SUMMARY = re.compile(
@@ -371,12 +377,12 @@ def test_interrupted_engine_write_never_pairs_engine_with_wrong_sidecar(tmp_path
     old = _key()
     cache.write_engine(engine, b"OLD", old, _meta())
 
-    import edge.fsutil
+    import edge.core.fsutil
 
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(edge.fsutil.os, "replace", boom)
+    monkeypatch.setattr(edge.core.fsutil.os, "replace", boom)
     with pytest.raises(OSError):
         cache.write_engine(engine, b"NEW-ENGINE", _key(onnx_sha256="d" * 64), _meta())
     monkeypatch.undo()

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from edge.fsutil import atomic_write, atomic_write_text, is_temp_name
+from edge.core.fsutil import atomic_write, atomic_write_text, is_temp_name
 
 
 def _mode(p) -> int:
@@ -19,7 +19,7 @@ def test_written_file_gets_plain_open_permissions_not_mkstemps_0600(tmp_path):
     try:
         import importlib
 
-        import edge.fsutil as fsutil
+        import edge.core.fsutil as fsutil
 
         importlib.reload(fsutil)  # the umask is read once, at import
         fsutil.atomic_write_text(tmp_path / "a.txt", "x")

@@ -12,10 +12,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from edge.errors import EdgeError
-from edge.serve import http as serve_http
-from edge.serve.http import HttpServer, StreamOutput
-from edge.serve.metrics import ServiceMetrics
+from edge.core.errors import EdgeError
+from edge.runtime.outputs.stream import StreamOutput
+from edge.service.http import HttpServer
+from edge.service.metrics import ServiceMetrics
 
 
 class FakeApp:
@@ -214,7 +214,7 @@ def test_slow_and_vanishing_clients_never_block_the_pipeline(server):
 
 def test_too_many_stream_clients(server, monkeypatch):
     srv, app = server
-    monkeypatch.setattr(serve_http, "MAX_STREAM_CLIENTS", 1)
+    monkeypatch.setattr(app.stream, "max_clients", 1)
     host, port = srv.server_address[:2]
     s, f, status = open_stream(host, port)
     assert b"200" in status

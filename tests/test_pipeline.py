@@ -9,13 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import EdgeError
-from edge.metadata import ModelMeta
-from edge.outputs.base import CallbackOutput, Output
-from edge.overlay import draw_overlay
-from edge.pipeline import Pipeline, Prediction, PrefetchSource, SyncSource
-from edge.preprocess import PreprocessSpec
-from edge.smoothing import Smoother
+from edge.core.errors import EdgeError
+from edge.core.metadata import ModelMeta
+from edge.core.preprocess import PreprocessSpec
+from edge.runtime.outputs.base import CallbackOutput, Output
+from edge.runtime.overlay import draw_overlay
+from edge.runtime.pipeline import Pipeline
+from edge.runtime.prediction import Prediction
+from edge.runtime.smoothing import Smoother
+from edge.runtime.sources.adapters import PrefetchSource
 
 
 class FakeBackend:
@@ -66,7 +68,7 @@ def frame(value: int, h: int = 120, w: int = 160) -> np.ndarray:
 
 def test_slow_inference_drops_frames_instead_of_queueing():
     """A camera at ~500 fps and inference at ~30 ms: the pipeline takes the newest frame, counts the rest."""
-    from edge.camera import Camera
+    from edge.runtime.camera import Camera
 
     class FastSource(ListSource):
         def __init__(self):
@@ -189,7 +191,7 @@ def test_listeners_get_timings_and_a_failing_listener_is_disabled(caplog):
 
 
 def test_swap_backend_changes_labels_and_closes_the_old_one():
-    from edge.camera import Camera
+    from edge.runtime.camera import Camera
 
     class Endless(ListSource):
         def read(self):
@@ -263,7 +265,7 @@ def test_overlay_confidence_bar_grows_with_confidence():
 
 
 def test_record_output_writes_a_playable_video_atomically(tmp_path):
-    from edge.outputs.record import RecordOutput
+    from edge.runtime.outputs.record import RecordOutput
 
     path = tmp_path / "out.mp4"
     rec = RecordOutput(path, fps=10, realtime=False)
@@ -281,7 +283,7 @@ def test_record_output_writes_a_playable_video_atomically(tmp_path):
 
 
 def test_record_output_realtime_keeps_the_wall_clock(tmp_path):
-    from edge.outputs.record import RecordOutput
+    from edge.runtime.outputs.record import RecordOutput
 
     now = [1000.0]
     rec = RecordOutput(tmp_path / "rt.avi", fps=10, realtime=True, clock=lambda: now[0])
@@ -293,14 +295,14 @@ def test_record_output_realtime_keeps_the_wall_clock(tmp_path):
 
 
 def test_record_output_refuses_unknown_container(tmp_path):
-    from edge.outputs.record import RecordOutput
+    from edge.runtime.outputs.record import RecordOutput
 
     with pytest.raises(EdgeError, match=r"\.mp4, \.avi"):
         RecordOutput(tmp_path / "x.gif")
 
 
 def test_record_output_queue_full_drops_and_counts(tmp_path, monkeypatch):
-    from edge.outputs import record
+    from edge.runtime.outputs import record
 
     gate = threading.Event()
     real_loop = record.RecordOutput._loop
@@ -348,7 +350,7 @@ def test_a_failing_frame_is_counted_and_skipped_but_endless_failure_stops(caplog
 def test_percentiles_round_and_handle_no_values():
     from collections import deque
 
-    from edge.pipeline import percentiles
+    from edge.runtime.pipeline import percentiles
 
     assert percentiles([1.0, 2.0, 3.0, 4.0]) == [2.5, 3.85]
     assert percentiles(deque([1.0, 2.0, 3.0, 4.0]), (50,), ndigits=0) == [2.0]

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.metadata import ONNX_META_KEY, ModelMeta, save_checkpoint
-from edge.predict import main
-from edge.preprocess import PreprocessSpec
+from edge.cli.predict import main
+from edge.core.metadata import ONNX_META_KEY, ModelMeta, save_checkpoint
+from edge.core.preprocess import PreprocessSpec
 
 
 def color_model(path):
@@ -81,7 +81,7 @@ def test_explicit_files_any_batch_size_and_top_k(tmp_path, images, capsys):
 
 
 def test_pt_and_onnx_give_the_same_answers(tmp_path, images, capsys):
-    from edge.registry import create_model, get_arch
+    from edge.core.registry import create_model, get_arch
     from export.onnx_export import export_onnx
 
     pt = tmp_path / "m.pt"

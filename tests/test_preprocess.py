@@ -8,9 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from edge.preprocess import EvalTransform, PreprocessSpec, crop_box, preprocess_batch, preprocess_image
-from edge.registry import ARCHS
-from edge.synthetic import SceneRenderer
+from edge.core.preprocess import (
+    EvalTransform,
+    PreprocessSpec,
+    crop_box,
+    preprocess_batch,
+    preprocess_image,
+)
+from edge.core.registry import ARCHS
+from edge.core.synthetic import SceneRenderer
 
 
 @pytest.mark.parametrize("arch", ["squeezenet1_1", "efficientnet_lite0"])
@@ -74,7 +80,7 @@ def test_batch_and_out_buffer_reuse():
 
 
 def test_spec_round_trip_and_unknown_keys():
-    from edge.errors import EdgeError
+    from edge.core.errors import EdgeError
 
     spec = ARCHS["efficientnet_lite0"].preprocess
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec

@@ -6,8 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from edge.errors import EdgeError
-from edge.registry import ARCHS, create_model, efficientnet_lite0_package_weights, get_arch, head_module
+from edge.core.errors import EdgeError
+from edge.core.registry import (
+    ARCHS,
+    create_model,
+    efficientnet_lite0_package_weights,
+    get_arch,
+    head_module,
+)
 
 EXPECTED = ["alexnet", "squeezenet1_0", "squeezenet1_1", "resnet18", "mobilenet_v3_small", "efficientnet_lite0"]
 

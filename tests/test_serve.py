@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.preprocess import PreprocessSpec, preprocess_image
+from edge.core.preprocess import PreprocessSpec, preprocess_image
 
 FPS = 10
 PHASE = 20  # frames per phase: white, black, grey
@@ -59,8 +59,8 @@ def brightness_model(path: Path, grey: np.ndarray, names=("up", "down"), k: floa
     """A real squeezenet1_1 checkpoint whose logits are +-k * (brightness - brightness(grey))."""
     import torch
 
-    from edge.metadata import ModelMeta, save_checkpoint
-    from edge.registry import create_model
+    from edge.core.metadata import ModelMeta, save_checkpoint
+    from edge.core.registry import create_model
 
     model = create_model("squeezenet1_1", 2, "none")
     sd = {n: torch.zeros_like(v) for n, v in model.state_dict().items()}
@@ -484,7 +484,7 @@ def test_smoothing_and_recovery_from_a_vanishing_stream(assets):
         assert downstream.proc.poll() is None
         assert downstream.get("healthz", None)[0] == 503
         lost = [ln for ln in downstream.log().splitlines()[log_before:]
-                if "WARNING edge.camera" in ln and "reconnecting" in ln]
+                if "WARNING edge.runtime.camera" in ln and "reconnecting" in ln]
         assert len(lost) == 1, lost  # the outage is logged once, not once per attempt
 
         upstream2 = Served(d, "upstream2", up_args).start()
@@ -529,7 +529,7 @@ def _pred(label: str, conf: float = 0.9, frame: int = 0):
 
 
 def test_events_output_writes_changes_only(tmp_path):
-    from edge.serve.outputs import EventsOutput
+    from edge.runtime.outputs.events import EventsOutput
 
     path = tmp_path / "ev.jsonl"
     out = EventsOutput(str(path))
@@ -544,7 +544,7 @@ def test_events_output_writes_changes_only(tmp_path):
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
 def test_events_output_disk_full_marks_it_dead():
-    from edge.serve.outputs import EventsOutput
+    from edge.runtime.outputs.events import EventsOutput
 
     out = EventsOutput("/dev/full")
     out.write(np.zeros((1, 1, 3), np.uint8), _pred("a"))
@@ -557,7 +557,7 @@ def test_events_output_disk_full_marks_it_dead():
 
 
 def test_on_change_never_blocks_and_coalesces(tmp_path):
-    from edge.serve.outputs import OnChangeOutput
+    from edge.runtime.outputs.on_change import OnChangeOutput
 
     log = tmp_path / "runs.txt"
     out = OnChangeOutput(f'sleep 0.5; echo "$EDGE_PREVIOUS>$EDGE_LABEL" >> {log}', interval=0.0, timeout=10)
@@ -579,7 +579,7 @@ def test_on_change_never_blocks_and_coalesces(tmp_path):
 
 
 def test_on_change_rate_limit_and_timeout(tmp_path):
-    from edge.serve.outputs import OnChangeOutput
+    from edge.runtime.outputs.on_change import OnChangeOutput
 
     log = tmp_path / "runs.txt"
     out = OnChangeOutput(f"echo $1 >> {log}", interval=0.6, timeout=10)
@@ -605,8 +605,8 @@ def test_on_change_rate_limit_and_timeout(tmp_path):
 
 
 def test_display_without_a_desktop_is_a_clear_error(monkeypatch):
-    from edge.errors import EdgeError
-    from edge.serve.outputs import DisplayOutput
+    from edge.core.errors import EdgeError
+    from edge.runtime.outputs.display import DisplayOutput
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.errors import EdgeError
-from edge.smoothing import UNKNOWN, Smoother
+from edge.core.errors import EdgeError
+from edge.runtime.smoothing import UNKNOWN, Smoother
 
 NAMES = ["up", "down"]
 

@@ -1,4 +1,4 @@
-"""edge.sources: one URI scheme for every tool; files and test:// paced like a camera; one-line errors."""
+"""edge.runtime.sources: one URI scheme for every tool; files and test:// paced like a camera; one-line errors."""
 
 from __future__ import annotations
 
@@ -12,9 +12,15 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import EdgeError
-from edge.sources import SOURCES, FrameSource, SourceError, open_source
-from edge.sources import csi, opencv_source
+from edge.core.errors import EdgeError
+from edge.runtime.sources import (
+    SOURCES,
+    FrameSource,
+    SourceError,
+    csi,
+    open_source,
+    opencv_source,
+)
 
 
 def write_video(path, frames=10, fps=25.0, size=(64, 48)):
@@ -168,7 +174,7 @@ def test_unreachable_stream_names_the_url():
     assert "http://127.0.0.1:9/stream.mjpg" in text and "reachable" in text
 
 
-# A dead stream reopened again and again (edge.camera's reconnect loop): nothing from FFmpeg or OpenCV's own
+# A dead stream reopened again and again (edge.runtime.camera's reconnect loop): nothing from FFmpeg or OpenCV's own
 # logger per attempt, only our Python log lines. Run in a fresh process: FFmpeg reads its log level once.
 RECONNECT_SCRIPT = textwrap.dedent("""
     import logging, socket, sys
@@ -176,13 +182,13 @@ RECONNECT_SCRIPT = textwrap.dedent("""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
     url = "http://127.0.0.1:%d/x.mjpg" % sock.getsockname()[1]
-    from edge.sources import SourceError, open_source
+    from edge.runtime.sources import SourceError, open_source
     for _ in range(3):
         try:
             open_source(url).close()
         except SourceError:
             print("SourceError", flush=True)
-    logging.getLogger("edge.camera").warning("%s: lost, reconnecting (outage marker)", url)
+    logging.getLogger("edge.runtime.camera").warning("%s: lost, reconnecting (outage marker)", url)
 """)
 NATIVE_MARKERS = ("[tcp @", "[http @", "[OPENCV:FFMPEG", "VIDEOIO", "[ WARN", "[ERROR:")
 
@@ -195,7 +201,7 @@ def run_reconnects(**env_overrides):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("SourceError") == 3, (r.stdout, r.stderr)
     native = [ln for ln in (r.stdout + r.stderr).splitlines() if any(m in ln for m in NATIVE_MARKERS)]
-    assert "WARNING edge.camera" in r.stderr and "outage marker" in r.stderr  # our own logging still works
+    assert "WARNING edge.runtime.camera" in r.stderr and "outage marker" in r.stderr  # our own logging still works
     return native
 
 
@@ -283,7 +289,7 @@ class _ArgusStuckCapture:
 
 def test_csi_argus_capture_session_failure_prints_the_daemon_restart(monkeypatch, capfd):
     monkeypatch.setattr(csi, "gstreamer_available", lambda: True)
-    monkeypatch.setattr("edge.sources.opencv_source.cv2.VideoCapture", _ArgusStuckCapture)
+    monkeypatch.setattr("edge.runtime.sources.opencv_source.cv2.VideoCapture", _ArgusStuckCapture)
     with pytest.raises(SourceError) as info:
         open_source("csi://0")
     text = one_line(info.value)

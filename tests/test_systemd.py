@@ -16,9 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge.serve import install
-from edge.serve.config import ServeConfig
-from edge.serve.sdnotify import Notifier
+from edge.service import install
+from edge.service.config import ServeConfig
+from edge.service.sdnotify import Notifier
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "edge-camera.service"
@@ -78,7 +78,7 @@ def test_notifier_survives_a_vanished_socket(tmp_path, caplog):
 
 def test_watchdog_pings_only_while_the_pipeline_loops(tmp_path, monkeypatch):
     """A hung inference loop (stale heartbeat) stops the WATCHDOG=1 pings, so systemd restarts the service."""
-    from edge.serve import service as service_mod
+    from edge.service import app as service_mod
 
     path = str(tmp_path / "notify.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -147,7 +147,7 @@ def test_unit_has_the_required_settings():
 
 
 def test_example_config_is_valid():
-    from edge.serve.config import build_config, load_config_file
+    from edge.service.config import build_config, load_config_file
 
     values = load_config_file(ROOT / "systemd" / "config.toml")
     cfg = build_config(values, {}, env={})

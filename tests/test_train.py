@@ -7,16 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from edge.metadata import load_checkpoint, load_model
-from edge.preprocess import preprocess_batch
-from edge.synthetic import make_dataset
+from edge.core.metadata import load_checkpoint, load_model
+from edge.core.preprocess import preprocess_batch
+from edge.core.synthetic import make_dataset
 from train.cli import main as train_main
 from train.dataset import scan_dataset
 from train.trainer import TrainConfig, train_model
@@ -214,7 +213,7 @@ def test_phone_photo_exif_orientation_is_applied_in_training_and_predict(tmp_pat
 
     from PIL import Image
 
-    from edge.predict import read_image
+    from edge.cli.predict import read_image
     from train.dataset import load_rgb
 
     rgb = np.zeros((40, 60, 3), np.uint8)

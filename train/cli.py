@@ -7,10 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-from edge.errors import cli_entry
-from edge.perf import keep_freed_memory
-from edge.preprocess import AugmentSpec
-from edge.registry import list_models
+from edge.core.errors import cli_entry
+from edge.core.memory import keep_freed_memory
+from edge.core.preprocess import AugmentSpec
+from edge.core.registry import list_models
 
 from .trainer import MODES, TrainConfig, train_model
 

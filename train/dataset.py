@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from edge.errors import EdgeError
-from edge.sources import IMAGE_EXTENSIONS, is_image_name
+from edge.core.errors import EdgeError
+from edge.runtime.sources import IMAGE_EXTENSIONS, is_image_name
 
 log = logging.getLogger(__name__)
 
-IMG_EXTENSIONS = IMAGE_EXTENSIONS  # one list, shared with capture, sources and export (edge.sources)
+IMG_EXTENSIONS = IMAGE_EXTENSIONS  # one list, shared with capture, sources and export (edge.runtime.sources)
 IMBALANCE_RATIO = 3.0  # largest/smallest class count above which we warn
 # Images are kept in memory with this shorter side at most (enough for 224 crops; memory-aware on a Nano).
 MAX_KEEP_SIDE = 320
@@ -206,7 +206,7 @@ def load_samples(samples: list[Sample], max_side: int = MAX_KEEP_SIDE) -> tuple[
 
 def eval_batch(samples: list[Sample], spec) -> np.ndarray:
     """Val images through the exact runtime preprocessing (full-resolution decode) -> N x 3 x S x S float32."""
-    from edge.preprocess import preprocess_image
+    from edge.core.preprocess import preprocess_image
 
     out = np.empty((len(samples), 3, spec.input_size, spec.input_size), np.float32)
     for i, s in enumerate(samples):

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edge.fsutil import atomic_write_bytes
+from edge.core.fsutil import atomic_write_bytes
 
 
 def confusion_matrix(targets: Sequence[int], preds: Sequence[int], num_classes: int) -> np.ndarray:

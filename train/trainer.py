@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.errors import EdgeError
-from edge.fsutil import atomic_write_bytes, atomic_write_text, ensure_writable_dir
-from edge.metadata import ModelMeta, save_checkpoint
-from edge.preprocess import AugmentSpec, train_transform
-from edge.registry import ArchSpec, create_model, get_arch
+from edge.core.errors import EdgeError
+from edge.core.fsutil import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from edge.core.metadata import ModelMeta, save_checkpoint
+from edge.core.preprocess import AugmentSpec, train_transform
+from edge.core.registry import ArchSpec, create_model, get_arch
 
 from .dataset import DatasetInfo, InMemoryImages, eval_batch, load_samples, scan_dataset
 from .report import classification_metrics, plot_confusion_matrix
@@ -289,7 +289,7 @@ class Trainer:
         for p in head.parameters():
             p.requires_grad_(True)
         t = time.perf_counter()
-        from edge.preprocess import EvalTransform
+        from edge.core.preprocess import EvalTransform
 
         clean = EvalTransform(self.spec)
         augment = train_transform(self.spec, cfg.augment)

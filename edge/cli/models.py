@@ -1,0 +1,15 @@
+"""`edge models`: list the registry's architectures."""
+
+from __future__ import annotations
+
+import argparse
+
+from edge.core.registry import ARCHS
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="edge models", description="List the architectures in the model registry.").parse_args(argv)
+    for name, spec in ARCHS.items():
+        offline = " (ImageNet weights offline)" if spec.offline_imagenet else ""
+        print(f"{name:<20} {spec.description}{offline}")
+    return 0

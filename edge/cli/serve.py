@@ -1,0 +1,57 @@
+"""`edge serve --model PATH --source SRC [outputs...]`: the always-on camera service (thin CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from edge.core.errors import cli_entry
+from edge.service.config import add_arguments, config_from_args
+
+EPILOG = """\
+outputs (any combination): --display, --record FILE, --http [HOST:]PORT, --events FILE|-, --on-change CMD.
+HTTP endpoints: / (live page), /stream.mjpg, /snapshot.jpg, /api/prediction, /healthz, /metrics.
+Signals: SIGTERM/SIGINT stop cleanly (exit 0), SIGHUP reloads the model file (a bad file keeps the old model).
+Every option can also be set in a TOML file (--config; keys are the option names, e.g. `threshold = 0.6`);
+flags override the file.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge serve", description="Classify a live video source and serve the results, unattended.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the validated configuration as JSON (token hidden) and exit")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    # under systemd the journal adds timestamps itself
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr, force=True)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    cfg = config_from_args(ns)
+    if ns.print_config:
+        print(json.dumps(cfg.redacted(), indent=2))
+        return 0
+    setup_logging(cfg.log_level)
+    from edge.service.app import (
+        serve,  # heavy imports (torch, cv2) only once the config is known to be good
+    )
+
+    return serve(cfg)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

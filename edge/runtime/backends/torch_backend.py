@@ -1,0 +1,58 @@
+"""PyTorch backend: a `train` checkpoint (.pt), CUDA FP16 + channels_last when a GPU exists, else CPU FP32."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edge.core.errors import EdgeError
+from edge.runtime.backends.base import Backend, check_batch
+
+log = logging.getLogger(__name__)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", fp16: bool | None = None,
+                 threads: int | None = None) -> None:
+        import torch
+
+        from edge.core.metadata import load_model
+
+        cuda = torch.cuda.is_available()
+        if device == "cuda" and not cuda:
+            raise EdgeError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
+        dev = "cuda" if device in ("auto", "cuda") and cuda else "cpu"
+        if threads:
+            torch.set_num_threads(int(threads))
+        model, meta = load_model(Path(path), device="cpu")
+        self.fp16 = (dev == "cuda") if fp16 is None else bool(fp16 and dev == "cuda")
+        model = model.to(dev, memory_format=torch.channels_last)
+        if self.fp16:
+            model = model.half()
+        super().__init__(meta, device=dev, providers=[f"{dev} {'fp16' if self.fp16 else 'fp32'}"])
+        self._torch = torch
+        self._model = model
+        self._dtype = torch.float16 if self.fp16 else torch.float32
+        self._dev = torch.device(dev)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        if self._model is None:
+            raise RuntimeError("backend is closed")
+        batch = check_batch(batch, self.input_size)
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self._dev, dtype=self._dtype, memory_format=torch.channels_last)
+            logits = self._model(x)
+            probs = torch.softmax(logits.float(), dim=1)
+            return probs.cpu().numpy()
+
+    def close(self) -> None:
+        if self._model is not None:
+            self._model = None
+            if self._dev.type == "cuda":
+                self._torch.cuda.empty_cache()

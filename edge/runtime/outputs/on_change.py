@@ -1,0 +1,139 @@
+"""`--on-change`: run a shell command on a label change, on its own thread, rate-limited and time-limited."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from edge.runtime.outputs.base import Output
+
+log = logging.getLogger(__name__)
+
+
+def _iso(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class OnChangeOutput(Output):
+    """Runs a shell command when the shown label changes: rate-limited, one at a time, off the pipeline thread.
+
+    The command runs as `/bin/sh -c CMD edge-on-change LABEL CONFIDENCE` (so `$1` is the label) with
+    EDGE_LABEL, EDGE_PREVIOUS, EDGE_CONFIDENCE, EDGE_TIMESTAMP and EDGE_FRAME in its environment. Changes that
+    happen while a command runs or within `interval` seconds of the last start are coalesced: when the next run is
+    due, it reports the label shown then (and nothing if that is the label it reported last).
+    """
+
+    name = "on-change"
+
+    def __init__(self, command: str, interval: float = 2.0, timeout: float = 30.0) -> None:
+        super().__init__()
+        self.command = command
+        self.interval = float(interval)
+        self.timeout = float(timeout)
+        self._cond = threading.Condition()
+        self._pending: dict[str, Any] | None = None
+        self._seen: str | None = None  # label of the last prediction (pipeline thread)
+        self._reported: str | None = None  # label the command was last run for (worker thread)
+        self._closed = False
+        self.runs = 0
+        self.failures = 0
+        self._last_warn = 0.0
+        self._proc: subprocess.Popen | None = None
+        self._thread = threading.Thread(target=self._worker, name="on-change", daemon=True)
+        self._thread.start()
+
+    def write(self, frame: np.ndarray, prediction: Any) -> None:
+        if prediction.label == self._seen:
+            return
+        change = {"label": prediction.label, "previous": self._seen, "confidence": float(prediction.confidence),
+                  "timestamp": float(prediction.timestamp), "frame": int(prediction.frame_id)}
+        self._seen = prediction.label
+        with self._cond:
+            self._pending = change
+            self._cond.notify()
+
+    def _worker(self) -> None:
+        last_start = -float("inf")
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                # rate limit: wait out the interval (new changes just replace the pending one)
+                while not self._closed and (delay := last_start + self.interval - time.monotonic()) > 0:
+                    self._cond.wait(delay)
+                if self._closed:
+                    return
+                change, self._pending = self._pending, None
+            if change is None or change["label"] == self._reported:
+                continue
+            change["previous"] = self._reported
+            last_start = time.monotonic()
+            self._run(change)
+            self._reported = change["label"]
+
+    def _run(self, change: dict[str, Any]) -> None:
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)  # the command must not talk to systemd on our behalf
+        env.update(
+            EDGE_LABEL=str(change["label"]),
+            EDGE_PREVIOUS="" if change["previous"] is None else str(change["previous"]),
+            EDGE_CONFIDENCE=f"{change['confidence']:.4f}",
+            EDGE_TIMESTAMP=f"{change['timestamp']:.3f}",
+            EDGE_FRAME=str(change["frame"]),
+        )
+        argv = ["/bin/sh", "-c", self.command, "edge-on-change", str(change["label"]), f"{change['confidence']:.4f}"]
+        self.runs += 1
+        try:
+            # own process group, so a timeout kills the command's children too
+            self._proc = proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                self._kill(proc)
+                rc = None
+        except OSError as e:
+            self._fail(f"could not start: {e}")
+            return
+        finally:
+            self._proc = None
+        if rc is None:
+            self._fail(f"still running after {self.timeout:g} s; killed")
+        elif rc != 0:
+            self._fail(f"exited with status {rc}")
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _fail(self, why: str) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if now - self._last_warn >= 60.0:  # a command that always fails must not flood the journal
+            self._last_warn = now
+            log.warning("--on-change command %s (%d failure(s) so far)", why, self.failures)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._kill(proc)  # shutdown must finish within seconds; a running hook is cut short
+        self._thread.join(timeout=2.0)

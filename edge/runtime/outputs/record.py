@@ -1,0 +1,139 @@
+"""Record the annotated stream to a video file (`edge serve --record`, `edge demo`).
+
+`write` only copies the frame into a bounded queue; a writer thread encodes (OpenCV VideoWriter: `.mp4` ->
+mp4v, `.avi` -> MJPG). When the encoder falls behind, frames are dropped and counted, never queued without
+bound. The file is written under a temporary name and moved into place on `close()`, so a crash never leaves a
+half-written video under the final name. With `realtime=True` (default) frames are repeated or skipped to keep
+the video's clock equal to the wall clock, so a 10 s run plays for 10 s whatever the inference rate was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from edge.core.errors import EdgeError
+from edge.core.fsutil import TEMP_PREFIX, ensure_writable_dir, make_readable
+from edge.runtime.outputs.base import Output
+from edge.runtime.prediction import Prediction
+
+log = logging.getLogger(__name__)
+
+CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+_STOP = object()
+
+
+class RecordOutput(Output):
+    """Annotated frames -> a video file. `frames_written`, `dropped` count what happened."""
+
+    name = "record"
+
+    def __init__(self, path: str | os.PathLike, fps: float = 15.0, realtime: bool = True, queue_size: int = 32,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix not in CODECS:
+            raise EdgeError(f"cannot record to {str(self.path)!r}: use a file ending in {', '.join(CODECS)}")
+        if not fps or fps <= 0:
+            raise EdgeError(f"record fps must be > 0, got {fps}")
+        ensure_writable_dir(self.path.parent, "recording directory")
+        self.fps = float(fps)
+        self.realtime = realtime
+        self.frames_written = 0
+        self.dropped = 0
+        self._q: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._pool: queue.SimpleQueue = queue.SimpleQueue()  # recycled frame buffers: no per-frame allocation
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=TEMP_PREFIX, suffix=suffix)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+        self._t0: float | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="edge-record", daemon=True)
+        self._thread.start()
+
+    def write(self, frame: np.ndarray, prediction: Prediction) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"recording to {self.path} failed: {self._error}") from self._error
+        try:
+            buf = self._pool.get_nowait()
+            if buf.shape != frame.shape:
+                buf = np.empty_like(frame)
+        except queue.Empty:
+            buf = np.empty_like(frame)
+        np.copyto(buf, frame)
+        try:
+            self._q.put_nowait((buf, self._clock()))
+        except queue.Full:
+            self.dropped += 1
+            self._pool.put(buf)
+
+    def _open(self, frame: np.ndarray) -> None:
+        h, w = frame.shape[:2]
+        fourcc = cv2.VideoWriter_fourcc(*CODECS[self.path.suffix.lower()])
+        writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (w, h))
+        if not writer.isOpened():
+            raise OSError(f"OpenCV cannot open a {CODECS[self.path.suffix.lower()]} video writer for {self.path}")
+        self._writer, self._size = writer, (w, h)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is _STOP:
+                return
+            frame, ts = item
+            try:
+                if self._writer is None:
+                    self._open(frame)
+                    self._t0 = ts
+                if (frame.shape[1], frame.shape[0]) != self._size:
+                    frame = cv2.resize(frame, self._size)
+                repeats = 1
+                if self.realtime and self._t0 is not None:
+                    due = int((ts - self._t0) * self.fps) + 1  # frames the video should hold by now
+                    repeats = due - self.frames_written
+                for _ in range(max(0, min(repeats, int(self.fps * 5)))):
+                    self._writer.write(frame)
+                    self.frames_written += 1
+            except Exception as e:  # noqa: BLE001 - reported to the pipeline on the next write()
+                log.error("recording to %s failed: %s", self.path, e)
+                self._error = e
+                return
+            finally:
+                self._pool.put(item[0])
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            try:
+                self._q.put(_STOP, timeout=30)
+            except queue.Full:
+                log.warning("video writer for %s is stuck; closing it anyway", self.path)
+            self._thread.join(30)
+        if self._writer is not None:
+            self._writer.release()
+        if self._writer is not None and self.frames_written and self._error is None:
+            with open(self._tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            make_readable(self._tmp)  # mkstemp creates 0600; a recording is meant to be shared
+            os.replace(self._tmp, self.path)
+            log.info("recorded %d frames to %s (%d dropped)", self.frames_written, self.path, self.dropped)
+        else:
+            self._tmp.unlink(missing_ok=True)
+            if self._error is None:
+                log.warning("nothing recorded to %s (no frames)", self.path)

@@ -1,0 +1,107 @@
+"""Prediction smoothing: EMA over class probabilities, an `unknown` threshold, hysteresis and a minimum dwell.
+
+- EMA: `p = smoothing * p_prev + (1 - smoothing) * p_new` (smoothing 0 = off, 0.9 = heavy).
+- threshold: when the smoothed top probability is below it, the candidate label is `unknown`.
+- hysteresis: the label on screen keeps its place while its probability stays >= threshold - hysteresis
+  (and while no other class leads it by more than `hysteresis`); a new label must clear the threshold outright.
+- min_dwell: a different candidate must win `min_dwell` consecutive updates before it replaces the shown label,
+  so a one-frame blip never flickers the output.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from edge.core.errors import EdgeError
+
+UNKNOWN = "unknown"
+
+
+class Smoother:
+    """Turns a stream of per-frame probability vectors into a stable label.
+
+    `update(probs) -> (label, confidence)`; `probs` (smoothed) and `label` stay readable as attributes.
+    `confidence` is the smoothed probability of the shown label (of the top class when the label is `unknown`).
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        smoothing: float = 0.0,
+        threshold: float = 0.0,
+        hysteresis: float = 0.0,
+        min_dwell: int = 1,
+    ) -> None:
+        if not 0.0 <= smoothing < 1.0:
+            raise EdgeError(f"smoothing must be in [0, 1) (0 = off, 0.9 = heavy), got {smoothing}")
+        if not 0.0 <= threshold <= 1.0:
+            raise EdgeError(f"threshold must be in [0, 1], got {threshold}")
+        if not 0.0 <= hysteresis < 1.0:
+            raise EdgeError(f"hysteresis must be in [0, 1), got {hysteresis}")
+        if min_dwell < 1:
+            raise EdgeError(f"min_dwell must be >= 1 frame, got {min_dwell}")
+        if not class_names:
+            raise EdgeError("a smoother needs at least one class name")
+        self.class_names = [str(c) for c in class_names]
+        self.smoothing = float(smoothing)
+        self.threshold = float(threshold)
+        self.hysteresis = float(hysteresis)
+        self.min_dwell = int(min_dwell)
+        self.reset()
+
+    def reset(self, class_names: Sequence[str] | None = None) -> None:
+        """Forget history (after a model swap, optionally with new class names)."""
+        if class_names is not None:
+            self.class_names = [str(c) for c in class_names]
+        self.probs = np.zeros(len(self.class_names), np.float32)
+        self._have = False
+        self.label: str | None = None  # shown label (None before the first update)
+        self._index: int = -1  # class index of the shown label, -1 for unknown
+        self._candidate: int | None = None
+        self._streak = 0
+
+    def _smooth(self, p: np.ndarray) -> None:
+        if not self._have or self.smoothing == 0.0:
+            self.probs[:] = p
+            self._have = True
+        else:
+            self.probs *= self.smoothing
+            self.probs += (1.0 - self.smoothing) * p
+
+    def _keeps(self, idx: int, top: int) -> bool:
+        """Does the shown label (idx, -1 = unknown) hold its place given the smoothed probabilities?"""
+        p = self.probs
+        if idx < 0:  # unknown holds until some class clears the threshold outright
+            return float(p[top]) < self.threshold
+        if float(p[idx]) < self.threshold - self.hysteresis:
+            return False
+        return top == idx or float(p[top]) - float(p[idx]) <= self.hysteresis
+
+    def update(self, probs: np.ndarray) -> tuple[str, float]:
+        """Feed one probability vector (C floats); return the (label, confidence) to show now."""
+        p = np.asarray(probs, np.float32).reshape(-1)
+        if p.shape[0] != len(self.class_names):
+            raise ValueError(f"expected {len(self.class_names)} probabilities, got {p.shape[0]}")
+        self._smooth(p)
+        top = int(np.argmax(self.probs))
+        want = top if float(self.probs[top]) >= self.threshold else -1
+        if self.label is None:  # first frame: nothing to be stable against
+            self._set(want)
+        elif want == self._index or self._keeps(self._index, top):
+            self._candidate, self._streak = None, 0
+        else:
+            if want == self._candidate:
+                self._streak += 1
+            else:
+                self._candidate, self._streak = want, 1
+            if self._streak >= self.min_dwell:
+                self._set(want)
+        conf = float(self.probs[self._index] if self._index >= 0 else self.probs[top])
+        return self.label, conf  # type: ignore[return-value]
+
+    def _set(self, idx: int) -> None:
+        self._index = idx
+        self.label = self.class_names[idx] if idx >= 0 else UNKNOWN
+        self._candidate, self._streak = None, 0

@@ -1,0 +1,86 @@
+"""A folder of images (or one image file) played as a video: sorted by name, paced like a slideshow."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.core.fsutil import is_temp_name
+from edge.runtime.sources.base import (
+    FrameSource,
+    Pacer,
+    SourceError,
+    check_options,
+    number_option,
+)
+
+log = logging.getLogger(__name__)
+
+# the one list of image files every reader takes (sources, capture, export, training); OpenCV and PIL decode them all
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+DEFAULT_FPS = 1.0  # a slideshow: each image stays a second when paced in real time
+OPTIONS = {"fps": f"images per second when paced, default {DEFAULT_FPS:g}"}
+
+
+def is_image_name(name: str) -> bool:
+    """True for an image file name readers take: a known extension, not hidden, not a temporary (.tmp-*) name."""
+    name = os.path.basename(name)
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not is_temp_name(name) and not name.startswith(".")
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files in `folder` sorted by path, skipping hidden and temporary (.tmp-*) names and hidden folders."""
+    root = Path(folder)
+    found = root.rglob("*") if recursive else root.iterdir()
+    return sorted(
+        p for p in found
+        if is_image_name(p.name) and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+class ImageFolderSource(FrameSource):
+    """Each image of a folder in turn; unreadable images are skipped with a warning."""
+
+    def __init__(self, uri: str, options: dict[str, str], path: Path, *, width=None, height=None, fps=None,
+                 loop=False, realtime=True):
+        check_options(uri, options, OPTIONS)
+        self.uri = uri
+        self.files = [path] if path.is_file() else list_images(path)
+        if not self.files:
+            raise SourceError(f"no images in folder {str(path)!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        self.fps = float(fps or number_option(uri, options, "fps", DEFAULT_FPS))
+        self.size = (int(width), int(height)) if width and height else None
+        self.loop = loop
+        self._pacer = Pacer(self.fps) if realtime else None
+        self._index = 0
+
+    def read(self) -> np.ndarray | None:
+        misses = 0
+        while True:
+            if self._index >= len(self.files):
+                if not self.loop:
+                    return None
+                self._index = 0
+            path = self.files[self._index]
+            self._index += 1
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if img is not None:
+                break
+            log.warning("skipping unreadable image %s", path)
+            misses += 1
+            if misses >= len(self.files):
+                raise SourceError(f"none of the {len(self.files)} images in {self.uri!r} can be decoded")
+        if self.size and (img.shape[1], img.shape[0]) != self.size:
+            img = cv2.resize(img, self.size, interpolation=cv2.INTER_AREA)
+        if self._pacer:
+            self._pacer.wait()
+        return img
+
+
+def open_folder(uri, options, path, **kw) -> ImageFolderSource:
+    return ImageFolderSource(uri, options, Path(path), **kw)

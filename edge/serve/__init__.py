@@ -1,1 +1,0 @@
-"""`edge serve`: the always-on camera service (config, HTTP, metrics, systemd notify, service outputs)."""

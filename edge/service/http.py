@@ -1,0 +1,205 @@
+"""The HTTP side of `edge serve`: live page, MJPEG stream, JSON API, health and Prometheus metrics (stdlib server).
+
+- `StreamOutput` is the pipeline output behind /stream.mjpg: `write` only keeps a copy of the newest frame;
+  one encoder thread turns it into a JPEG once per frame (and only while someone watches), and every client
+  thread sends that same JPEG. A slow client only falls behind itself (it skips to the newest JPEG); a client that
+  disconnects or stalls past the socket timeout just ends its own thread.
+- Endpoints: `/` (page), `/stream.mjpg`, `/snapshot.jpg`, `/api/prediction`, `/healthz`, `/metrics`.
+- With a token, every endpoint except /healthz needs `Authorization: Bearer TOKEN` or `?token=TOKEN`
+  (/healthz says only ok/stale, for load balancers and probes that cannot send headers).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from edge.core.errors import EdgeError
+from edge.runtime.outputs.stream import StreamOutput
+
+log = logging.getLogger(__name__)
+
+CLIENT_TIMEOUT_S = 10.0  # a client that accepts no data for this long is dropped
+BOUNDARY = "frame"
+_PART_HEAD = b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
+
+
+class HttpApp(Protocol):
+    """What the HTTP server needs from the service."""
+
+    stream: StreamOutput
+
+    def prediction_json(self) -> dict[str, Any] | None: ...
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+    def metrics(self) -> tuple[bytes, str]: ...
+
+
+def page_html() -> bytes:
+    return resources.files("edge.service").joinpath("page.html").read_bytes()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "HttpServer"
+    server_version = "edge-serve"
+    timeout = CLIENT_TIMEOUT_S  # socket timeout: a stalled client cannot hold its thread forever
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s %s", self.address_string(), format % args)
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, (json.dumps(obj) + "\n").encode(), "application/json")
+
+    def _authorized(self, query: dict[str, list[str]]) -> bool:
+        token = self.server.token
+        if not token:
+            return True
+        want = token.encode()
+        auth = self.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), want):
+            return True
+        return any(hmac.compare_digest(t.encode(), want) for t in query.get("token", []))
+
+    # --- routes ----------------------------------------------------------------------------------------------
+    def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
+        self.do_GET()
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        path = url.path
+        app = self.server.app
+        try:
+            if path == "/healthz":
+                ok, info = app.health()
+                self._json(200 if ok else 503, info)
+                return
+            if not self._authorized(query):
+                self._send(401, b"unauthorized: send `Authorization: Bearer TOKEN` or ?token=TOKEN\n",
+                           "text/plain; charset=utf-8", {"WWW-Authenticate": 'Bearer realm="edge-serve"'})
+                return
+            if path in ("/", "/index.html"):
+                self._send(200, self.server.page, "text/html; charset=utf-8",
+                           {"X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"})
+            elif path == "/api/prediction":
+                pred = app.prediction_json()
+                if pred is None:
+                    self._json(503, {"error": "no prediction yet", "label": None})
+                else:
+                    self._json(200, pred)
+            elif path == "/metrics":
+                body, ctype = app.metrics()
+                self._send(200, body, ctype)
+            elif path == "/stream.mjpg":
+                self._stream(app.stream)
+            elif path == "/snapshot.jpg":
+                self._snapshot(app.stream)
+            else:
+                self._json(404, {"error": f"no such endpoint {path}",
+                                 "endpoints": ["/", "/stream.mjpg", "/snapshot.jpg", "/api/prediction", "/healthz",
+                                               "/metrics"]})
+        except (BrokenPipeError, ConnectionResetError, socket.timeout) as e:
+            log.debug("client %s went away: %s", self.address_string(), e)
+            self.close_connection = True
+
+    def _snapshot(self, stream: StreamOutput) -> None:
+        if not stream.add_client():
+            self._json(503, {"error": "too many stream clients"})
+            return
+        try:  # registering as a client makes the encoder produce a fresh JPEG of the next frame
+            latest = stream.latest_jpeg()
+            got = stream.wait_jpeg(0 if latest is None else latest[1], 2.0) or latest
+        finally:
+            stream.remove_client()
+        if got is None:
+            self._json(503, {"error": "no frame yet"})
+        else:
+            self._send(200, got[0], "image/jpeg")
+
+    def _stream(self, stream: StreamOutput) -> None:
+        if not stream.add_client():
+            self._json(503, {"error": f"too many stream clients (max {stream.max_clients})"})
+            return
+        sent = 0
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Pragma", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            last = -1
+            while not stream.closed and not self.server.stopping:
+                got = stream.wait_jpeg(last, timeout=1.0)
+                if got is None:
+                    continue  # source silent: keep the connection; the client sees the last picture
+                jpeg, last = got
+                self.wfile.write(_PART_HEAD + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+                sent += 1
+        except (BrokenPipeError, ConnectionResetError, socket.timeout, OSError) as e:
+            log.debug("stream client %s dropped after %d frames: %s", self.address_string(), sent, e)
+        finally:
+            stream.remove_client()
+            self.close_connection = True
+
+
+class HttpServer(ThreadingHTTPServer):
+    """Threaded HTTP server bound at construction (so a busy port is an error at start), served on a thread."""
+
+    daemon_threads = True  # a client thread never keeps the process alive at exit
+    allow_reuse_address = True
+    block_on_close = False
+
+    def __init__(self, host: str, port: int, app: HttpApp, token: str | None = None) -> None:
+        self.app = app
+        self.token = token
+        self.page = page_html()
+        self.stopping = False
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            super().__init__((host, port), _Handler)
+        except OSError as e:
+            raise EdgeError(f"--http: cannot listen on {host}:{port}: {e.strerror or e}; choose another port or host") from e
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"http://{host}:{port}/"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.25}, name="http",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(timeout=2.0)
+        self.server_close()
+
