@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge.core.errors import EdgeError, brief
+from edge.core.files import read_image_bgr
 from edge.core.metadata import ModelMeta
 from edge.core.preprocess import PreprocessSpec, preprocess_image
 from edge.runtime.sources import IMAGE_EXTENSIONS, list_images
@@ -155,18 +156,6 @@ def pick_evenly(items: Sequence[Any], n: int) -> list[Any]:
         return []
     idx = np.linspace(0, len(items) - 1, n).round().astype(int)
     return [items[i] for i in idx]
-
-
-def read_image_bgr(path: str | os.PathLike) -> np.ndarray | None:
-    """HxWx3 uint8 BGR image, or None when the file cannot be decoded."""
-    import cv2
-
-    try:
-        buf = np.fromfile(str(path), np.uint8)
-    except OSError:
-        return None
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-    return img if img is not None and img.ndim == 3 and img.shape[2] == 3 else None
 
 
 def load_image_batch(files: Sequence[Path], spec: PreprocessSpec) -> tuple[np.ndarray, int]:

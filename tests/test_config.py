@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from edge.core.errors import EdgeError
 from edge.cli import serve as cli
+from edge.core.errors import EdgeError
 from edge.service.config import (
     OPTIONS,
     ServeConfig,

@@ -213,7 +213,7 @@ def test_phone_photo_exif_orientation_is_applied_in_training_and_predict(tmp_pat
 
     from PIL import Image
 
-    from edge.cli.predict import read_image
+    from edge.core.files import read_image_bgr as read_image
     from train.dataset import load_rgb
 
     rgb = np.zeros((40, 60, 3), np.uint8)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edge.core.errors import EdgeError
+from edge.core.files import load_torch_file
 from edge.core.fsutil import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from edge.core.metadata import ModelMeta, save_checkpoint
 from edge.core.preprocess import AugmentSpec, train_transform
@@ -171,10 +172,7 @@ class Trainer:
         path = self.cfg.output / LAST_CHECKPOINT
         if not path.is_file():
             raise EdgeError(f"nothing to resume: {str(path)!r} not found; run without --resume first")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise EdgeError(f"cannot read {str(path)!r} to resume (corrupt?): {type(e).__name__}") from e
+        state = load_torch_file(path, "checkpoint to resume")
         if state.get("arch") != self.cfg.arch or state.get("class_names") != self.info.classes:
             raise EdgeError(
                 f"{str(path)!r} is for arch {state.get('arch')!r} with classes {state.get('class_names')}, "

@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import IO, Iterator, Sequence
 
-import cv2
 import numpy as np
 
 from edge.core.errors import EdgeError, cli_entry
+from edge.core.files import read_image_bgr
 from edge.core.preprocess import preprocess_image
 from edge.runtime.sources import IMAGE_EXTENSIONS, list_images
 
@@ -44,17 +44,6 @@ def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def read_image(path: Path) -> np.ndarray | None:
-    """BGR uint8 image, or None if it cannot be decoded. EXIF orientation is applied, as in training."""
-    try:
-        data = np.fromfile(str(path), np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
-
-
 def predict_files(backend, paths: Sequence[Path], batch_size: int = 16, top_k: int = 1) -> Iterator[dict]:
     """Yield one result dict per path, in order: path, label, confidence (+ top), or path and error."""
     spec = backend.meta.preprocess
@@ -65,7 +54,7 @@ def predict_files(backend, paths: Sequence[Path], batch_size: int = 16, top_k: i
         slots: list[int | None] = []
         n = 0
         for p in chunk:
-            img = read_image(p)
+            img = read_image_bgr(p)
             if img is None:
                 slots.append(None)
                 continue

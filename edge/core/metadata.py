@@ -18,6 +18,7 @@ from typing import Any
 
 from edge import __version__
 from edge.core.errors import EdgeError, brief
+from edge.core.files import load_torch_file
 from edge.core.preprocess import PreprocessSpec
 
 CHECKPOINT_FORMAT = "jetson-edge-classifier/model"
@@ -111,17 +112,10 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Any], meta: M
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], ModelMeta, dict[str, Any]]:
     """Read one of our model.pt files -> (state_dict, meta, raw dict). Clear EdgeError for anything else."""
-    import torch
-
     from edge.core.registry import strip_wrappers
 
     p = Path(path)
-    if not p.is_file():
-        raise EdgeError(f"model file {str(p)!r} not found")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every unpickling failure means the file is not usable
-        raise EdgeError(f"cannot read {str(p)!r}: corrupt, truncated or not a PyTorch checkpoint ({type(e).__name__})") from e
+    obj = load_torch_file(p, "model file")
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise EdgeError(
             f"{str(p)!r} is not a checkpoint written by `train` (no model metadata: arch, labels, preprocessing); "

