@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 
 from edge.core.errors import EdgeError
+from edge.core.files import is_image_name
 from edge.core.fsutil import (
     TEMP_PREFIX,
     atomic_write_bytes,
     atomic_write_text,
     ensure_writable_dir,
 )
-from edge.runtime.sources import is_image_name
 
 from .labels import SPLITS, check_label, label_dir
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from edge.core.errors import EdgeError
-from edge.runtime.sources import IMAGE_EXTENSIONS, list_images
+from edge.core.files import IMAGE_EXTENSIONS, list_images
 
 from .dataset import DatasetWriter
 

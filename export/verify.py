@@ -23,10 +23,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge.core.errors import EdgeError, brief
-from edge.core.files import read_image_bgr
+from edge.core.files import IMAGE_EXTENSIONS, list_images, read_image_bgr
 from edge.core.metadata import ModelMeta
 from edge.core.preprocess import PreprocessSpec, preprocess_image
-from edge.runtime.sources import IMAGE_EXTENSIONS, list_images
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from edge.core.errors import EdgeError
-from edge.runtime.sources import IMAGE_EXTENSIONS, is_image_name
+from edge.core.files import IMAGE_EXTENSIONS, is_image_name
 
 log = logging.getLogger(__name__)
 

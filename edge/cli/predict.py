@@ -18,9 +18,8 @@ from typing import IO, Iterator, Sequence
 import numpy as np
 
 from edge.core.errors import EdgeError, cli_entry
-from edge.core.files import read_image_bgr
+from edge.core.files import IMAGE_EXTENSIONS, list_images, read_image_bgr
 from edge.core.preprocess import preprocess_image
-from edge.runtime.sources import IMAGE_EXTENSIONS, list_images
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,27 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import EdgeError, brief
+from edge.core.fsutil import is_temp_name
+
+# the one list of image types every reader takes: train, capture, predict, export and the folder source
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def is_image_name(name: str) -> bool:
+    """True for an image file name readers take: a known extension, not hidden, not a temporary (.tmp-*) name."""
+    name = os.path.basename(name)
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not is_temp_name(name) and not name.startswith(".")
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files in `folder` sorted by path, skipping hidden and temporary (.tmp-*) names and hidden folders."""
+    root = Path(folder)
+    found = root.rglob("*") if recursive else root.iterdir()
+    return sorted(
+        p for p in found
+        if is_image_name(p.name) and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 def load_torch_file(path: str | os.PathLike, what: str = "PyTorch file", hint: str = "") -> Any:

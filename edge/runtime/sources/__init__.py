@@ -12,14 +12,10 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qsl, urlsplit
 
+from edge.core.files import IMAGE_EXTENSIONS, is_image_name, list_images  # noqa: F401 - re-exported for users
 from edge.runtime.sources.base import FrameSource, Pacer, SourceError
 from edge.runtime.sources.csi import open_csi
-from edge.runtime.sources.folder import (
-    IMAGE_EXTENSIONS,
-    is_image_name,
-    list_images,
-    open_folder,
-)
+from edge.runtime.sources.folder import open_folder
 from edge.runtime.sources.opencv_source import open_file, open_stream, open_v4l2
 from edge.runtime.sources.testpattern import open_test
 

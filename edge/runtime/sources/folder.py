@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge.core.fsutil import is_temp_name
+from edge.core.files import IMAGE_EXTENSIONS, list_images
 from edge.runtime.sources.base import (
     FrameSource,
     Pacer,
@@ -21,26 +20,8 @@ from edge.runtime.sources.base import (
 log = logging.getLogger(__name__)
 
 # the one list of image files every reader takes (sources, capture, export, training); OpenCV and PIL decode them all
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DEFAULT_FPS = 1.0  # a slideshow: each image stays a second when paced in real time
 OPTIONS = {"fps": f"images per second when paced, default {DEFAULT_FPS:g}"}
-
-
-def is_image_name(name: str) -> bool:
-    """True for an image file name readers take: a known extension, not hidden, not a temporary (.tmp-*) name."""
-    name = os.path.basename(name)
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not is_temp_name(name) and not name.startswith(".")
-
-
-def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """Image files in `folder` sorted by path, skipping hidden and temporary (.tmp-*) names and hidden folders."""
-    root = Path(folder)
-    found = root.rglob("*") if recursive else root.iterdir()
-    return sorted(
-        p for p in found
-        if is_image_name(p.name) and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
 
 
 class ImageFolderSource(FrameSource):
