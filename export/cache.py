@@ -40,8 +40,12 @@ __all__ = [
     "calibration_digest",
     "slug",
     "is_dir_arg",
+    "check_output_suffix",
     "prepare_output",
 ]
+
+# what an --output file must end in, per kind of file written: the suffixes `edge serve` reads as that kind
+OUTPUT_KINDS = {"onnx": ("onnxruntime", "an ONNX file"), "engine": ("tensorrt", "a TensorRT engine")}
 
 
 def engine_cache_key(
@@ -75,6 +79,24 @@ def engine_cache_key(
 def is_dir_arg(output: str | os.PathLike) -> bool:
     """True when an --output names a directory: an existing one, or a path ending in a separator."""
     return Path(output).is_dir() or str(output).endswith(("/", os.sep))
+
+
+def check_output_suffix(output: str | os.PathLike, kind: str) -> None:
+    """Refuse an --output file whose suffix `edge serve` would not read as `kind` ("onnx" or "engine"): a
+    `model.txt` would be written, verified, and then refused at serve time. A directory argument passes."""
+    from edge.runtime.backends import SUFFIXES
+
+    if is_dir_arg(output):
+        return
+    backend, what = OUTPUT_KINDS[kind]
+    valid = sorted(s for s, b in SUFFIXES.items() if b == backend)
+    suffix = Path(output).suffix.lower()
+    if suffix not in valid:
+        choices = valid[0] if len(valid) == 1 else "one of " + ", ".join(valid)
+        raise EdgeError(
+            f"--output {str(output)!r} ends in {suffix or '(no suffix)'!r}, but {what} must end in {choices} "
+            f"(`edge serve` picks the runtime by suffix); rename it, or pass a directory ending in '/'"
+        )
 
 
 def prepare_output(out: Path, what: str = "output directory") -> Path:

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images for verification and INT8 calibration (default: the training data, if still there)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                    help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET}: every JetPack TensorRT parses it)")
-    p.add_argument("--output", "-o", metavar="PATH", help="output file, or a directory (default: beside the model)")
+    p.add_argument("--output", "-o", metavar="PATH",
+                   help="output file (.onnx; for an engine .engine or .plan), or a directory (default: beside the model)")
     p.add_argument("--verify-images", type=int, default=DEFAULT_VERIFY_IMAGES, metavar="N",
                    help=f"images to verify on (default {DEFAULT_VERIFY_IMAGES})")
     p.add_argument("--max-batch", type=int, default=None, metavar="N", help="largest engine batch (default 8)")

@@ -10,7 +10,7 @@ from typing import Callable
 
 from edge.core.errors import EdgeError
 
-from .cache import is_dir_arg
+from .cache import check_output_suffix, is_dir_arg
 from .onnx_export import (
     DEFAULT_OPSET,
     check_opset,
@@ -75,10 +75,12 @@ def run_export(
         )
     if fmt == "all" and output is not None and not is_dir_arg(output):
         raise EdgeError(f"--format all writes several files; --output must be a directory (ending in '/'), not {str(output)!r}")
+    if output is not None:
+        check_output_suffix(output, fmt)  # fmt is "onnx" or "engine" here: "all" takes a directory
     if not model.is_file():
         raise EdgeError(f"model file {str(model)!r} not found")
     if wants_engine:
-        from .tensorrt_build import require_tensorrt
+        from .engine_build import require_tensorrt
 
         require_tensorrt()  # before any work: on a PC this is the one line that says how to get it
 
@@ -117,7 +119,7 @@ def run_export(
 
     if wants_engine:
         from .cache import default_engine_path
-        from .tensorrt_build import (
+        from .engine_build import (
             DEFAULT_MAX_BATCH,
             DEFAULT_WORKSPACE_MB,
             build_engine_report,

@@ -37,7 +37,9 @@ from edge.core.model_files import (
 from edge.core.preprocess import preprocess_image
 from edge.core.registry import create_model, get_arch
 from edge.core.synthetic import make_dataset
-from export import cache, tensorrt_build
+from edge.runtime.backends import tensorrt_backend
+from edge.runtime.backends.tensorrt_backend import TensorRTBackend
+from export import cache, calibration, cuda_binding, engine_build, engine_progress
 from export.cli import main as export_main
 from export.verify import (
     ONNX_TOLERANCES,
@@ -254,8 +256,13 @@ def test_unwritable_output_and_unknown_format(squeeze, tmp_path, capsys):
     rc, _, err = run_cli(capsys, squeeze, "--output", blocker / "model.onnx")
     assert rc == 2 and err.count("\n") == 1 and "is a file, not a directory" in err
 
-    rc, _, err = run_cli(capsys, squeeze, "--output", squeeze)
-    assert rc == 2 and "is the checkpoint itself" in err
+    before = squeeze.read_bytes()
+    rc, _, err = run_cli(capsys, squeeze, "--output", squeeze)  # refused for its suffix before anything runs
+    assert rc == 2 and err.count("\n") == 1 and "ends in '.pt'" in err and squeeze.read_bytes() == before
+    from export.onnx_export import export_onnx
+
+    with pytest.raises(EdgeError, match="is the checkpoint itself"):  # the library's own guard, any suffix
+        export_onnx(squeeze, squeeze)
 
     rc, out, err = run_cli(capsys, squeeze, "--format", "tflite")
     assert rc == 2 and out == "" and err == "error: unknown format 'tflite'; choose one of: onnx, engine, all\n"
@@ -268,7 +275,25 @@ def test_unwritable_output_and_unknown_format(squeeze, tmp_path, capsys):
     assert leftovers(tmp_path) == [] and leftovers(squeeze.parent) == []
 
 
-@pytest.mark.skipif(tensorrt_build.tensorrt_available(), reason="TensorRT is installed here")
+@pytest.mark.parametrize(
+    "argv, name, expect",
+    [
+        ((), "out.txt", "an ONNX file must end in .onnx"),
+        (("--fp16",), "model", "ends in '(no suffix)'"),
+        (("--format", "engine"), "model.onnx", "a TensorRT engine must end in one of .engine, .plan, .trt"),
+        (("--format", "engine", "--int8"), "model.txt", "a TensorRT engine must end in one of"),
+    ],
+)
+def test_output_whose_suffix_serve_would_refuse_is_refused_before_any_work(argv, name, expect, squeeze, tmp_path, capsys):
+    """`edge serve` picks the runtime by suffix: an out.txt would be written, verified, then refused at serve time."""
+    before = sorted(p.name for p in squeeze.parent.iterdir())
+    rc, out, err = run_cli(capsys, squeeze, *argv, "--output", tmp_path / name)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: --output '{tmp_path / name}'") and expect in err and "edge serve" in err
+    assert list(tmp_path.iterdir()) == [] and sorted(p.name for p in squeeze.parent.iterdir()) == before
+
+
+@pytest.mark.skipif(engine_build.tensorrt_available(), reason="TensorRT is installed here")
 def test_engine_without_tensorrt_says_how_to_get_it(squeeze, capsys):
     before = sorted(p.name for p in squeeze.parent.iterdir())
     rc, out, err = run_cli(capsys, squeeze, "--format", "engine", "--fp16")
@@ -400,28 +425,27 @@ def test_calibration_digest_tracks_the_image_set(dataset, tmp_path):
 
 # ----------------------------------------------------------------------- engine builder against a fake TensorRT
 
-class _FakeBackend(tensorrt_build.CudaBackend):
+class _FakeCuda:
+    """Stands in for export.cuda_binding.TorchCudaBinding: a fixed GPU, buffers that record what is copied in."""
+
     name = "fake"
 
     def __init__(self):
         self.copied: list[np.ndarray] = []
 
     def device_info(self):
-        return tensorrt_build.DeviceInfo("Fake Orin", "8.7")
+        return cuda_binding.DeviceInfo("Fake Orin", "8.7")
 
     def alloc(self, nbytes):
-        backend = self
+        cuda = self
 
-        class Buf(tensorrt_build._Buffer):
+        class Buf:
             ptr = 4096
 
             def copy_from(self, arr):
-                backend.copied.append(np.array(arr))
+                cuda.copied.append(np.array(arr))
 
         return Buf()
-
-    def synchronize(self):
-        pass
 
 
 def _fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
@@ -429,6 +453,8 @@ def _fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.builds = []
+    trt.engines = {}  # serialized engine -> (input name, profile min/opt/max shapes, output name and shape)
+    trt.deserialized = []
 
     class ILogger:
         class Severity:
@@ -449,7 +475,7 @@ def _fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
 
     class Network:
         def __init__(self):
-            self.inputs = []
+            self.inputs, self.outputs = [], []
 
         @property
         def num_inputs(self):
@@ -469,6 +495,8 @@ def _fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             inp = model.graph.input[0]
             dims = [d.dim_value if d.dim_value else -1 for d in inp.type.tensor_type.shape.dim]
             self.network.inputs.append(Tensor(inp.name, dims))
+            out = model.graph.output[0]
+            self.network.outputs.append(Tensor(out.name, [d.dim_value or -1 for d in out.type.tensor_type.shape.dim]))
             return True
 
     class Profile:
@@ -549,7 +577,46 @@ def _fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                 config.progress_monitor.phase_finish("Building engine")
             time.sleep(0.05)
             trt.builds.append(dict(config=config, network=network, **calls))
-            return f"ENGINE {sorted(config.flags)} {config.profiles[0].shapes}".encode()
+            data = f"ENGINE {sorted(config.flags)} {config.profiles[0].shapes}".encode()
+            out = network.outputs[0]
+            trt.engines[data] = (*config.profiles[0].shapes, out.name, tuple(out.shape))
+            return data
+
+    class Engine:
+        """A deserialized engine, as far as TensorRTBackend's named-tensor I/O setup looks at it."""
+
+        num_io_tensors = 2
+
+        def __init__(self, in_name, lo, opt, hi, out_name, out_shape):
+            self.names, self.profile = [in_name, out_name], (lo, opt, hi)
+            self.shapes = {in_name: (-1, *hi[1:]), out_name: out_shape}
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if name == self.names[0] else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_shape(self, name):
+            return self.shapes[name]
+
+        def get_tensor_dtype(self, name):
+            return trt.DataType.FLOAT
+
+        def get_tensor_profile_shape(self, name, profile):
+            return self.profile
+
+        def create_execution_context(self):
+            return types.SimpleNamespace()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            trt.deserialized.append(bytes(data))
+            known = trt.engines.get(bytes(data))
+            return Engine(*known) if known else None
 
     class IInt8EntropyCalibrator2:
         def __init__(self):
@@ -561,6 +628,10 @@ def _fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
 
     trt.ILogger, trt.Logger, trt.OnnxParser, trt.Builder = ILogger, Logger, OnnxParser, Builder
     trt.IInt8EntropyCalibrator2, trt.IProgressMonitor = IInt8EntropyCalibrator2, IProgressMonitor
+    trt.Runtime, trt.init_libnvinfer_plugins = Runtime, lambda logger, namespace: True
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+    trt.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF")
+    trt.nptype = {"FLOAT": np.float32, "HALF": np.float16}.__getitem__
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
     trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8", TF32="TF32")
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
@@ -570,12 +641,12 @@ def _fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
 @pytest.fixture
 def fake_trt(monkeypatch):
     trt = _fake_tensorrt()
-    backend = _FakeBackend()
+    cuda = _FakeCuda()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(tensorrt_build, "_BACKEND", backend)
-    monkeypatch.setattr(tensorrt_build, "_TRT_LOGGER", None)
-    monkeypatch.setattr(tensorrt_build, "PROGRESS_INTERVAL_S", 0.01)
-    trt.backend = backend
+    monkeypatch.setattr(cuda_binding, "_BINDING", cuda)
+    monkeypatch.setattr(tensorrt_backend, "_TRT_LOGGER", None)
+    monkeypatch.setattr(engine_progress, "PROGRESS_INTERVAL_S", 0.01)
+    trt.cuda = cuda
     return trt
 
 
@@ -590,7 +661,7 @@ def test_builder_caches_engine_and_rebuilds_on_any_change(fake_trt, squeeze_onnx
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(squeeze_onnx.read_bytes())
     lines: list[str] = []
-    first = tensorrt_build.build_engine_report(onnx_path, "fp16", verify=False, progress=lines.append)
+    first = engine_build.build_engine_report(onnx_path, "fp16", verify=False, progress=lines.append)
     assert first.built and first.path == tmp_path / "model.fp16.engine"
     assert any("building fp16 engine model.fp16.engine" in ln and "elapsed" in ln for ln in lines)
     build = fake_trt.builds[-1]
@@ -602,24 +673,24 @@ def test_builder_caches_engine_and_rebuilds_on_any_change(fake_trt, squeeze_onnx
     timing = cache.timing_cache_path(tmp_path, "10.3.0", "Fake Orin", "8.7")
     assert timing.read_bytes() == b"+"  # timing cache saved for the next build
 
-    again = tensorrt_build.build_engine_report(onnx_path, "fp16", verify=False)
+    again = engine_build.build_engine_report(onnx_path, "fp16", verify=False)
     assert not again.built and len(fake_trt.builds) == 1 and "up to date" in again.summary()
 
     fake_trt.__version__ = "10.4.0"  # JetPack upgrade: never reuse
-    upgraded = tensorrt_build.build_engine_report(onnx_path, "fp16", verify=False)
+    upgraded = engine_build.build_engine_report(onnx_path, "fp16", verify=False)
     assert upgraded.built and "tensorrt_version" in upgraded.reason and len(fake_trt.builds) == 2
     assert timing.with_name(timing.name.replace("10.3.0", "10.4.0")).is_file()
 
     proto = onnx.load(str(onnx_path))
     proto.doc_string += " (re-exported)"
     onnx.save(proto, str(onnx_path))  # a re-exported ONNX file: other bytes
-    rebuilt = tensorrt_build.build_engine_report(onnx_path, "fp16", verify=False)
+    rebuilt = engine_build.build_engine_report(onnx_path, "fp16", verify=False)
     assert rebuilt.built and "onnx_sha256" in rebuilt.reason
 
-    fp32 = tensorrt_build.build_engine(onnx_path, "fp32", verify=False)
+    fp32 = engine_build.build_engine(onnx_path, "fp32", verify=False)
     assert fp32 == tmp_path / "model.fp32.engine" and "TF32" not in fake_trt.builds[-1]["config"].flags
 
-    cached = tensorrt_build.build_engine(onnx_path, "fp16", cache_dir=tmp_path / "cache", verify=False)
+    cached = engine_build.build_engine(onnx_path, "fp16", cache_dir=tmp_path / "cache", verify=False)
     assert cached.parent == tmp_path / "cache" and read_engine_sidecar(cached).key.precision == "fp16"
 
 
@@ -627,14 +698,14 @@ def test_int8_calibrates_on_real_images_and_caches_the_table(fake_trt, squeeze_o
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(squeeze_onnx.read_bytes())
     with pytest.raises(EdgeError, match="INT8 needs real calibration images"):
-        tensorrt_build.build_engine(onnx_path, "int8", verify=False)
+        engine_build.build_engine(onnx_path, "int8", verify=False)
     assert not (tmp_path / "model.int8.engine").exists()
 
-    path = tensorrt_build.build_engine(onnx_path, "int8", dataset, verify=False, calib_batch=4)
+    path = engine_build.build_engine(onnx_path, "int8", dataset, verify=False, calib_batch=4)
     build = fake_trt.builds[-1]
     assert path == tmp_path / "model.int8.engine" and {"INT8", "FP16"} <= build["config"].flags
     assert build["batches"] == 2 and not build["calib_from_cache"]  # 8 images / batch 4
-    copied = fake_trt.backend.copied
+    copied = fake_trt.cuda.copied
     assert [b.shape for b in copied] == [(4, 3, 224, 224)] * 2
     spec = read_onnx_meta(onnx_path).preprocess
     expected = preprocess_image(read_image_bgr(find_images(dataset)[0]), spec, "BGR")
@@ -644,8 +715,75 @@ def test_int8_calibrates_on_real_images_and_caches_the_table(fake_trt, squeeze_o
     tables = list(tmp_path.glob("model.int8.*.calib"))
     assert len(tables) == 1 and tables[0].read_bytes() == b"calibration-table"
 
-    tensorrt_build.build_engine(onnx_path, "int8", dataset, verify=False, calib_batch=4, force=True)
+    engine_build.build_engine(onnx_path, "int8", dataset, verify=False, calib_batch=4, force=True)
     assert fake_trt.builds[-1]["calib_from_cache"]  # the table is reused, not recomputed
+
+
+@pytest.fixture
+def engine_runs_onnx(fake_trt, monkeypatch):
+    """TensorRTBackend on a CPU box: the fake TensorRT deserializes the engine and TensorRTBackend sets up its I/O
+    as on a device; only the CUDA parts are replaced: no buffers to allocate, and executing a chunk runs the ONNX
+    file the engine was built from in onnxruntime (through `transform`, to model a bad engine)."""
+    from export.verify import onnxruntime_probabilities
+
+    state = types.SimpleNamespace(onnx=None, transform=lambda y: y, chunks=[], loaded=[])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def allocate(self):
+        state.loaded.append(self)
+
+    def run(self, chunk):
+        state.chunks.append(chunk.shape[0])
+        return state.transform(onnxruntime_probabilities(state.onnx, chunk))
+
+    monkeypatch.setattr(TensorRTBackend, "_allocate", allocate)
+    monkeypatch.setattr(TensorRTBackend, "_run", run)
+    return state
+
+
+def test_engine_is_verified_through_the_serving_backend(engine_runs_onnx, fake_trt, squeeze_onnx, dataset, tmp_path, capsys):
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(squeeze_onnx.read_bytes())
+    engine_runs_onnx.onnx = onnx_path
+    rc, out, err = run_cli(capsys, onnx_path, "--format", "engine", "--fp16", "--calib-data", dataset, "--max-batch", "3")
+    assert rc == 0, err
+    s = parse_summary(out)
+    assert "verify TensorRT fp16 engine vs model.onnx in onnxruntime on 8 images from --calib-data" in out
+    assert s["verdict"] == "PASS" and s["n"] == "8" and float(s["diff"]) == 0.0
+    engine = tmp_path / "model.fp16.engine"
+    assert f"wrote {engine}" in out
+    # the bytes the serving backend ran are the bytes written, described by the ONNX file's own metadata
+    assert fake_trt.deserialized == [engine.read_bytes()]
+    (backend,) = engine_runs_onnx.loaded
+    assert isinstance(backend, TensorRTBackend) and backend.meta == read_onnx_meta(onnx_path)
+    assert backend.max_batch == 3 and engine_runs_onnx.chunks == [3, 3, 2]  # the backend's own batching
+    assert backend._context is None  # closed after verification: no GPU memory held while writing
+
+
+def test_engine_that_disagrees_with_onnx_is_not_written(engine_runs_onnx, fake_trt, squeeze_onnx, dataset, tmp_path, capsys):
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(squeeze_onnx.read_bytes())
+    engine_runs_onnx.onnx = onnx_path
+    engine_runs_onnx.transform = lambda y: np.roll(y, 1, axis=1)  # every label moves: top-1 agreement 0%
+    rc, out, err = run_cli(capsys, onnx_path, "--format", "engine", "--fp16", "--calib-data", dataset)
+    assert rc == 3 and len(fake_trt.builds) == 1 and len(engine_runs_onnx.chunks) == 1
+    assert err.startswith("error: engine verification failed, model.fp16.engine not written") and err.count("\n") == 1
+    assert "TensorRT fp16 engine" in err and "FAIL" in err
+    assert leftovers(tmp_path) == ["model.onnx"]
+
+
+def test_engine_output_path_must_be_one_serve_reads(engine_runs_onnx, fake_trt, squeeze_onnx, tmp_path, capsys):
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(squeeze_onnx.read_bytes())
+    engine_runs_onnx.onnx = onnx_path
+    with pytest.raises(EdgeError, match="a TensorRT engine must end in one of .engine, .plan, .trt"):
+        engine_build.build_engine(onnx_path, "fp16", output=tmp_path / "model.bin", verify=False)
+    assert fake_trt.builds == [] and leftovers(tmp_path) == ["model.onnx"]
+    rc, out, err = run_cli(capsys, onnx_path, "--format", "engine", "-o", tmp_path / "cam.plan", "--verify-images", "1")
+    plan = tmp_path / "cam.plan"
+    assert rc == 0, err
+    assert f"wrote {plan}" in out and read_engine_sidecar(plan).key.precision == "fp32"
+    assert parse_summary(out)["verdict"] == "PASS"
 
 
 def test_calibration_batches_skip_unreadable_and_yield_full_batches(dataset, tmp_path):
@@ -653,7 +791,7 @@ def test_calibration_batches_skip_unreadable_and_yield_full_batches(dataset, tmp
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
     spec = get_arch("squeezenet1_1").preprocess
-    batches = tensorrt_build.CalibrationBatches([files[0], bad, *files[1:]], spec, 2)
+    batches = calibration.CalibrationBatches([files[0], bad, *files[1:]], spec, 2)
     out = [b.copy() for b in batches]
     assert len(out) == 2 and all(b.shape == (2, 3, 224, 224) and b.dtype == np.float32 for b in out)
     assert batches.skipped == 1 and batches.used == 4
@@ -661,7 +799,7 @@ def test_calibration_batches_skip_unreadable_and_yield_full_batches(dataset, tmp
 
 
 def test_progress_line_follows_nested_phases():
-    state = tensorrt_build.BuildProgress("building fp16 engine")
+    state = engine_progress.BuildProgress("building fp16 engine")
     state.phase_start("Building", None, 3)
     state.phase_start("Tactic timing", "Building", 10)
     state.step_complete("Tactic timing", 4)
@@ -674,10 +812,10 @@ def test_progress_line_follows_nested_phases():
 # ----------------------------------------------------------------------------------------- real TensorRT (device)
 
 def _trt_skip_reason() -> str | None:
-    if not tensorrt_build.tensorrt_available():
+    if not engine_build.tensorrt_available():
         return "TensorRT's Python API is not installed (JetPack ships it; run these on a Jetson or a CUDA PC with tensorrt)"
     try:
-        tensorrt_build.cuda_backend()
+        cuda_binding.cuda_binding()
     except EdgeError as e:
         return f"no usable CUDA GPU: {e}"
     return None
@@ -692,7 +830,7 @@ def test_real_tensorrt_engine_builds_verifies_and_is_cached(precision, squeeze_o
     # a random-init model's near-uniform outputs are no fair test of INT8 agreement: verify fp32/fp16 only
     kw = dict(cache_dir=tmp_path / "cache", output=tmp_path / f"model.{precision}.engine", max_batch=4,
               verify=precision != "int8")
-    first = tensorrt_build.build_engine_report(onnx_path, precision, dataset, **kw)
+    first = engine_build.build_engine_report(onnx_path, precision, dataset, **kw)
     assert first.built and first.path.is_file()
     if precision != "int8":
         assert first.report is not None and first.report.passed, first.report and first.report.summary()
@@ -701,6 +839,6 @@ def test_real_tensorrt_engine_builds_verifies_and_is_cached(precision, squeeze_o
     import tensorrt as trt
 
     assert side.key.tensorrt_version == trt.__version__ and side.key.precision == precision
-    again = tensorrt_build.build_engine_report(onnx_path, precision, dataset, **kw)
+    again = engine_build.build_engine_report(onnx_path, precision, dataset, **kw)
     assert not again.built
     assert any((tmp_path / "cache").glob("timing-*.cache"))

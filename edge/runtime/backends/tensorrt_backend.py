@@ -3,9 +3,11 @@
 Labels and preprocessing come from the engine's JSON sidecar `<engine>.json` (written by `edge export`). Works
 with TensorRT's named-tensor API (8.5+, 10.x: `set_tensor_address` + `execute_async_v3`) and falls back to the
 binding API of TensorRT 7/8.0-8.4 (`execute_async_v2`), as on JetPack 4.x. Device buffers are preallocated torch
-CUDA tensors (no pycuda needed) and the host input is page-locked, so a frame costs two copies and one launch.
+CUDA tensors (torch is the one CUDA binding) and the host input is page-locked, so a frame costs two copies and one
+launch. `edge export` checks every engine it builds through this same class (`TensorRTBackend.from_engine_bytes`),
+so what was verified is what `edge serve` runs.
 
-This is the only module that imports `tensorrt`.
+The only module of `edge` that imports `tensorrt` (lazily, so the rest works without it).
 """
 
 from __future__ import annotations
@@ -13,13 +15,50 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge.core.errors import EdgeError
+from edge.core.metadata import ModelMeta
 from edge.runtime.backends.base import Backend, as_probabilities, check_batch
 
 log = logging.getLogger(__name__)
+
+_TRT_LOGGER: Any = None
+
+
+def trt_logger(trt):
+    """The process's one TensorRT logger (TensorRT expects a single one for builder and runtime), forwarding to
+    this module's Python logger; TensorRT's own stderr logger where its bindings cannot be subclassed."""
+    global _TRT_LOGGER
+    if _TRT_LOGGER is not None:
+        return _TRT_LOGGER
+    sev = trt.ILogger.Severity
+    levels = {sev.INTERNAL_ERROR: logging.ERROR, sev.ERROR: logging.ERROR, sev.WARNING: logging.WARNING}
+    try:
+
+        class _Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+
+            def log(self, severity, msg):
+                level = levels.get(severity, logging.DEBUG)
+                if log.isEnabledFor(level):
+                    log.log(level, "TensorRT: %s", msg)
+
+        _TRT_LOGGER = _Logger()
+    except Exception:  # noqa: BLE001 - bindings that cannot be subclassed
+        _TRT_LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _TRT_LOGGER
+
+
+def cuda_device_identity() -> tuple[str, str]:
+    """(name, compute capability "8.7") of CUDA GPU 0, as PyTorch sees it."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
 
 def read_engine_meta(path: Path):
@@ -38,15 +77,29 @@ def check_environment(path: Path, key, trt_version: str) -> None:
             f"only run on the TensorRT that built them: rebuild it here with `edge export`"
         )
     try:
-        import torch
-
-        name = torch.cuda.get_device_name(0)
-        cc = "{}.{}".format(*torch.cuda.get_device_capability(0))
-        why = key.environment_mismatch(trt_version, name, cc)
+        why = key.environment_mismatch(trt_version, *cuda_device_identity())
     except Exception:  # noqa: BLE001 - the check is advisory; deserialization has the last word
         why = None
     if why:
         log.warning("engine %s may not fit this device (%s); rebuild it with `edge export` if loading fails", path, why)
+
+
+def _import_runtime(device: str):
+    """(tensorrt, torch) with a usable CUDA GPU, or EdgeError saying what is missing."""
+    if device == "cpu":
+        raise EdgeError("TensorRT runs on the GPU only; use --backend onnxruntime or torch with --device cpu")
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise EdgeError(
+            "the tensorrt backend needs TensorRT's Python API (on a Jetson it comes with JetPack: "
+            "`sudo apt install python3-libnvinfer`); or use --backend onnxruntime / torch"
+        ) from e
+    import torch
+
+    if not torch.cuda.is_available():
+        raise EdgeError("TensorRT needs a CUDA GPU, and PyTorch sees none; use --backend onnxruntime or torch")
+    return trt, torch
 
 
 class TensorRTBackend(Backend):
@@ -54,45 +107,50 @@ class TensorRTBackend(Backend):
 
     def __init__(self, path: str | os.PathLike, device: str = "auto") -> None:
         path = Path(path)
-        if device == "cpu":
-            raise EdgeError("TensorRT runs on the GPU only; use --backend onnxruntime or torch with --device cpu")
-        try:
-            import tensorrt as trt
-        except ImportError as e:
-            raise EdgeError(
-                "the tensorrt backend needs TensorRT's Python API (on a Jetson it comes with JetPack: "
-                "`sudo apt install python3-libnvinfer`); or use --backend onnxruntime / torch"
-            ) from e
-        import torch
-
-        if not torch.cuda.is_available():
-            raise EdgeError("TensorRT needs a CUDA GPU, and PyTorch sees none; use --backend onnxruntime or torch")
+        trt, torch = _import_runtime(device)
         meta, key = read_engine_meta(path)
         check_environment(path, key, trt.__version__)
-        self._trt, self._torch = trt, torch
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        trt.init_libnvinfer_plugins(self._logger, "")
-        runtime = trt.Runtime(self._logger)
         try:
             data = path.read_bytes()
         except OSError as e:  # e.g. the service user may not read it
             raise EdgeError(f"cannot read engine {str(path)!r}: {e.strerror or e}") from e
+        self._load(trt, torch, data, meta, f"engine {str(path)!r}")
+
+    @classmethod
+    def from_engine_bytes(cls, data: bytes, meta: ModelMeta, label: str = "the engine just built") -> "TensorRTBackend":
+        """A backend for a serialized engine in memory, described by `meta` (no file, no sidecar): how `edge export`
+        runs an engine it has built, before writing it."""
+        trt, torch = _import_runtime("cuda")
+        backend = cls.__new__(cls)
+        backend._load(trt, torch, bytes(data), meta, label)
+        return backend
+
+    def _load(self, trt, torch, data: bytes, meta: ModelMeta, label: str) -> None:
+        self._trt, self._torch = trt, torch
+        self._logger = trt_logger(trt)
+        trt.init_libnvinfer_plugins(self._logger, "")
+        runtime = trt.Runtime(self._logger)
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise EdgeError(
-                f"TensorRT {trt.__version__} cannot load engine {str(path)!r}: engines only run on the TensorRT "
+                f"TensorRT {trt.__version__} cannot load {label}: engines only run on the TensorRT "
                 f"version and GPU that built them; rebuild it on this device with `edge export`"
             )
         self._runtime, self._engine = runtime, engine
         self._context = engine.create_execution_context()
         self._named = hasattr(engine, "num_io_tensors")
         self._setup_io()
-        if tuple(self._in_shape[1:]) != (3, meta.preprocess.input_size, meta.preprocess.input_size):
-            raise EdgeError(f"engine {str(path)!r} takes input {tuple(self._in_shape)} but its metadata says "
-                            f"3x{meta.preprocess.input_size}x{meta.preprocess.input_size}; rebuild it")
+        size = meta.preprocess.input_size
+        if tuple(self._in_shape[1:]) != (3, size, size):
+            raise EdgeError(f"{label} takes input {tuple(self._in_shape)} but its metadata says "
+                            f"3x{size}x{size}; rebuild it")
         super().__init__(meta, device="cuda", providers=[f"TensorRT {trt.__version__}"])
+        self._allocate()
+
+    def _allocate(self) -> None:
+        """Device and page-locked host buffers for max_batch inputs and outputs, bound to the context."""
+        torch, n, size = self._torch, self.max_batch, self.input_size
         self._stream = torch.cuda.Stream()
-        n, size = self.max_batch, meta.preprocess.input_size
         self._d_in = torch.empty((n, 3, size, size), dtype=self._in_dtype, device="cuda")
         self._d_out = torch.empty((n, *self._out_shape[1:]), dtype=self._out_dtype, device="cuda")
         self._h_in = torch.empty((n, 3, size, size), dtype=torch.float32, pin_memory=True)
