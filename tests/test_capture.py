@@ -54,6 +54,13 @@ def write_video(path: Path, frames: int, fps: float = 10, static: bool = False) 
     return path
 
 
+def test_python_dash_m_capture_runs_the_cli():
+    r = subprocess.run([sys.executable, "-m", "capture", "--help"], cwd=Path(__file__).resolve().parents[1],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: capture") and "--label" in r.stdout
+
+
 # ---- the "done" criteria ------------------------------------------------------------------------------------
 
 
