@@ -162,12 +162,8 @@ def _announce(a: argparse.Namespace, uri: str, media: bool = False) -> None:
 
 
 def _camera(a: argparse.Namespace, first, kwargs, interactive: bool) -> Camera:
-    pending = [first]
-
-    def opener():  # the already-opened source first; reopen on loss
-        return pending.pop() if pending else open_source(a.source, realtime=interactive, loop=interactive, **kwargs)
-
-    return Camera(a.source, opener=opener, **kwargs)
+    """The already-opened source first; reopened with the same options after a loss."""
+    return Camera.from_source(first, a.source, realtime=interactive, loop=interactive, **kwargs)
 
 
 def _headless_live(a, first, shooter: Shooter, kwargs) -> None:

@@ -9,65 +9,22 @@ import numpy as np
 import pytest
 
 from edge.core.errors import EdgeError
-from edge.core.metadata import ONNX_META_KEY, ModelMeta, save_checkpoint
+from edge.core.metadata import ModelMeta
 from edge.core.preprocess import PreprocessSpec
-from edge.runtime.backends import BACKENDS, backend_for_file, load_backend
+from edge.runtime.backends import backend_for_file, load_backend
 from edge.runtime.backends.onnxruntime_backend import select_providers
 
 CLASSES = ["cat", "dog", "none"]
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A random-init SqueezeNet 1.1 checkpoint (3 classes) and its verified ONNX export."""
-    from edge.core.registry import create_model, get_arch
-    from export.onnx_export import export_onnx
-
-    d = tmp_path_factory.mktemp("models")
-    pt = d / "model.pt"
-    model = create_model("squeezenet1_1", len(CLASSES), "none")
-    save_checkpoint(pt, model.state_dict(), ModelMeta("squeezenet1_1", CLASSES, get_arch("squeezenet1_1").preprocess))
-    onnx_path = export_onnx(pt, d / "model.onnx", verify_images=4)
-    return pt, onnx_path
-
-
-def tiny_onnx(path, *, softmax: bool, batch: int | str = "N", meta: bool = True, size: int = 8):
-    """A hand-built graph: global average pool -> 3->2 matmul [-> softmax], with our metadata."""
-    import onnx
-    from onnx import TensorProto, helper
-
+def tiny_onnx(make, path, *, softmax: bool, batch: int | str = "N", meta: bool = True):
+    """global average pool -> 3->2 matmul [-> softmax] with our metadata; returns (path, weights)."""
     w = np.array([[2.0, -1.0], [0.5, 1.0], [-1.0, 3.0]], np.float32)
-    nodes = [
-        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-    ]
-    out = "logits"
-    if softmax:
-        nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
-        out = "probabilities"
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [batch, 2])],
-        initializer=[helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.flatten())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    if meta:
-        m = ModelMeta("tiny", ["a", "b"], PreprocessSpec(size, size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
-        prop = model.metadata_props.add()
-        prop.key, prop.value = ONNX_META_KEY, m.to_json()
-    onnx.save(model, str(path))
-    return path, w
+    return make(path, w, ["a", "b"], softmax=softmax, batch=batch, meta=meta), w
 
 
 def batch_of(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, size, size), dtype=np.float32)
-
-
-def test_registry_is_an_explicit_dict():
-    assert set(BACKENDS) == {"tensorrt", "onnxruntime", "torch"}
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -84,8 +41,8 @@ def test_unknown_suffix_names_the_valid_ones(tmp_path):
         load_backend(p)
 
 
-def test_missing_file_and_unknown_backend_and_device(tmp_path, models):
-    pt, _ = models
+def test_missing_file_and_unknown_backend_and_device(tmp_path, squeezenet_models):
+    pt, _ = squeezenet_models
     with pytest.raises(EdgeError, match="not found"):
         load_backend(tmp_path / "nope.onnx")
     with pytest.raises(EdgeError, match="unknown backend 'tflite'.*auto, tensorrt, onnxruntime, torch"):
@@ -94,16 +51,16 @@ def test_missing_file_and_unknown_backend_and_device(tmp_path, models):
         load_backend(pt, "auto", "tpu")
 
 
-def test_backend_that_cannot_read_the_file_says_what_to_do(models):
-    pt, onnx_path = models
+def test_backend_that_cannot_read_the_file_says_what_to_do(squeezenet_models):
+    pt, onnx_path = squeezenet_models
     with pytest.raises(EdgeError, match="cannot read .*model.pt.*edge export"):
         load_backend(pt, "onnxruntime")
     with pytest.raises(EdgeError, match="torch backend reads `train` checkpoints"):
         load_backend(onnx_path, "torch")
 
 
-def test_torch_backend_probabilities_and_labels_from_the_file(models, caplog):
-    pt, _ = models
+def test_torch_backend_probabilities_and_labels_from_the_file(squeezenet_models, caplog):
+    pt, _ = squeezenet_models
     with caplog.at_level(logging.INFO, logger="edge.runtime.backends"):
         be = load_backend(pt, "auto", "cpu")
     assert "auto-selected backend torch" in caplog.text
@@ -116,8 +73,8 @@ def test_torch_backend_probabilities_and_labels_from_the_file(models, caplog):
     be.close()
 
 
-def test_onnxruntime_matches_torch(models):
-    pt, onnx_path = models
+def test_onnxruntime_matches_torch(squeezenet_models):
+    pt, onnx_path = squeezenet_models
     x = batch_of(4, seed=1)
     with load_backend(pt, "torch", "cpu") as t, load_backend(onnx_path, "auto", "cpu") as o:
         assert o.name == "onnxruntime" and o.providers == ["CPUExecutionProvider"]
@@ -130,8 +87,8 @@ def test_onnxruntime_matches_torch(models):
     assert np.abs(softmax(ort_probs) - ort_probs).max() > 1e-3
 
 
-def test_onnx_without_softmax_gets_softmax(tmp_path):
-    path, w = tiny_onnx(tmp_path / "logits.onnx", softmax=False)
+def test_onnx_without_softmax_gets_softmax(tmp_path, onnx_classifier):
+    path, w = tiny_onnx(onnx_classifier, tmp_path / "logits.onnx", softmax=False)
     x = batch_of(2, size=8)
     with load_backend(path) as be:
         p = be.infer(x)
@@ -140,8 +97,8 @@ def test_onnx_without_softmax_gets_softmax(tmp_path):
     np.testing.assert_allclose(p, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_fixed_batch_onnx_takes_any_batch(tmp_path):
-    path, w = tiny_onnx(tmp_path / "b1.onnx", softmax=True, batch=1)
+def test_fixed_batch_onnx_takes_any_batch(tmp_path, onnx_classifier):
+    path, w = tiny_onnx(onnx_classifier, tmp_path / "b1.onnx", softmax=True, batch=1)
     x = batch_of(5, size=8)
     with load_backend(path) as be:
         assert be.max_batch == 1
@@ -150,14 +107,14 @@ def test_fixed_batch_onnx_takes_any_batch(tmp_path):
     np.testing.assert_allclose(p.argmax(1), (x.mean(axis=(2, 3)) @ w).argmax(1))
 
 
-def test_wrong_input_shape_is_rejected(tmp_path, models):
-    _, onnx_path = models
+def test_wrong_input_shape_is_rejected(tmp_path, squeezenet_models):
+    _, onnx_path = squeezenet_models
     with load_backend(onnx_path) as be, pytest.raises(ValueError, match="Nx3x224x224"):
         be.infer(np.zeros((1, 3, 100, 100), np.float32))
 
 
-def test_onnx_without_metadata_is_refused(tmp_path):
-    path, _ = tiny_onnx(tmp_path / "foreign.onnx", softmax=True, meta=False)
+def test_onnx_without_metadata_is_refused(tmp_path, onnx_classifier):
+    path, _ = tiny_onnx(onnx_classifier, tmp_path / "foreign.onnx", softmax=True, meta=False)
     with pytest.raises(EdgeError, match="no 'jetson_edge_meta' metadata.*edge export"):
         load_backend(path)
 
@@ -194,8 +151,8 @@ def test_tensorrt_backend_without_tensorrt_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.gpu
-def test_torch_backend_cuda_fp16_matches_cpu(models):
-    pt, _ = models
+def test_torch_backend_cuda_fp16_matches_cpu(squeezenet_models):
+    pt, _ = squeezenet_models
     x = batch_of(2, seed=2)
     with load_backend(pt, "torch", "cuda") as g, load_backend(pt, "torch", "cpu") as c:
         assert g.device == "cuda" and g.fp16
@@ -204,7 +161,7 @@ def test_torch_backend_cuda_fp16_matches_cpu(models):
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
-def test_tensorrt_engine_matches_onnxruntime(tmp_path):
+def test_tensorrt_engine_matches_onnxruntime(tmp_path, onnx_classifier):
     """Builds an engine from the tiny graph with TensorRT's builder, writes the sidecar, compares with ORT."""
     import tensorrt as trt
     import torch
@@ -212,7 +169,7 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path):
     from edge.core.metadata import sha256_file
     from edge.core.model_files import EngineKey, EngineSidecar, sidecar_path
 
-    onnx_path, _ = tiny_onnx(tmp_path / "tiny.onnx", softmax=True)
+    onnx_path, _ = tiny_onnx(onnx_classifier, tmp_path / "tiny.onnx", softmax=True)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)

@@ -241,6 +241,24 @@ def test_interpreter_exit_hook_releases_running_cameras():
     assert not cam.running and opened[0].closed
 
 
+def test_from_source_starts_on_the_opened_source_then_reopens_by_uri(monkeypatch):
+    opened: list[FakeSource] = []
+    first = FakeSource(opened, fail_reads={2})
+    reopens = []
+
+    def reopen(uri, **options):
+        reopens.append((uri, options))
+        return FakeSource(opened)
+
+    monkeypatch.setattr(camera_mod, "open_source", reopen)
+    with Camera.from_source(first, "rtsp://cam/1", loop=True, realtime=False, max_backoff=0.05) as cam:
+        assert cam.read_latest(timeout=5) is not None and opened == [first]  # no second open to start with
+        assert wait_until(lambda: len(opened) == 2 and cam.state == "streaming")
+        assert cam.errors == 1 and cam.read_latest(cam.frame_id, timeout=5) is not None
+    assert reopens == [("rtsp://cam/1", {"width": None, "height": None, "fps": None, "loop": True, "realtime": False})]
+    assert all(s.closed for s in opened)
+
+
 def test_test_uri_through_camera():
     with Camera("test://?width=64&height=48&fps=60") as cam:
         frame, fid, t = cam.read_latest(timeout=5)

@@ -350,8 +350,26 @@ def test_a_failing_frame_is_counted_and_skipped_but_endless_failure_stops(caplog
 def test_percentiles_round_and_handle_no_values():
     from collections import deque
 
-    from edge.runtime.pipeline import percentiles
+    from edge.runtime.timings import percentiles
 
     assert percentiles([1.0, 2.0, 3.0, 4.0]) == [2.5, 3.85]
     assert percentiles(deque([1.0, 2.0, 3.0, 4.0]), (50,), ndigits=0) == [2.0]
     assert all(v != v for v in percentiles([]))  # NaN
+
+
+def test_timing_window_keeps_the_last_values_and_is_json_friendly_when_empty():
+    from edge.runtime.timings import TimingWindow
+
+    window = TimingWindow(("infer_ms", "drops"), size=3)
+    assert window.percentiles("infer_ms") == [None, None] and len(window) == 0
+    for ms in (100.0, 1.0, 2.0, 3.0):  # the 100 ms outlier falls out of the window
+        window.add({"infer_ms": ms, "drops": 2.0, "e2e_ms": 9.0})
+    assert len(window) == 3 and window.percentiles("infer_ms", (50,)) == [2.0] and window.total("drops") == 6.0
+
+
+def test_stats_report_recent_latency_percentiles():
+    pipe = Pipeline(ListSource([frame(0)] * 5), FakeBackend(delay=0.01), window=3)
+    assert pipe.stats["infer_ms_p50"] is None  # no frame yet: null in JSON, not NaN
+    pipe.run()
+    s = pipe.stats
+    assert 10 <= s["infer_ms_p50"] <= s["infer_ms_p95"] <= s["e2e_ms_p95"]

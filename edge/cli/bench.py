@@ -21,8 +21,10 @@ import sys
 import time
 from typing import Any
 
+from edge.cli._options import add_model_arguments, backend_options
 from edge.core.errors import EdgeError, cli_entry
-from edge.runtime.pipeline import Pipeline, percentiles
+from edge.runtime.pipeline import Pipeline
+from edge.runtime.timings import TimingWindow
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +52,19 @@ def run_bench(
         raise EdgeError(f"--frames must be >= 1, got {frames}")
     if warmup < 0:
         raise EdgeError(f"--warmup must be >= 0, got {warmup}")
-    options = {"threads": threads} if threads else {}
-    be = load_backend(model, backend, device, **options)
-    records: list[tuple[float, dict[str, float]]] = []
+    be = load_backend(model, backend, device, **backend_options(threads))
+    measured = TimingWindow(MEASURED, size=None)
+    seen = 0
+    t_begin = t_end = 0.0  # the measured span: from the last warm-up frame (or the start) to the last frame
 
     def listen(_pred, timings: dict[str, float]) -> None:
-        records.append((time.monotonic(), timings))
+        nonlocal seen, t_begin, t_end
+        seen += 1
+        if seen <= warmup:
+            t_begin = time.monotonic()
+        else:
+            measured.add(timings)
+            t_end = time.monotonic()
 
     try:
         src = open_source(source, loop=True, realtime=False)
@@ -64,17 +73,12 @@ def run_bench(
         raise
     if capture == "auto":
         capture = "camera" if src.is_live else "prefetch"
-    if capture == "camera":
-        first = [src]  # hand the opened source to the camera; it reopens by URI after an error
-
-        def opener():
-            return first.pop() if first else open_source(source, loop=True, realtime=False)
-
-        cam: Any = Camera(source, loop=True, realtime=False, opener=opener)
+    if capture == "camera":  # the opened source goes to the camera; it reopens by URI after an error
+        cam: Any = Camera.from_source(src, source, loop=True, realtime=False)
     else:
         cam = PrefetchSource(src) if capture == "prefetch" else SyncSource(src)
     pipe = Pipeline(cam, be, overlay=overlay, listeners=[listen])
-    t_start = time.monotonic()
+    t_start = t_begin = time.monotonic()
     try:
         pipe.run(max_frames=warmup + frames)
     finally:
@@ -82,28 +86,22 @@ def run_bench(
         cam.stop()  # idempotent; also when the pipeline did not start it
         be.close()
     wall = time.monotonic() - t_start
-    measured = records[warmup:]
     if len(measured) < 2:
-        raise EdgeError(f"source {source!r} ended after {len(records)} frames; need more than --warmup {warmup} + 1")
-    t0 = records[warmup - 1][0] if warmup > 0 else t_start
-    elapsed = measured[-1][0] - t0
-
-    def col(key: str) -> list[float]:
-        return [t[key] for _, t in measured]
-
-    e2e50, e2e95 = percentiles(col("e2e_ms"))
-    inf50, inf95 = percentiles(col("infer_ms"))
+        raise EdgeError(f"source {source!r} ended after {seen} frames; need more than --warmup {warmup} + 1")
+    elapsed = t_end - t_begin
+    e2e50, e2e95 = measured.percentiles("e2e_ms")
+    inf50, inf95 = measured.percentiles("infer_ms")
     return {
         "fps": round(len(measured) / elapsed, 2) if elapsed > 0 else None,
         "latency_ms_p50": e2e50,
         "latency_ms_p95": e2e95,
         "infer_ms_p50": inf50,
         "infer_ms_p95": inf95,
-        "preprocess_ms_p50": percentiles(col("preprocess_ms"))[0],
-        "overlay_ms_p50": percentiles(col("overlay_ms"))[0],
-        "frame_age_ms_p50": percentiles(col("frame_age_ms"))[0],
+        "preprocess_ms_p50": measured.percentiles("preprocess_ms", (50,))[0],
+        "overlay_ms_p50": measured.percentiles("overlay_ms", (50,))[0],
+        "frame_age_ms_p50": measured.percentiles("frame_age_ms", (50,))[0],
         "frames": len(measured),
-        "drops": int(sum(col("drops"))),
+        "drops": int(measured.total("drops")),
         "backend": be.name,
         "providers": be.providers,
         "device": be.device,
@@ -117,6 +115,7 @@ def run_bench(
 
 
 CAPTURE_CHOICES = ("auto", "camera", "prefetch", "sync")
+MEASURED = ("e2e_ms", "infer_ms", "preprocess_ms", "overlay_ms", "frame_age_ms", "drops")
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -132,16 +131,11 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edge.runtime.backends import BACKEND_CHOICES, DEVICE_CHOICES
-
     p = argparse.ArgumentParser(prog="edge bench", description=__doc__.split("\n")[0].split(": ", 1)[-1])
-    p.add_argument("--model", required=True, help="model file: .pt, .onnx or .engine")
+    add_model_arguments(p)
     p.add_argument("--source", default="test://", help="video source URI (default test://, 640x480 synthetic)")
     p.add_argument("--frames", type=int, default=300, help="frames to measure (after --warmup)")
     p.add_argument("--warmup", type=int, default=10, help="frames run first and not measured")
-    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    p.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: cores, up to 4)")
     p.add_argument("--no-overlay", dest="overlay", action="store_false", help="skip drawing the overlay")
     p.add_argument("--capture", default="auto", choices=CAPTURE_CHOICES,
                    help="how frames reach the pipeline (see above); auto: camera for live sources, else prefetch")

@@ -17,6 +17,7 @@ from typing import IO, Iterator, Sequence
 
 import numpy as np
 
+from edge.cli._options import add_model_arguments, backend_options
 from edge.core.errors import EdgeError, cli_entry
 from edge.core.files import IMAGE_EXTENSIONS, list_images, read_image_bgr
 from edge.core.preprocess import preprocess_image
@@ -76,7 +77,7 @@ def predict_files(backend, paths: Sequence[Path], batch_size: int = 16, top_k: i
 
 
 def run_predict(model: str, inputs: Sequence[str], backend: str = "auto", device: str = "auto",
-                batch_size: int = 16, top_k: int = 1, out: IO[str] | None = None) -> int:
+                batch_size: int = 16, top_k: int = 1, out: IO[str] | None = None, threads: int | None = None) -> int:
     """Classify `inputs`, writing JSON lines to `out` (stdout). Returns the number of unreadable images."""
     from edge.runtime.backends import load_backend
 
@@ -85,7 +86,7 @@ def run_predict(model: str, inputs: Sequence[str], backend: str = "auto", device
     out = out or sys.stdout
     paths = collect_images(inputs)
     bad = 0
-    with load_backend(model, backend, device) as be:
+    with load_backend(model, backend, device, **backend_options(threads)) as be:
         for result in predict_files(be, paths, batch_size=batch_size, top_k=top_k):
             bad += "error" in result
             out.write(json.dumps(result) + "\n")
@@ -94,13 +95,9 @@ def run_predict(model: str, inputs: Sequence[str], backend: str = "auto", device
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edge.runtime.backends import BACKEND_CHOICES, DEVICE_CHOICES
-
     p = argparse.ArgumentParser(prog="edge predict", description=__doc__.split("\n")[0].split(": ", 1)[-1])
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (walked recursively)")
-    p.add_argument("--model", required=True, help="model file: model.pt (train), model.onnx (export) or .engine")
-    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="runtime (auto: by model file type)")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    add_model_arguments(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--top-k", type=int, default=1, help="also list the K most likely labels")
     p.add_argument("-q", "--quiet", action="store_true", help="no log lines on stderr (backend choice), only errors")
@@ -113,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR if a.quiet else logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        bad = run_predict(a.model, a.inputs, a.backend, a.device, a.batch_size, a.top_k)
+        bad = run_predict(a.model, a.inputs, a.backend, a.device, a.batch_size, a.top_k, threads=a.threads)
     except BrokenPipeError:  # `edge predict ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

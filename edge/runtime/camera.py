@@ -67,7 +67,7 @@ class Camera(traitlets.HasTraits):
         self.stall_timeout = float(stall_timeout)
         self.max_backoff = float(max_backoff)
         kwargs = dict(width=width, height=height, fps=fps, loop=loop, realtime=realtime)
-        # `opener` is a seam for tests and for callers that already opened the source once to check it
+        # `opener` is a seam for tests; `from_source` starts on a source the caller opened already
         self._opener = opener or (lambda: open_source(self.uri, **kwargs))
         self._cond = threading.Condition()
         self._latest: tuple[np.ndarray, int, float] | None = None
@@ -86,6 +86,16 @@ class Camera(traitlets.HasTraits):
         self._outage_since: float | None = None
         self._last_outage_log = 0.0
         self._observer_failed = False
+
+    @classmethod
+    def from_source(cls, source: FrameSource, uri: str | None = None, **kwargs) -> Camera:
+        """A camera that starts on `source`, already opened (e.g. to fail fast with a one-line error before
+        starting), and after a loss reopens `uri` (default: `source.uri`) with the same options (`kwargs` as for
+        `Camera`)."""
+        cam = cls(source.uri if uri is None else uri, **kwargs)
+        reopen, pending = cam._opener, [source]
+        cam._opener = lambda: pending.pop() if pending else reopen()
+        return cam
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
 

@@ -11,11 +11,10 @@ Used by `edge serve` (start/stop on a thread, listeners for metrics/events, `swa
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from edge.runtime.overlay import draw_overlay
 from edge.runtime.prediction import Prediction
 from edge.runtime.smoothing import Smoother
 from edge.runtime.sources.adapters import SyncSource
+from edge.runtime.timings import TimingWindow
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,7 @@ class Pipeline:
         self._last_infer_ms = 0.0
         self._last_latency_ms = 0.0
         self._last_age_ms = 0.0
-        self._recent_e2e: collections.deque[float] = collections.deque(maxlen=window)
-        self._recent_infer: collections.deque[float] = collections.deque(maxlen=window)
+        self._recent = TimingWindow(("e2e_ms", "infer_ms"), size=window)  # for stats' percentiles
         self._dead_listeners: set[int] = set()
 
     # ------------------------------------------------------------------ setup
@@ -272,19 +271,18 @@ class Pipeline:
         t5 = time.monotonic()
         e2e = (t5 - ftime) * 1e3
         self._last_infer_ms, self._last_latency_ms, self._last_age_ms = infer_ms, pred.latency_ms, pred.frame_age_ms
-        self._recent_e2e.append(e2e)
-        self._recent_infer.append(infer_ms)
+        timings = {
+            "preprocess_ms": (t1 - t0) * 1e3,
+            "infer_ms": infer_ms,
+            "overlay_ms": (t4 - t3) * 1e3,
+            "outputs_ms": (t5 - t4) * 1e3,
+            "latency_ms": pred.latency_ms,
+            "e2e_ms": e2e,
+            "frame_age_ms": pred.frame_age_ms,
+            "drops": float(drops),
+        }
+        self._recent.add(timings)
         if self.listeners:
-            timings = {
-                "preprocess_ms": (t1 - t0) * 1e3,
-                "infer_ms": infer_ms,
-                "overlay_ms": (t4 - t3) * 1e3,
-                "outputs_ms": (t5 - t4) * 1e3,
-                "latency_ms": pred.latency_ms,
-                "e2e_ms": e2e,
-                "frame_age_ms": pred.frame_age_ms,
-                "drops": float(drops),
-            }
             for i, fn in enumerate(self.listeners):
                 if i in self._dead_listeners:
                     continue
@@ -300,8 +298,8 @@ class Pipeline:
     def stats(self) -> dict[str, Any]:
         """A JSON-friendly snapshot: frames, drops, fps (smoothed and average), recent latency percentiles..."""
         elapsed = (self._t_last - self._t_first) if self._t_first is not None and self._t_last is not None else 0.0
-        inf50, inf95 = percentiles(self._recent_infer) if self._recent_infer else (None, None)
-        e2e50, e2e95 = percentiles(self._recent_e2e) if self._recent_e2e else (None, None)
+        inf50, inf95 = self._recent.percentiles("infer_ms")
+        e2e50, e2e95 = self._recent.percentiles("e2e_ms")
         return {
             "frames": self._frames,
             "drops": self._drops,
@@ -321,11 +319,3 @@ class Pipeline:
             "outputs": {o.name: o.alive for o in self.outputs},
             "label": self.latest.label if self.latest else None,
         }
-
-
-def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 95), ndigits: int = 3) -> list[float]:
-    """Percentiles of timings (ms), rounded to `ndigits`; no values -> NaNs."""
-    a = np.fromiter(values, np.float64)
-    if not a.size:
-        return [float("nan")] * len(qs)
-    return [round(float(q), ndigits) for q in np.percentile(a, qs)]

@@ -1,0 +1,42 @@
+"""Per-frame timings (ms) kept in a window, summarised as percentiles: the pipeline's recent latency in
+`stats`, and the whole measured run in `edge bench` and `edge demo`."""
+
+from __future__ import annotations
+
+import collections
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+
+def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 95), ndigits: int = 3) -> list[float]:
+    """Percentiles of timings (ms), rounded to `ndigits`; no values -> NaNs."""
+    a = np.fromiter(values, np.float64)
+    if not a.size:
+        return [float("nan")] * len(qs)
+    return [round(float(q), ndigits) for q in np.percentile(a, qs)]
+
+
+class TimingWindow:
+    """The last `size` values (all of them with size=None) of the named per-frame timings.
+
+    `add(timings)` takes one frame's timings dict (keys not tracked are ignored); `percentiles(key)` summarises
+    one of them (None for each percentile while the window is empty: JSON-friendly); `total(key)` adds one up.
+    """
+
+    def __init__(self, keys: Iterable[str], size: int | None = 512) -> None:
+        self._columns: dict[str, collections.deque[float]] = {k: collections.deque(maxlen=size) for k in keys}
+
+    def add(self, timings: Mapping[str, float]) -> None:
+        for key, column in self._columns.items():
+            column.append(timings[key])
+
+    def __len__(self) -> int:
+        return len(next(iter(self._columns.values()), ()))
+
+    def percentiles(self, key: str, qs: Sequence[float] = (50, 95), ndigits: int = 3) -> list[float | None]:
+        column = self._columns[key]
+        return percentiles(column, qs, ndigits) if column else [None] * len(qs)
+
+    def total(self, key: str) -> float:
+        return float(sum(self._columns[key]))
