@@ -5,30 +5,99 @@
 3. exports a verified ONNX file with embedded labels and preprocessing (`edge export`);
 4. runs the real-time pipeline on the `test://` camera (its arrow flips up/down every 3 s) with smoothing and the
    overlay, recording the annotated video;
-5. writes DIR/demo.mp4, DIR/metrics.json, DIR/report.md and preview PNGs, and prints where they are.
+5. writes the video, DIR/metrics.json, DIR/report.md and preview PNGs, and prints where they are.
+
+The video is one a browser plays: DIR/demo.mp4 in H.264 where this OpenCV can encode it (e.g. builds with
+FFmpeg's libx264 or OpenH264), else DIR/demo.webm in VP8 (pip's opencv-python has libvpx but no H.264
+encoder); failing both, DIR/demo.mp4 in MPEG-4 Part 2 (mp4v), with a line on how to view or convert it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
 
 from edge.core.errors import EdgeError, cli_entry
-from edge.core.fsutil import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from edge.core.fsutil import (
+    TEMP_PREFIX,
+    atomic_write_bytes,
+    atomic_write_text,
+    ensure_writable_dir,
+)
 from edge.runtime.outputs.base import Output
+from edge.runtime.timings import TimingWindow
 
 log = logging.getLogger(__name__)
 
 DEMO_ARCH = "efficientnet_lite0"
+# (file suffix, OpenCV fourcc) that browsers play, best first
+BROWSER_VIDEO = ((".mp4", "avc1"), (".webm", "VP80"))
+FALLBACK_VIDEO = (".mp4", "mp4v")  # MPEG-4 Part 2: every OpenCV writes it; VLC plays it, browsers do not
+
+
+@contextlib.contextmanager
+def _opencv_errors_off() -> Iterator[None]:
+    """A codec probe that fails logs OpenCV [ERROR] lines that mean nothing to the user."""
+    logging_api = cv2.utils.logging
+    level = logging_api.getLogLevel()
+    logging_api.setLogLevel(logging_api.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging_api.setLogLevel(level)
+
+
+def _writes_and_reads_back(folder: Path, suffix: str, fourcc: str) -> bool:
+    fd, name = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=suffix)
+    os.close(fd)
+    try:
+        with _opencv_errors_off():
+            writer = cv2.VideoWriter(name, cv2.VideoWriter_fourcc(*fourcc), 10.0, (64, 48))
+        if not writer.isOpened():
+            return False
+        for i in range(3):
+            writer.write(np.full((48, 64, 3), 60 * i, np.uint8))
+        writer.release()
+        reader = cv2.VideoCapture(name)
+        try:
+            return bool(reader.read()[0])
+        finally:
+            reader.release()
+    finally:
+        os.unlink(name)
+
+
+def video_format(folder: str | Path) -> tuple[str, str]:
+    """(suffix, fourcc): the first of BROWSER_VIDEO this OpenCV writes and reads back (tried in `folder`), else
+    FALLBACK_VIDEO."""
+    from edge.runtime import sources  # noqa: F401 - quiets FFmpeg's own lines about the encoders it lacks
+
+    for suffix, fourcc in BROWSER_VIDEO:
+        if _writes_and_reads_back(Path(folder), suffix, fourcc):
+            return suffix, fourcc
+    return FALLBACK_VIDEO
+
+
+def video_hint(video: str | Path, fourcc: str) -> str | None:
+    """How to watch a recording that browsers cannot play (None when they can)."""
+    if (Path(video).suffix.lower(), fourcc) in BROWSER_VIDEO:
+        return None
+    h264 = Path(video).with_name(f"{Path(video).stem}-h264.mp4")
+    return (f"{Path(video).name} is MPEG-4 Part 2 ({fourcc}; this OpenCV has no H.264 or VP8 encoder), which "
+            f"browsers do not play: open it in VLC, or convert it with "
+            f"ffmpeg -i {video} -c:v libx264 -pix_fmt yuv420p {h264}")
 
 
 class _Snapshots(Output):
@@ -62,7 +131,7 @@ class _Recorder:
 
     def __init__(self, scene, fps: float) -> None:
         self.scene, self.fps = scene, fps
-        self.rows: list[dict[str, float]] = []
+        self.timings = TimingWindow(("infer_ms", "e2e_ms", "frame_age_ms"), size=None)
         self.correct_smoothed = 0
         self.correct_raw = 0
         self.timeline: list[tuple[float, str]] = []
@@ -71,7 +140,7 @@ class _Recorder:
     def __call__(self, pred, timings: dict[str, float]) -> None:
         truth = self.scene.label_at(pred.frame_id / self.fps)
         with self._lock:
-            self.rows.append(timings)
+            self.timings.add(timings)
             self.correct_smoothed += pred.label == truth
             self.correct_raw += pred.raw_label == truth
             if not self.timeline or self.timeline[-1][1] != pred.label:
@@ -92,7 +161,7 @@ def run_demo(
     from edge.runtime.backends import load_backend
     from edge.runtime.camera import Camera
     from edge.runtime.outputs.record import RecordOutput
-    from edge.runtime.pipeline import Pipeline, percentiles
+    from edge.runtime.pipeline import Pipeline
     from edge.runtime.smoothing import Smoother
 
     if per_class < 5:
@@ -145,8 +214,9 @@ def run_demo(
     backend = load_backend(onnx_path, "auto")
     names = backend.meta.class_names
     smoother = Smoother(names, smoothing=0.5, threshold=0.6, hysteresis=0.1, min_dwell=3)
-    video = out / "demo.mp4"
-    recorder = RecordOutput(video, fps=fps)
+    suffix, fourcc = video_format(out)
+    video = out / f"demo{suffix}"
+    recorder = RecordOutput(video, fps=fps, fourcc=fourcc)
     snaps = _Snapshots()
     stats = _Recorder(SceneRenderer(w, h), fps)
     cam = Camera(uri, realtime=True)
@@ -162,7 +232,7 @@ def run_demo(
         backend.close()
     run_stats = pipe.stats
     stages["serve_s"] = round(time.monotonic() - t, 2)
-    if not stats.rows:
+    if not stats.timings:
         raise EdgeError("the pipeline produced no frames from the test camera; run with -v to see why")
 
     previews = {}
@@ -171,11 +241,10 @@ def run_demo(
         atomic_write_bytes(p, png)
         previews[label] = str(p)
 
-    n = len(stats.rows)
-    col = lambda k: [r[k] for r in stats.rows]  # noqa: E731
-    infer50, infer95 = percentiles(col("infer_ms"), ndigits=2)
-    e2e50, e2e95 = percentiles(col("e2e_ms"), ndigits=2)
-    (age50,) = percentiles(col("frame_age_ms"), (50,), ndigits=2)
+    n = len(stats.timings)
+    infer50, infer95 = stats.timings.percentiles("infer_ms", ndigits=2)
+    e2e50, e2e95 = stats.timings.percentiles("e2e_ms", ndigits=2)
+    (age50,) = stats.timings.percentiles("frame_age_ms", (50,), ndigits=2)
     train_metrics = json.loads((model_dir / "metrics.json").read_text()) if (model_dir / "metrics.json").is_file() else {}
     stages["total_s"] = round(time.monotonic() - t_all, 2)
     metrics: dict[str, Any] = {
@@ -207,8 +276,9 @@ def run_demo(
                           "hysteresis": smoother.hysteresis, "min_dwell": smoother.min_dwell},
             "recorded_frames": recorder.frames_written,
             "record_dropped": recorder.dropped,
+            "video_codec": fourcc,
         },
-        "files": {"video": str(video), "metrics": str(out / "metrics.json"), "report": str(out / "report.md"),
+        "files": {"video": str(video), "video_hint": video_hint(video, fourcc), "metrics": str(out / "metrics.json"), "report": str(out / "report.md"),
                   "model": str(checkpoint), "onnx": str(onnx_path), "previews": previews},
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -238,7 +308,9 @@ def _report(m: dict[str, Any]) -> str:
         f"- Label timeline (scene time): {changes}.",
         f"- Total wall time: {st['total_s']} s.",
         "",
-        f"Video: `{m['files']['video']}` ({r['recorded_frames']} frames). Metrics: `{m['files']['metrics']}`.",
+        f"Video: `{m['files']['video']}` ({r['recorded_frames']} frames, {r['video_codec']}). "
+        f"Metrics: `{m['files']['metrics']}`.",
+        *(["", f"{m['files']['video_hint']}."] if m["files"]["video_hint"] else []),
         "",
     ])
 
@@ -265,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['fps']} fps on {r['backend']}, label agrees with the scene on {r['agreement_with_scene'] * 100:.0f}% "
           f"of frames")
     print(f"  video    {f['video']}")
+    if f["video_hint"]:
+        print(f"           ({f['video_hint']})")
     print(f"  metrics  {f['metrics']}")
     print(f"  report   {f['report']}")
     for label, path in f["previews"].items():
