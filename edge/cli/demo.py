@@ -48,33 +48,37 @@ FALLBACK_VIDEO = (".mp4", "mp4v")  # MPEG-4 Part 2: every OpenCV writes it; VLC 
 
 
 @contextlib.contextmanager
-def _opencv_errors_off() -> Iterator[None]:
-    """A codec probe that fails logs OpenCV [ERROR] lines that mean nothing to the user."""
-    logging_api = cv2.utils.logging
-    level = logging_api.getLogLevel()
-    logging_api.setLogLevel(logging_api.LOG_LEVEL_SILENT)
+def _native_stderr_off() -> Iterator[None]:
+    """Probing codecs makes FFmpeg and OpenCV print lines to fd 2 ("Could not open codec", "tag ... is not
+    supported") that mean nothing to the user: send them to /dev/null meanwhile. Only before the pipeline
+    starts: no other thread writes then."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
+        os.dup2(devnull, 2)
         yield
     finally:
-        logging_api.setLogLevel(level)
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _writes_and_reads_back(folder: Path, suffix: str, fourcc: str) -> bool:
     fd, name = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=suffix)
     os.close(fd)
     try:
-        with _opencv_errors_off():
+        with _native_stderr_off():
             writer = cv2.VideoWriter(name, cv2.VideoWriter_fourcc(*fourcc), 10.0, (64, 48))
-        if not writer.isOpened():
-            return False
-        for i in range(3):
-            writer.write(np.full((48, 64, 3), 60 * i, np.uint8))
-        writer.release()
-        reader = cv2.VideoCapture(name)
-        try:
-            return bool(reader.read()[0])
-        finally:
+            if not writer.isOpened():
+                return False
+            for i in range(3):
+                writer.write(np.full((48, 64, 3), 60 * i, np.uint8))
+            writer.release()
+            reader = cv2.VideoCapture(name)
+            ok = reader.read()[0]
             reader.release()
+        return bool(ok)
     finally:
         os.unlink(name)
 
@@ -82,8 +86,6 @@ def _writes_and_reads_back(folder: Path, suffix: str, fourcc: str) -> bool:
 def video_format(folder: str | Path) -> tuple[str, str]:
     """(suffix, fourcc): the first of BROWSER_VIDEO this OpenCV writes and reads back (tried in `folder`), else
     FALLBACK_VIDEO."""
-    from edge.runtime import sources  # noqa: F401 - quiets FFmpeg's own lines about the encoders it lacks
-
     for suffix, fourcc in BROWSER_VIDEO:
         if _writes_and_reads_back(Path(folder), suffix, fourcc):
             return suffix, fourcc
