@@ -1,10 +1,12 @@
 """Record the annotated stream to a video file (`edge serve --record`, `edge demo`).
 
 `write` only copies the frame into a bounded queue; a writer thread encodes (OpenCV VideoWriter: `.mp4` ->
-mp4v, `.avi` -> MJPG). When the encoder falls behind, frames are dropped and counted, never queued without
-bound. The file is written under a temporary name and moved into place on `close()`, so a crash never leaves a
-half-written video under the final name. With `realtime=True` (default) frames are repeated or skipped to keep
-the video's clock equal to the wall clock, so a 10 s run plays for 10 s whatever the inference rate was.
+mp4v, `.avi`/`.mkv` -> MJPG, `.webm` -> VP8, which browsers play; `fourcc` picks another codec, e.g. "avc1" for
+H.264 in `.mp4` where the OpenCV build has an H.264 encoder). When the encoder falls behind, frames are dropped
+and counted, never queued without bound. The file is written under a temporary name and moved into place on
+`close()`, so a crash never leaves a half-written video under the final name. With `realtime=True` (default)
+frames are repeated or skipped to keep the video's clock equal to the wall clock, so a 10 s run plays for 10 s
+whatever the inference rate was.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from edge.runtime.prediction import Prediction
 
 log = logging.getLogger(__name__)
 
-CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG", ".webm": "VP80"}
 _STOP = object()
 
 
@@ -38,7 +40,7 @@ class RecordOutput(Output):
     name = "record"
 
     def __init__(self, path: str | os.PathLike, fps: float = 15.0, realtime: bool = True, queue_size: int = 32,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, fourcc: str | None = None) -> None:
         super().__init__()
         self._clock = clock
         self.path = Path(path)
@@ -47,6 +49,9 @@ class RecordOutput(Output):
             raise EdgeError(f"cannot record to {str(self.path)!r}: use a file ending in {', '.join(CODECS)}")
         if not fps or fps <= 0:
             raise EdgeError(f"record fps must be > 0, got {fps}")
+        self.fourcc = fourcc or CODECS[suffix]
+        if len(self.fourcc) != 4:
+            raise EdgeError(f"a video codec is a 4-character code (e.g. avc1, VP80, mp4v), got {self.fourcc!r}")
         ensure_writable_dir(self.path.parent, "recording directory")
         self.fps = float(fps)
         self.realtime = realtime
@@ -83,10 +88,9 @@ class RecordOutput(Output):
 
     def _open(self, frame: np.ndarray) -> None:
         h, w = frame.shape[:2]
-        fourcc = cv2.VideoWriter_fourcc(*CODECS[self.path.suffix.lower()])
-        writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (w, h))
+        writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
         if not writer.isOpened():
-            raise OSError(f"OpenCV cannot open a {CODECS[self.path.suffix.lower()]} video writer for {self.path}")
+            raise OSError(f"OpenCV cannot open a {self.fourcc} video writer for {self.path}")
         self._writer, self._size = writer, (w, h)
 
     def _loop(self) -> None:
