@@ -160,3 +160,28 @@ def test_backend_and_device_choices_match_the_runtime():
     from edge.service.config import BACKENDS, DEVICES
 
     assert BACKENDS == BACKEND_CHOICES and DEVICES == DEVICE_CHOICES
+
+
+def test_allowed_hosts_from_flags_and_file(tmp_path):
+    cfg = _cfg(["--model", "m", "--source", "0", "--http", "8080", "--allowed-hosts", "Jetson.local, cam.example.com."])
+    assert cfg.allowed_host_names == ("jetson.local", "cam.example.com")
+    f = tmp_path / "serve.toml"
+    f.write_text('model = "m"\nsource = "0"\nhttp = 8080\nallowed_hosts = ["jetson.local", "10.0.0.5"]\n')
+    assert _cfg(["--config", str(f)]).allowed_host_names == ("jetson.local", "10.0.0.5")
+    f.write_text('model = "m"\nsource = "0"\nhttp = 8080\nallowed-hosts = "jetson.local"\n')
+    assert _cfg(["--config", str(f)]).allowed_host_names == ("jetson.local",)
+    assert _cfg(["--model", "m", "--source", "0", "--http", "8080"]).allowed_host_names == ()
+
+
+@pytest.mark.parametrize("value", ["http://jetson.local", "jetson.local:8080", "a b", "jetson.local,,x", ",", "cam_1.local"])
+def test_bad_allowed_hosts_name_the_entry(value):
+    with pytest.raises(EdgeError) as e:
+        _cfg(["--model", "m", "--source", "0", "--http", "8080", "--allowed-hosts", value])
+    msg = str(e.value)
+    assert msg.startswith("--allowed-hosts: allowed_hosts ") and "\n" not in msg
+    assert "host name" in msg or "must not be empty" in msg
+
+
+def test_allowed_hosts_needs_http():
+    with pytest.raises(EdgeError, match="--allowed-hosts is set but --http is not"):
+        _cfg(["--model", "m", "--source", "0", "--allowed-hosts", "jetson.local"])
