@@ -69,10 +69,8 @@ class Service:
         self._reload_requested = False
         self._reload_thread: threading.Thread | None = None
         self._ready = False
-        self._seen_running = False
         self._healthy: bool | None = None
         self._status_sent: str | None = None
-        self._started_at = time.monotonic()
         self._model_info: dict[str, str] = {}
         self._latest: tuple[Any, float] | None = None  # (newest prediction, time.monotonic() when it was made)
         self._source_opens = 0
@@ -227,7 +225,6 @@ class Service:
         # started here, not by the pipeline, so shutdown can finalize the outputs before waiting on the driver
         self.camera.start()
         self.pipeline.start()
-        self._started_at = time.monotonic()
         log.info("serving %s from %s", cfg.model, redact_uri(cfg.source))
         try:
             return self._supervise()
@@ -255,9 +252,7 @@ class Service:
                 self.notifier.watchdog()
                 last_ping = now
             self._report_health()
-            if pipe.running:
-                self._seen_running = True
-            elif self._seen_running or self._ready or now - self._started_at > 5.0:
+            if not pipe.running:  # Pipeline.start() sets it before returning: not running means the loop ended
                 if getattr(self.camera, "state", "") == "ended":
                     log.info("source ended (not looping): stopping")
                     return 0
