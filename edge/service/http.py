@@ -7,10 +7,10 @@
 - Endpoints: `/` (page), `/stream.mjpg`, `/snapshot.jpg`, `/api/prediction`, `/healthz`, `/metrics`.
 - With a token, every endpoint except /healthz needs `Authorization: Bearer TOKEN` or `?token=TOKEN`
   (/healthz says only ok/stale, for load balancers and probes that cannot send headers).
-- The Host header must be an IP address, `localhost`, the bound host name or one of `allowed_hosts`; anything
-  else gets an empty 403. A web page elsewhere can make the browser on this machine send requests here, but can
-  read the answers only through a name of its own that it re-points at us (DNS rebinding): that name is never
-  one of these. An IP literal Host comes only from a URL naming that IP, which is then the page's own origin.
+- The Host header must name this machine: an IP address, `localhost`, the host given to --http or one of
+  `allowed_hosts`; anything else gets an empty 403. That stops DNS rebinding: a web page elsewhere re-points its
+  own name at this address to read the camera through the browser on the device, and its requests carry that
+  name. Any IP is safe: a browser sends one as Host only for a URL naming that IP, then the page's own origin.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ class HttpServer(ThreadingHTTPServer):
         self.app = app
         self.token = token
         # besides any IP address: localhost, the host we were told to bind (when it is a name) and the user's names
-        self.allowed_names = frozenset({"localhost", host.lower().rstrip("."), *allowed_hosts})
+        self.allowed_names = frozenset(h.lower().rstrip(".") for h in ("localhost", host, *allowed_hosts))
         self.page = page_html()
         self.stopping = False
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
