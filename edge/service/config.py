@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge.core.errors import EdgeError
+from edge.runtime.backends import BACKEND_CHOICES, DEVICE_CHOICES
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TOKEN_ENV = "EDGE_TOKEN"
 
@@ -84,9 +83,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("fps", float, None, "capture frame rate (cameras; files play at their own rate)", check=_range(0, lo_open=True),
            nullable=True),
     Option("loop", bool, False, "repeat a video file / image folder forever"),
-    Option("backend", str, "auto", "inference backend", choices=BACKENDS),
+    Option("backend", str, "auto", "inference backend", choices=BACKEND_CHOICES),
     Option("device", str, "auto", "where the torch/onnxruntime backends run (auto = the GPU when usable)",
-           choices=DEVICES),
+           choices=DEVICE_CHOICES),
     Option("smoothing", float, 0.0, "EMA over class probabilities: 0 = off, 0.9 = heavy", check=_range(0, 1, hi_open=True)),
     Option("threshold", float, 0.0, "show `unknown` when the (smoothed) top probability is below this",
            check=_range(0, 1)),
