@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 from edge.core.preprocess import (
-    EvalTransform,
     PreprocessSpec,
     crop_box,
     preprocess_batch,
@@ -17,6 +16,7 @@ from edge.core.preprocess import (
 )
 from edge.core.registry import ARCHS
 from edge.core.synthetic import SceneRenderer
+from train.presets import EvalTransform
 
 
 @pytest.mark.parametrize("arch", ["squeezenet1_1", "efficientnet_lite0"])

@@ -248,3 +248,112 @@ def test_resume_without_a_previous_run_is_one_clear_line(synthetic_dataset, tmp_
                      "--output", str(tmp_path / "new"), "--resume"])
     assert rc == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_resume_with_another_mode_is_one_clear_line(synthetic_dataset, tmp_path, capsys):
+    out = tmp_path / "head"
+    base = ["--data", str(synthetic_dataset), "--arch", "squeezenet1_1", "--weights", "none", "--output", str(out),
+            "--no-progress", "--cache-views", "1", "--epochs", "1"]
+    assert train_main(base) == 0
+    capsys.readouterr()
+    assert train_main(base + ["--mode", "finetune", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "same --mode" in err[0]
+
+
+# ------------------------------------------------------------------ symlinks: each real image once, never outside DATA
+
+def _real(paths):
+    return [os.path.realpath(p) for p in paths]
+
+
+def test_symlink_loops_and_duplicates_count_each_image_once(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=12, seed=1)
+    real_files = sorted(str(p.resolve()) for p in data.rglob("*.jpg"))
+    (data / "up" / "loop").symlink_to("..")  # DATA/up/loop -> DATA: a loop through every class
+    (data / "down" / "again").symlink_to(".")  # a loop onto itself
+    (data / "up" / "alias.jpg").symlink_to(data / "up" / "up_00000.jpg")
+    os.link(data / "down" / "down_00000.jpg", data / "down" / "hardlink.jpg")
+    elsewhere = make_dataset(tmp_path / "elsewhere", per_class=3, seed=2)
+    (data / "down" / "outside").symlink_to(elsewhere / "up")  # a link leaving DATA is never followed
+    (data / "up" / "outside.jpg").symlink_to(elsewhere / "down" / "down_00000.jpg")
+
+    info = scan_dataset(data, 0.2, 0)
+    train, val = _real(s.path for s in info.train), _real(s.path for s in info.val)
+    assert sorted(train + val) == real_files  # 24 images, each once: no val image leaks into training
+    assert info.counts("train") == {"down": 10, "up": 10} and info.counts("val") == {"down": 2, "up": 2}
+    assert all(os.path.realpath(s.path).startswith(str(data.resolve() / "up")) == (s.target == 1)
+               for s in info.train + info.val)  # an image keeps its own folder's label, not a link's
+    warnings = "\n".join(info.warnings)
+    assert "2 symlink(s) leading outside" in warnings and "used once" in warnings
+
+
+def test_an_image_linked_into_both_train_and_val_stays_in_val(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=10, seed=1, split=True)
+    leak = data / "train" / "up" / "leak.jpg"
+    leak.symlink_to(next((data / "val" / "up").glob("*.jpg")))
+    (data / "train" / "down" / "val_again").symlink_to(data / "val" / "down")
+    info = scan_dataset(data, 0.2, 0)
+    train, val = set(_real(s.path for s in info.train)), set(_real(s.path for s in info.val))
+    assert not train & val
+    assert info.counts("val") == {"down": 2, "up": 2} and info.counts("train") == {"down": 8, "up": 8}
+
+
+# ------------------------------------------------------------------ numeric flags: checked when parsed
+
+@pytest.mark.parametrize("flag,value,valid", [
+    ("--seed", "-1", "between 0 and 4294967295"),
+    ("--finetune-epochs", "-1", ">= 1"),
+    ("--patience", "-1", ">= 1"),
+    ("--epochs", "0", ">= 1"),
+    ("--batch-size", "0", ">= 1"),
+    ("--cache-views", "0", ">= 1"),
+    ("--workers", "-1", ">= 0"),
+    ("--lr", "nan", "> 0"),
+    ("--lr", "0", "> 0"),
+    ("--val-fraction", "1", "between 0 and 1 (exclusive)"),
+    ("--epochs", "2.5", "an integer"),
+])
+def test_bad_numeric_flag_is_one_line_naming_it(flag, value, valid, synthetic_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = train_main(["--data", str(synthetic_dataset), "--weights", "none", "--output", str(out), "--mode",
+                     "two-stage", flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith(f"error: argument {flag}: must be ") and valid in err[0], err
+    assert not out.exists()
+
+
+def test_train_model_names_the_bad_setting_too(synthetic_dataset, tmp_path):
+    from edge.core.errors import EdgeError
+
+    with pytest.raises(EdgeError, match="^--finetune-epochs must be an integer >= 1, got -1$"):
+        train_model(TrainConfig(data=synthetic_dataset, output=tmp_path / "o", weights="none", finetune_epochs=-1))
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ confusion matrix labels in any script
+
+def test_confusion_matrix_draws_cjk_labels(tmp_path):
+    import warnings
+
+    from matplotlib import font_manager
+
+    from train.report import plot_confusion_matrix
+
+    labels = ["猫", "犬"]
+
+    def covers(entry) -> bool:
+        try:
+            charmap = font_manager.get_font(entry.fname).get_charmap()
+        except Exception:  # noqa: BLE001 - a broken font file covers nothing
+            return False
+        return all(ord(c) in charmap for c in "".join(labels))
+
+    if not any(covers(e) for e in font_manager.fontManager.ttflist):
+        pytest.skip("no installed font has CJK glyphs (e.g. Debian's fonts-noto-cjk)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_confusion_matrix([[3, 1], [0, 4]], labels, tmp_path / "cm.png", "猫 / 犬 val acc 0.875")
+    assert not [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    assert cv2.imread(str(tmp_path / "cm.png")) is not None

@@ -7,16 +7,40 @@ import logging
 import sys
 from pathlib import Path
 
-from edge.core.errors import cli_entry
+from edge.core.errors import EdgeError, cli_entry
 from edge.core.memory import keep_freed_memory
-from edge.core.preprocess import AugmentSpec
 from edge.core.registry import list_models
 
-from .trainer import MODES, TrainConfig, train_model
+from .config import BOUNDS, MODES, TrainConfig
+from .presets import AugmentSpec
+from .trainer import train_model
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other error of this tool
+        raise EdgeError(f"{message} (see `train --help`)")
+
+
+def _number(setting: str):
+    """argparse type for a numeric flag: parses and range-checks it against config.BOUNDS[setting]."""
+    bounds = BOUNDS[setting]
+
+    def parse(text: str):
+        try:
+            value = bounds.kind(text)
+        except ValueError:
+            value = None
+        problem = f"must be {bounds}" if value is None else bounds.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+        return value
+
+    parse.__name__ = bounds.kind.__name__
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="train",
         description="Fine-tune a pretrained CNN on DATA/<label>/*.jpg (or DATA/train + DATA/val) and write "
         "model.pt, labels.txt, metrics.json and confusion_matrix.png to --output.",
@@ -29,21 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="head", choices=MODES,
                    help="head: freeze the backbone, train the classifier on cached features (seconds); "
                         "finetune: train all layers, backbone at a lower LR; two-stage: head, then finetune")
-    p.add_argument("--epochs", type=int, default=20, help="epochs (per stage in two-stage mode)")
-    p.add_argument("--finetune-epochs", type=int, default=None, help="two-stage: epochs of the finetune stage")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 32 (16 on 4 GB Jetsons)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--epochs", type=_number("epochs"), default=20, help="epochs (per stage in two-stage mode)")
+    p.add_argument("--finetune-epochs", type=_number("finetune_epochs"), default=None,
+                   help="two-stage: epochs of the finetune stage")
+    p.add_argument("--batch-size", type=_number("batch_size"), default=None, help="default: 32 (16 on 4 GB Jetsons)")
+    p.add_argument("--lr", type=_number("lr"), default=None,
                    help="learning rate of the head (default 1e-2 on cached features, 1e-3 when fine-tuning; "
                         "the backbone gets x0.1)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--output", type=Path, default=Path("runs/model"), help="output directory")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="stratified validation split when DATA has no val/")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--patience", type=int, default=5, help="early stop after N epochs without better val accuracy")
-    p.add_argument("--cache-views", type=int, default=4, help="head mode: feature views per image (1 clean + augmented)")
+    p.add_argument("--val-fraction", type=_number("val_fraction"), default=0.2,
+                   help="stratified validation split when DATA has no val/")
+    p.add_argument("--seed", type=_number("seed"), default=0)
+    p.add_argument("--patience", type=_number("patience"), default=5,
+                   help="early stop after N epochs without better val accuracy")
+    p.add_argument("--cache-views", type=_number("cache_views"), default=4,
+                   help="head mode: feature views per image (1 clean + augmented)")
     p.add_argument("--no-hflip", dest="hflip", action="store_false",
                    help="disable horizontal-flip augmentation (when left vs right is the label)")
-    p.add_argument("--workers", type=int, default=None, help="data-loader workers for finetune")
+    p.add_argument("--workers", type=_number("workers"), default=None, help="data-loader workers for finetune")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

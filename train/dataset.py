@@ -11,6 +11,7 @@ import logging
 import os
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,20 +64,86 @@ class DatasetInfo:
         return lines
 
 
-def _list_class_files(folder: Path) -> dict[str, list[str]]:
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _walk_images(top: str, real_root: str, outside: dict[str, str]) -> Iterator[str]:
+    """Image paths under `top` in sorted order, following directory links that stay inside `real_root`, each real
+    directory once (a link loop is visited once, not until the path gets too long). Links that leave `real_root`
+    go to `outside` (where the link really is -> the path it was met by)."""
+    seen: set[str] = set()
+    for dirpath, dirnames, names in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen or not _inside(real, real_root):
+            if real not in seen:
+                outside.setdefault(os.path.join(os.path.realpath(os.path.dirname(dirpath)), os.path.basename(dirpath)),
+                                   dirpath)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        for name in filter(is_image_file, sorted(names)):
+            path = os.path.join(dirpath, name)
+            if _inside(os.path.realpath(path), real_root):
+                yield path
+            else:
+                outside.setdefault(os.path.join(real, name), path)
+
+
+def _file_id(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+    except OSError:  # a dangling link: unique, and reported as unreadable later
+        return ("missing", path)
+    return (st.st_dev, st.st_ino)
+
+
+@dataclass
+class _Listing:
+    files: dict[str, dict[str, list[str]]]  # split -> class -> image paths
+    duplicates: int = 0  # paths left out because they lead to a file already listed
+    outside: dict[str, str] = field(default_factory=dict)  # links leading out of the dataset (not followed)
+
+
+def _list_images(root: Path, splits: dict[str, Path]) -> _Listing:
+    """Image files per split and class folder, each real file once (symlinks and hard links are deduplicated).
+
+    A file reachable by several paths is kept at its own path (not through a link), in the first split given.
+    Links that leave `root` are never followed.
+    """
     from torchvision.datasets.folder import find_classes
 
-    try:
-        classes, _ = find_classes(str(folder))
-    except FileNotFoundError:
-        classes = []
-    out = {}
-    for c in classes:
-        files = []
-        for dirpath, _, names in os.walk(folder / c, followlinks=True):
-            files += [os.path.join(dirpath, n) for n in names if is_image_file(n)]
-        out[c] = sorted(files)
-    return out
+    real_root = os.path.realpath(root)
+    listing = _Listing({})
+    found: list[tuple[str, str, str]] = []  # (split, class, path)
+    for split, folder in splits.items():
+        try:
+            classes, _ = find_classes(str(folder))
+        except FileNotFoundError:
+            classes = []
+        listing.files[split] = {c: [] for c in classes}
+        for c in classes:
+            found += [(split, c, p) for p in _walk_images(str(folder / c), real_root, listing.outside)]
+
+    def preference(i: int) -> tuple[bool, int]:
+        path = found[i][2]
+        via_link = os.path.realpath(path) != os.path.join(real_root, os.path.relpath(path, root))
+        return via_link, i
+
+    keep: dict[tuple, int] = {}
+    for i in sorted(range(len(found)), key=preference):
+        keep.setdefault(_file_id(found[i][2]), i)
+    for i in sorted(keep.values()):
+        split, c, path = found[i]
+        listing.files[split][c].append(path)
+    listing.duplicates = len(found) - len(keep)
+    return listing
+
+
+def _list_class_files(folder: Path) -> dict[str, list[str]]:
+    """Image files per class folder of `folder` (a dataset root or split), as `train` counts them."""
+    return _list_images(folder, {"": folder}).files[""]
 
 
 def check_image(path: str) -> str | None:
@@ -103,12 +170,9 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int =
     if not 0.0 < val_fraction < 1.0:
         raise EdgeError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     presplit = (root / "train").is_dir() and (root / "val").is_dir()
-    if presplit:
-        train_files = _list_class_files(root / "train")
-        val_files = _list_class_files(root / "val")
-    else:
-        train_files = _list_class_files(root)
-        val_files = {}
+    # val first: a file in both splits stays a validation image, never leaking into training
+    listing = _list_images(root, {"val": root / "val", "train": root / "train"} if presplit else {"train": root})
+    train_files, val_files = listing.files["train"], listing.files.get("val", {})
     skipped: list[tuple[str, str]] = []
 
     def good(files: list[str]) -> list[str]:
@@ -125,6 +189,12 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int =
     train_files = {c: good(fs) for c, fs in train_files.items()}
     val_files = {c: good(fs) for c, fs in val_files.items()}
     warnings = []
+    if listing.outside:
+        warnings.append(f"{len(listing.outside)} symlink(s) leading outside {str(root)!r} not followed, e.g. "
+                        f"{next(iter(listing.outside.values()))}; copy those images into the dataset instead")
+    if listing.duplicates:
+        warnings.append(f"{listing.duplicates} path(s) lead to an image already counted (symlinks or hard links); "
+                        "each image is used once")
     empty = [c for c, fs in train_files.items() if not fs]
     if empty:
         warnings.append(f"class(es) with no usable images left out: {', '.join(empty)}")

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
+import logging
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from edge.core.fsutil import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+# Tried first when the default font (DejaVu Sans) lacks a label's characters, e.g. "猫"; then every installed font.
+FALLBACK_FAMILIES = (
+    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
+    "Droid Sans Fallback", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Noto Sans",
+)
 
 
 def confusion_matrix(targets: Sequence[int], preds: Sequence[int], num_classes: int) -> np.ndarray:
@@ -18,7 +30,8 @@ def confusion_matrix(targets: Sequence[int], preds: Sequence[int], num_classes: 
     return cm
 
 
-def classification_metrics(targets: Sequence[int], preds: Sequence[int], class_names: Sequence[str]) -> dict[str, Any]:
+def classification_metrics(targets: Sequence[int], preds: Sequence[int],
+                           class_names: Sequence[str]) -> dict[str, Any]:
     cm = confusion_matrix(targets, preds, len(class_names))
     total = int(cm.sum())
     per_class = {}
@@ -37,14 +50,53 @@ def classification_metrics(targets: Sequence[int], preds: Sequence[int], class_n
     }
 
 
-def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
-    """Write the confusion matrix as a PNG (atomically)."""
+@functools.cache
+def _charmap(path: str) -> frozenset[int]:
+    from matplotlib import font_manager
+
+    try:
+        return frozenset(font_manager.get_font(path).get_charmap())
+    except Exception:  # noqa: BLE001 - an unreadable font file just covers nothing
+        return frozenset()
+
+
+def font_families_for(text: str) -> list[str] | None:
+    """matplotlib font families that draw every character of `text`; None when the default font already does
+    (or when no installed font can, which is logged)."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    needed = {ord(c) for c in text if not c.isspace()}
+    missing = needed - _charmap(str(font_manager.findfont(font_manager.FontProperties())))
+    if not missing:
+        return None
+    rank = {name: i for i, name in enumerate(FALLBACK_FAMILIES)}
+    for entry in sorted(font_manager.fontManager.ttflist, key=lambda e: rank.get(e.name, len(rank))):
+        if missing <= _charmap(entry.fname):
+            defaults = list(matplotlib.rcParams["font.family"])
+            # matplotlib >= 3.6 falls back glyph by glyph along the list; older ones use only the first family
+            per_glyph = tuple(int(v) for v in matplotlib.__version__.split(".")[:2]) >= (3, 6)
+            return [*defaults, entry.name] if per_glyph else [entry.name, *defaults]
+    log.warning("no installed font can draw %s in the confusion matrix labels; install one (e.g. fonts-noto-cjk)",
+                "".join(sorted(map(chr, missing))))
+    return None
+
+
+def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike,
+                          title: str = "") -> None:
+    """Write the confusion matrix as a PNG (atomically), in a font that has the labels' characters."""
     import matplotlib
 
     matplotlib.use("Agg")
+    families = font_families_for("".join(class_names) + title)
+    with matplotlib.rc_context({"font.family": families}) if families else contextlib.nullcontext():
+        png = _render_confusion_matrix(np.asarray(cm), class_names, title)
+    atomic_write_bytes(path, png)
+
+
+def _render_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], title: str) -> bytes:
     import matplotlib.pyplot as plt
 
-    cm = np.asarray(cm)
     n = len(class_names)
     size = max(3.5, 0.6 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size), dpi=100)
@@ -63,4 +115,4 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()

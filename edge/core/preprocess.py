@@ -1,8 +1,9 @@
 """One preprocessing spec per model, stored in every checkpoint and used by training, export and the runtime.
 
 The deterministic path (center crop + resize + normalize) is one numpy/OpenCV function, `preprocess_image`,
-called both by the training eval transform (PIL RGB in) and by the runtime (OpenCV BGR frame in), so train-time
-and run-time preprocessing cannot drift: only the channel order of the input differs, and it is explicit.
+called both by the training eval transform (`train.presets.EvalTransform`, PIL RGB in) and by the runtime
+(OpenCV BGR frame in), so train-time and run-time preprocessing cannot drift: only the channel order of the
+input differs, and it is explicit. Training augmentation lives in `train.presets`.
 """
 
 from __future__ import annotations
@@ -138,64 +139,3 @@ def preprocess_batch(images: Sequence[np.ndarray], spec: PreprocessSpec, input_o
         preprocess_image(img, spec, input_order, out=batch[i])
     return batch
 
-
-class EvalTransform:
-    """Training-side eval transform: PIL image (or RGB array) -> torch tensor, via the same `preprocess_image`."""
-
-    def __init__(self, spec: PreprocessSpec):
-        self.spec = spec
-
-    def __call__(self, img: Any):
-        import torch
-
-        arr = np.asarray(img.convert("RGB")) if hasattr(img, "convert") else np.asarray(img)
-        return torch.from_numpy(preprocess_image(arr, self.spec, "RGB"))
-
-    def __repr__(self) -> str:
-        return f"EvalTransform({self.spec})"
-
-
-@dataclass(frozen=True)
-class AugmentSpec:
-    """The training augmentation recipe. Every step must keep the label true.
-
-    - hflip: mirror left/right. Safe for up/down gestures and most objects; turn it off (`--no-hflip`) when
-      left vs right is the label (arrows pointing left/right, left/right hand).
-    - vflip is deliberately absent: it turns thumbs-up into thumbs-down (swaps the classes).
-    - rotation_degrees: small tilts only; large rotations also change up/down labels.
-    - scale: RandomResizedCrop area range (zoom / position jitter); ratio kept near square.
-    - color jitter: brightness/contrast/saturation/hue, for lighting changes between capture and deployment.
-    """
-
-    hflip: bool = True
-    rotation_degrees: float = 10.0
-    scale: tuple[float, float] = (0.7, 1.0)
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.3
-    hue: float = 0.03
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["scale"] = list(self.scale)
-        return d
-
-
-def train_transform(spec: PreprocessSpec, aug: AugmentSpec | None = None):
-    """torchvision transforms v2 pipeline for training: PIL image -> augmented, normalized tensor."""
-    import torch
-    from torchvision.transforms import v2
-
-    aug = aug or AugmentSpec()
-    steps = [
-        v2.ToImage(),
-        v2.RandomResizedCrop(spec.input_size, scale=aug.scale, ratio=(3 / 4, 4 / 3), antialias=True),
-    ]
-    if aug.hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    if aug.rotation_degrees:
-        steps.append(v2.RandomRotation(aug.rotation_degrees))
-    if aug.brightness or aug.contrast or aug.saturation or aug.hue:
-        steps.append(v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(spec.mean), list(spec.std))]
-    return v2.Compose(steps)

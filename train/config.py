@@ -1,0 +1,108 @@
+"""What a training job is: `TrainConfig`, and the valid range of every numeric setting (checked by the CLI at
+parse time and by `TrainConfig.validate` for callers of `train_model`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.core.errors import EdgeError
+from edge.core.registry import get_arch
+
+from .presets import AugmentSpec
+
+MODES = ("head", "finetune", "two-stage")
+HEAD_LR = 1e-2  # linear probe on cached features
+FINETUNE_LR = 1e-3
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A numeric range: int or float, inclusive bounds, or exclusive ones (`open`); None is unbounded."""
+
+    kind: type
+    lo: float | None = None
+    hi: float | None = None
+    open: bool = False
+
+    def problem(self, value: float) -> str | None:
+        """What is wrong with `value` ("must be ..."), or None when it is in range."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"must be {self}"
+        if self.kind is int and value != int(value):
+            return f"must be {self}"
+        below = self.lo is not None and (value <= self.lo if self.open else value < self.lo)
+        above = self.hi is not None and (value >= self.hi if self.open else value > self.hi)
+        return f"must be {self}" if below or above else None
+
+    def __str__(self) -> str:
+        what = "an integer" if self.kind is int else "a number"
+        lo, hi = (v if v is None or isinstance(v, int) else f"{v:g}" for v in (self.lo, self.hi))
+        if self.lo is not None and self.hi is not None:
+            return f"{what} between {lo} and {hi}" + (" (exclusive)" if self.open else "")
+        if self.lo is not None:
+            return f"{what} {'>' if self.open else '>='} {lo}"
+        return f"{what} {'<' if self.open else '<='} {hi}" if self.hi is not None else what
+
+
+# TrainConfig field -> valid range; the flag is --<field with dashes>
+BOUNDS: dict[str, Bounds] = {
+    "epochs": Bounds(int, 1),
+    "finetune_epochs": Bounds(int, 1),
+    "batch_size": Bounds(int, 1),
+    "lr": Bounds(float, 0, open=True),
+    "val_fraction": Bounds(float, 0, 1, open=True),
+    "seed": Bounds(int, 0, 2**32 - 1),  # numpy's seed range
+    "patience": Bounds(int, 1),
+    "cache_views": Bounds(int, 1),
+    "workers": Bounds(int, 0),
+}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    output: Path = Path("runs/model")
+    arch: str = "squeezenet1_1"
+    weights: str = "imagenet"
+    mode: str = "head"
+    epochs: int = 20
+    finetune_epochs: int | None = None  # two-stage: epochs of the finetune stage (default: same as epochs)
+    batch_size: int | None = None  # None: memory-aware default
+    lr: float | None = None  # None: HEAD_LR for the head stage, FINETUNE_LR for finetune
+    backbone_lr_factor: float = 0.1  # finetune: backbone LR = lr * factor
+    weight_decay: float = 1e-4
+    device: str = "auto"
+    val_fraction: float = 0.2
+    seed: int = 0
+    patience: int = 5  # early stop after this many epochs without a better val accuracy
+    cache_views: int = 4  # head mode: 1 clean + (n-1) augmented views of each training image
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    workers: int | None = None
+    resume: bool = False
+
+    def validate(self) -> None:
+        get_arch(self.arch)
+        if self.mode not in MODES:
+            raise EdgeError(f"unknown --mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        for name, bounds in BOUNDS.items():
+            value = getattr(self, name)
+            problem = None if value is None else bounds.problem(value)
+            if problem:
+                raise EdgeError(f"{flag(name)} {problem}, got {value}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise EdgeError(f"unknown --device {self.device!r}; choose auto, cpu or cuda")
+
+    @property
+    def stages(self) -> list[tuple[str, int]]:
+        """(stage, epochs) in the order they run."""
+        if self.mode == "head":
+            return [("head", self.epochs)]
+        if self.mode == "finetune":
+            return [("finetune", self.epochs)]
+        return [("head", self.epochs), ("finetune", self.finetune_epochs or self.epochs)]
