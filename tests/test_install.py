@@ -167,6 +167,12 @@ def test_http_beyond_localhost_needs_a_token(tmp_path, capsys, onnx_model, monke
     assert service.http == "0.0.0.0:8080" and service.token == "s3cret"
     assert "s3cret" not in (root / "etc/edge-camera/config.toml").read_text()  # the token lives in the 0640 env file
 
+    env = root / "etc/edge-camera/edge-camera.env"
+    env.write_text(env.read_text() + "# my note\n")
+    assert _install(capsys, root, "--token", "n3w-t0ken")[0] == 0  # a new token replaces only that line
+    assert _service_config(root).token == "n3w-t0ken" and env.read_text().count("EDGE_TOKEN=") == 1
+    assert "# my note" in env.read_text()
+
     monkeypatch.setenv("EDGE_TOKEN", "from-env")
     assert _install(capsys, root / "b", "--http", "0.0.0.0:8080")[0] == 0
     assert _service_config(root / "b").token == "from-env"
@@ -203,6 +209,13 @@ def test_a_refusal_leaves_an_existing_install_untouched(tmp_path, capsys, onnx_m
     before = _files(root)
     assert _install(capsys, root, "--model", str(onnx_model), "--http", "0.0.0.0:80")[0] == 2
     assert _install(capsys, root, "--force", "--source", "bogus://x")[0] == 2
+    assert _files(root) == before
+    # a config the user broke by hand is caught too, before anything is written
+    cfg = root / "etc/edge-camera/config.toml"
+    cfg.write_text(cfg.read_text().replace('source = "csi://0"', 'source = "cs1://0"'))
+    before = _files(root)
+    rc, _, err = _install(capsys, root, "--model", str(onnx_model))
+    assert rc == 2 and "the service would not start" in err and "cs1://" in err
     assert _files(root) == before
 
 

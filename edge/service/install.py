@@ -32,7 +32,7 @@ from edge.core.errors import EdgeError
 from edge.core.fsutil import atomic_copy, atomic_write_text
 from edge.runtime.sources import validate_source_uri
 from edge.service.config import TOKEN_ENV, build_config, load_config_file
-from edge.service.install_files import model_files, read_env_var, set_config_keys, set_env_var
+from edge.service.install_files import config_model_path, model_files, read_env_var, set_config_keys, set_env_var
 
 UNIT_NAME = "edge-camera.service"
 SERVICE_USER = "edge-camera"
@@ -202,7 +202,8 @@ def _check_config(config_text: str, env_text: str) -> None:
         values = load_config_file(p)
     token = read_env_var(env_text, TOKEN_ENV)
     try:
-        build_config(values, {}, env={TOKEN_ENV: token} if token else {}, where_file=CONFIG_FILE)
+        cfg = build_config(values, {}, env={TOKEN_ENV: token} if token else {}, where_file=CONFIG_FILE)
+        validate_source_uri(cfg.source)
     except EdgeError as e:
         raise EdgeError(f"the service would not start: {e}") from e
 
@@ -252,7 +253,7 @@ def plan_install(opts: InstallOptions) -> InstallPlan:
         plan.steps.append(_write_step(target, ENV_FILE, new_env, 0o640))
     plan.steps.append(_state_dir_step(target))
     plan.steps += [_copy_step(target, src, dest) for src, dest in copies]
-    model_in_config = load_model_path(new_config)
+    model_in_config = config_model_path(new_config)
     if model_in_config and not copies and not target.path(model_in_config).is_file():
         plan.notes.append(f"the config's model {target.path(model_in_config)} does not exist yet: copy one there "
                           f"or pass --model (the service will not start without it)")
@@ -261,16 +262,6 @@ def plan_install(opts: InstallOptions) -> InstallPlan:
     if opts.start:
         plan.steps.append(_run_step(target, "systemctl", "restart", UNIT_NAME))
     return plan
-
-
-def load_model_path(config_text: str) -> str | None:
-    """The absolute `model` path a config names (None when relative or absent)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    model = tomllib.loads(config_text).get("model")
-    return model if isinstance(model, str) and model.startswith("/") else None
 
 
 def _state_dir_step(target: _Target) -> Step:

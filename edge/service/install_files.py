@@ -88,6 +88,12 @@ def _split_comment(rhs: str) -> tuple[str, str]:
     return rhs.rstrip(), ""
 
 
+def config_model_path(text: str) -> str | None:
+    """The absolute `model` path a config names (None when relative or absent)."""
+    model = tomllib.loads(text).get("model")
+    return model if isinstance(model, str) and model.startswith("/") else None
+
+
 def set_config_keys(text: str, values: dict[str, object]) -> str:
     """`text` with each key's value replaced where it is set (its comment kept), else appended; nothing else changes."""
     lines = text.splitlines()
