@@ -30,7 +30,8 @@ from typing import Callable
 
 from edge.core.errors import EdgeError
 from edge.core.fsutil import atomic_copy, atomic_write_text
-from edge.runtime.sources import validate_source_uri
+from edge.runtime.sources import SourceConfigError, validate_source_uri
+from edge.runtime.sources.csi import NO_GSTREAMER
 from edge.service.config import TOKEN_ENV, build_config, load_config_file
 from edge.service.install_files import config_model_path, model_files, read_env_var, set_config_keys, set_env_var
 
@@ -194,8 +195,8 @@ def _read_existing(p: Path) -> str | None:
         raise EdgeError(f"cannot read the installed {p} ({e}); fix it or pass --force to write a new one") from e
 
 
-def _check_config(config_text: str, env_text: str) -> None:
-    """Read the config exactly as the service will (keys, types, the token rule) before anything is written."""
+def _check_config(target: _Target, config_text: str, env_text: str, notes: list[str]) -> None:
+    """Read the config exactly as the service will (keys, types, the token rule, the source) before writing."""
     with tempfile.TemporaryDirectory(prefix="edge-install-") as d:
         p = Path(d) / "config.toml"
         p.write_text(config_text, encoding="utf-8")
@@ -203,9 +204,23 @@ def _check_config(config_text: str, env_text: str) -> None:
     token = read_env_var(env_text, TOKEN_ENV)
     try:
         cfg = build_config(values, {}, env={TOKEN_ENV: token} if token else {}, where_file=CONFIG_FILE)
-        validate_source_uri(cfg.source)
+        _check_source(target, cfg.source, notes)
     except EdgeError as e:
         raise EdgeError(f"the service would not start: {e}") from e
+
+
+def _check_source(target: _Target, source: str, notes: list[str]) -> None:
+    """validate_source_uri as the service will see it: a relative path is relative to its working directory."""
+    uri = source.strip()
+    if "://" not in uri and not uri.isdigit() and not uri.startswith("/dev/video"):  # a file or folder
+        uri = str(target.path(uri) if uri.startswith("/") else target.path(STATE_DIR) / uri)
+    try:
+        validate_source_uri(uri)
+    except SourceConfigError as e:
+        if str(e) != NO_GSTREAMER or target.system:
+            raise
+        # --root installs for another machine: what matters there is that machine's OpenCV
+        notes.append(f"this machine's OpenCV has no GStreamer: {source} works only where OpenCV has it (JetPack's)")
 
 
 def plan_install(opts: InstallOptions) -> InstallPlan:
@@ -225,7 +240,6 @@ def plan_install(opts: InstallOptions) -> InstallPlan:
         copies = [(f, f"{STATE_DIR}/{rel}") for f, rel in files]
         config_keys["model"] = copies[0][1]
     if opts.source is not None:
-        validate_source_uri(opts.source)
         config_keys["source"] = opts.source
     if opts.http is not None:
         config_keys["http"] = opts.http
@@ -243,7 +257,7 @@ def plan_install(opts: InstallOptions) -> InstallPlan:
     new_env = env_text if env_text is not None else template_text("edge-camera.env")
     if token:
         new_env = set_env_var(new_env, TOKEN_ENV, token)
-    _check_config(new_config, new_env)
+    _check_config(target, new_config, new_env, plan.notes)
 
     plan.steps += _user_steps(target)
     plan.steps.append(_write_step(target, UNIT_FILE, unit, 0o644, group_only=False))
