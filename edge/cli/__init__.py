@@ -15,7 +15,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("edge.cli.bench", "benchmark the real pipeline on a source"),
     "demo": ("edge.cli.demo", "end-to-end demo: synthetic data -> train -> export -> serve, no camera or network"),
     "synth": ("edge.cli.synth", "write the synthetic up/down arrow dataset"),
-    "install-service": ("edge.service.install", "install the systemd unit for `edge serve`"),
+    "install-service": ("edge.cli.install_service", "install the systemd unit for `edge serve`"),
+    "doctor": ("edge.cli.doctor", "check this machine: JetPack, torch/CUDA, TensorRT, onnxruntime, OpenCV, cameras"),
     "models": ("edge.cli.models", "list the architectures in the model registry"),
 }
 
@@ -41,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"error: unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
-    from edge.core.memory import keep_freed_memory
-
-    keep_freed_memory()
+    # no process-wide tuning here: what suits one command (train's malloc settings) would hurt another (serve)
     module = importlib.import_module(SUBCOMMANDS[name][0])
     return int(module.main(rest) or 0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -52,9 +53,35 @@ def make_readable(path: str | os.PathLike) -> None:
         os.chmod(path, _FILE_MODE)
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a directory, so a rename or a new file in it survives a power cut (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (and Windows) cannot fsync a directory; the rename itself still happened
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_durably(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """`os.replace(src, dst)`, then fsync `dst`'s directory: without it a power cut can undo the rename."""
+    os.replace(src, dst)
+    fsync_dir(Path(dst).parent)
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike, permissions: int | None = None) -> None:
+    """Copy `src` to `dst` atomically: a reader (or a power cut) sees the old file or the whole new one."""
+    with open(src, "rb") as fin, atomic_write(dst, "wb", permissions) as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", permissions: int | None = None) -> Iterator[IO]:
-    """Write to a temporary file beside `path`, fsync it, then `os.replace` it into place.
+    """Write to a temporary file beside `path`, fsync it, `os.replace` it into place, then fsync the directory.
 
     If the block raises (or the process dies), `path` is untouched and no partial file is left under its name.
     `permissions` (e.g. 0o640 for a file holding a token) are set before the file appears under its name;
@@ -69,7 +96,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", permissions: int | N
             f.flush()
             os.fchmod(f.fileno(), _FILE_MODE if permissions is None else permissions)
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        replace_durably(tmp, target)
     except BaseException:
         if tmp is not None:
             with contextlib.suppress(OSError):

@@ -1,4 +1,4 @@
-"""Process-wide performance settings for CPU inference and training."""
+"""Process-wide malloc settings for training (not for the long-running service)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
     PyTorch's CPU kernels allocate and free tens of MB of activations per batch; by default glibc serves each
     with a fresh mmap and returns it with munmap, and the page faults cost more than the arithmetic
     (EfficientNet-Lite0 feature extraction on 2 cores: 28 img/s before, about 110 after). Memory is then held
-    at the process's working-set peak, which is what a training run or a steady service loop needs anyway.
+    at the process's working-set peak, up to `threshold_bytes` per block, and never given back.
+    For training only (`train` calls it): a long-running `edge serve` on a 4 GB board must get memory back after
+    a model reload, so the umbrella `edge` command does not apply it to every subcommand.
     Returns True when applied (Linux with glibc), False elsewhere.
     """
     global _applied

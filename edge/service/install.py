@@ -1,44 +1,56 @@
-"""`edge install-service`: install `edge serve` as the systemd service edge-camera.service.
+"""Install `edge serve` as the systemd service edge-camera.service (`edge install-service`).
 
-Steps (each skipped when already done; `--dry-run` only prints them):
+`plan_install(options)` checks everything first (the model and every file it needs, the source, the HTTP
+address and token, the final config exactly as `edge serve` will read it, the unit with `systemd-analyze verify`)
+and returns the steps; nothing is written until every check has passed, so a refusal leaves no file behind.
+The steps:
 1. the system user `edge-camera` (no login, no home) in the `video` group;
 2. /etc/systemd/system/edge-camera.service, with ExecStart pointing at this environment's `edge`;
-3. /etc/edge-camera/config.toml (from --model/--source/--http, or the example) and edge-camera.env (mode 0640),
-   kept if they exist (unless --force);
-4. the model copied into the state directory /var/lib/edge-camera (the service cannot read /home);
-5. `systemd-analyze verify`, `systemctl daemon-reload`, and `systemctl enable --now` (unless --no-start).
-`--root DIR` writes the files under DIR instead of / and runs no system commands (packaging, tests).
+3. /etc/edge-camera/config.toml and edge-camera.env (mode 0640): an existing file is kept, and only the keys the
+   flags name change in it (--force starts again from the templates);
+4. the model and the files it needs (an engine's JSON sidecar) copied into the state directory /var/lib/edge-camera
+   (the service cannot read /home);
+5. `systemctl daemon-reload`, `systemctl enable` and `systemctl restart` (unless --no-start).
+With `root` other than / the files go under that directory and no system command runs (packaging, tests).
 """
 
 from __future__ import annotations
 
-import argparse
 import grp
-import json
 import os
 import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import Callable
 
-from edge.core.errors import EdgeError, cli_entry
-from edge.core.fsutil import atomic_write_text
-from edge.service.config import build_config
+from edge.core.errors import EdgeError
+from edge.core.fsutil import atomic_copy, atomic_write_text
+from edge.runtime.sources import SourceConfigError, validate_source_uri
+from edge.runtime.sources.csi import NO_GSTREAMER
+from edge.service.config import TOKEN_ENV, build_config, load_config_file
+from edge.service.install_files import config_model_path, model_files, read_env_var, set_config_keys, set_env_var
 
 UNIT_NAME = "edge-camera.service"
 SERVICE_USER = "edge-camera"
 STATE_DIR = "/var/lib/edge-camera"
 CONFIG_DIR = "/etc/edge-camera"
+CONFIG_FILE = f"{CONFIG_DIR}/config.toml"
+ENV_FILE = f"{CONFIG_DIR}/edge-camera.env"
 UNIT_DIR = "/etc/systemd/system"
+UNIT_FILE = f"{UNIT_DIR}/{UNIT_NAME}"
+TEMPLATES = ("edge-camera.service", "config.toml", "edge-camera.env")
 
 
-def systemd_dir() -> Path:
-    """The repository's systemd/ folder (unit, env and config examples)."""
-    here = Path(__file__).resolve().parents[2] / "systemd"
-    if not (here / UNIT_NAME).is_file():
-        raise EdgeError(f"cannot find {UNIT_NAME} next to the package ({here}); run from a source checkout")
-    return here
+def template_text(name: str) -> str:
+    """A file shipped in edge/service/templates/ (package data, so it works from an installed wheel too)."""
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown template {name!r}; one of {', '.join(TEMPLATES)}")
+    return resources.files("edge.service").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 def edge_executable() -> Path:
@@ -70,153 +82,219 @@ def render_unit(template: str, edge_bin: Path, user: str = SERVICE_USER) -> str:
     return "\n".join(out) + "\n"
 
 
-def _toml_str(s: str) -> str:
-    # a JSON string is a valid TOML basic string, control characters escaped included
-    return json.dumps(s, ensure_ascii=False)
+def verify_unit(text: str) -> None:
+    """`systemd-analyze verify` the unit text (in a scratch directory) where the tool exists; EdgeError if rejected."""
+    if shutil.which("systemd-analyze") is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="edge-unit-") as d:
+        unit = Path(d) / UNIT_NAME
+        unit.write_text(text)
+        r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=120)
+    problems = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if UNIT_NAME in ln]
+    if r.returncode != 0 or problems:
+        raise EdgeError(f"systemd-analyze verify rejected the unit: {'; '.join(problems) or r.stderr.strip()}")
 
 
-def render_config(model: str, source: str, http: str | None, extra: dict[str, str | float | bool]) -> str:
-    lines = ["# /etc/edge-camera/config.toml, written by `edge install-service` (keys: `edge serve --help`)",
-             f"model = {_toml_str(model)}", f"source = {_toml_str(source)}"]
-    if http:
-        lines.append(f"http = {_toml_str(http)}")
-    for k, v in extra.items():
-        lines.append(f"{k} = {_toml_str(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}")
-    return "\n".join(lines) + "\n"
+@dataclass(frozen=True)
+class InstallOptions:
+    """What `edge install-service` was asked to do; None means "keep what the installed config says"."""
+
+    model: str | None = None
+    source: str | None = None
+    http: str | None = None
+    token: str | None = None
+    allow_no_token: bool = False
+    user: str = SERVICE_USER
+    root: Path = Path("/")
+    force: bool = False
+    start: bool = True
+    dry_run: bool = False
 
 
-class Installer:
-    def __init__(self, root: Path, dry_run: bool, force: bool, user: str) -> None:
+@dataclass
+class Step:
+    """One change to the system: `text` describes it, `action` does it (None: a command shown, never run here)."""
+
+    verb: str  # "write", "copy", "create", "run:"
+    text: str
+    action: Callable[[], None] | None
+
+
+@dataclass
+class InstallPlan:
+    steps: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def lines(self) -> list[str]:
+        """What the plan does, one line per step: "would ..." for what this run does not do itself."""
+        return [("would " if self.dry_run or s.action is None else "") + f"{s.verb} {s.text}" for s in self.steps]
+
+    def apply(self, report: Callable[[str], None]) -> None:
+        for line, step in zip(self.lines(), self.steps, strict=True):
+            report(line)
+            if step.action is not None and not self.dry_run:
+                step.action()
+
+
+class _Target:
+    """Paths and owners on the system being installed (/ or a --root directory)."""
+
+    def __init__(self, root: Path, user: str) -> None:
         self.root = root
         self.system = root == Path("/")
-        self.dry_run = dry_run
-        self.force = force
         self.user = user
 
     def path(self, p: str) -> Path:
         return self.root / p.lstrip("/")
 
-    def say(self, msg: str) -> None:
-        print(("would " if self.dry_run else "") + msg)
+    def chown(self, p: Path, group_only: bool = False) -> None:
+        if self.system:  # under --root the service user may not exist here
+            shutil.chown(p, user=None if group_only else self.user, group=self.user)
 
-    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess | None:
-        self.say("run: " + " ".join(argv))
-        if self.dry_run or not self.system:
-            return None
+
+def _run_step(target: _Target, *argv: str) -> Step:
+    def run() -> None:
         r = subprocess.run(argv, capture_output=True, text=True)
-        if check and r.returncode != 0:
-            raise EdgeError(f"`{' '.join(argv)}` failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
-        return r
+        if r.returncode != 0:
+            raise EdgeError(f"`{' '.join(argv)}` failed: {' '.join((r.stderr or r.stdout).strip().splitlines()[-1:])}")
 
-    def write(self, dest: str, text: str, mode: int, keep_existing: bool = False) -> None:
-        p = self.path(dest)
-        if keep_existing and p.exists() and not self.force:
-            print(f"keeping existing {dest} (--force to overwrite)")
-            return
-        self.say(f"write {dest} (mode {mode:o})")
-        if self.dry_run:
-            return
+    return Step("run:", " ".join(argv), run if target.system else None)
+
+
+def _write_step(target: _Target, dest: str, text: str, mode: int, group_only: bool = True) -> Step:
+    p = target.path(dest)
+
+    def write() -> None:
         p.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(p, text, permissions=mode)  # never briefly world-readable (the env file may hold a token)
+        target.chown(p, group_only=group_only)
 
-    def ensure_user(self) -> None:
-        try:
-            pwd.getpwnam(self.user)
-            exists = True
-        except KeyError:
-            exists = False
-        if not exists:
-            self.run("useradd", "--system", "--no-create-home", "--home-dir", STATE_DIR, "--shell", "/usr/sbin/nologin",
-                     "--user-group", "--groups", "video", self.user)
-        else:
-            try:
-                in_video = self.user in grp.getgrnam("video").gr_mem
-            except KeyError:
-                in_video = False
-            if not in_video:
-                self.run("usermod", "--append", "--groups", "video", self.user)
-
-    def chown(self, dest: str, group_only: bool = False) -> None:
-        if self.dry_run or not self.system:
-            return
-        shutil.chown(self.path(dest), user=None if group_only else self.user, group=self.user)
+    return Step("write", f"{p} (mode {mode:o})", write)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge install-service", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1])
-    p.add_argument("--model", help="model file to serve (copied into /var/lib/edge-camera)")
-    p.add_argument("--source", help="video source (default: keep the config's, csi://0 in the example)")
-    p.add_argument("--http", help="[HOST:]PORT for the web view/API (default 127.0.0.1:8080)")
-    p.add_argument("--user", default=SERVICE_USER, help=f"service user (default {SERVICE_USER})")
-    p.add_argument("--root", default="/", help="install under this directory instead of / (no system commands)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing config and environment file")
-    p.add_argument("--no-start", action="store_true", help="install and enable, but do not start now")
-    p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
-    return p
+def _user_steps(target: _Target) -> list[Step]:
+    try:
+        pwd.getpwnam(target.user)
+    except KeyError:
+        return [_run_step(target, "useradd", "--system", "--no-create-home", "--home-dir", STATE_DIR, "--shell",
+                          "/usr/sbin/nologin", "--user-group", "--groups", "video", target.user)]
+    try:
+        in_video = target.user in grp.getgrnam("video").gr_mem
+    except KeyError:
+        in_video = False
+    return [] if in_video else [_run_step(target, "usermod", "--append", "--groups", "video", target.user)]
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    root = Path(args.root).resolve()
-    inst = Installer(root, args.dry_run, args.force, args.user)
-    if inst.system and not args.dry_run and os.geteuid() != 0:
+def _read_existing(p: Path) -> str | None:
+    if not p.exists():
+        return None
+    try:
+        return p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgeError(f"cannot read the installed {p} ({e}); fix it or pass --force to write a new one") from e
+
+
+def _check_config(target: _Target, config_text: str, env_text: str, notes: list[str]) -> None:
+    """Read the config exactly as the service will (keys, types, the token rule, the source) before writing."""
+    with tempfile.TemporaryDirectory(prefix="edge-install-") as d:
+        p = Path(d) / "config.toml"
+        p.write_text(config_text, encoding="utf-8")
+        values = load_config_file(p)
+    token = read_env_var(env_text, TOKEN_ENV)
+    try:
+        cfg = build_config(values, {}, env={TOKEN_ENV: token} if token else {}, where_file=CONFIG_FILE)
+        _check_source(target, cfg.source, notes)
+    except EdgeError as e:
+        raise EdgeError(f"the service would not start: {e}") from e
+
+
+def _check_source(target: _Target, source: str, notes: list[str]) -> None:
+    """validate_source_uri as the service will see it: a relative path is relative to its working directory."""
+    uri = source.strip()
+    if "://" not in uri and not uri.isdigit() and not uri.startswith("/dev/video"):  # a file or folder
+        uri = str(target.path(uri) if uri.startswith("/") else target.path(STATE_DIR) / uri)
+    try:
+        validate_source_uri(uri)
+    except SourceConfigError as e:
+        if str(e) != NO_GSTREAMER or target.system:
+            raise
+        # --root installs for another machine: what matters there is that machine's OpenCV
+        notes.append(f"this machine's OpenCV has no GStreamer: {source} works only where OpenCV has it (JetPack's)")
+
+
+def plan_install(opts: InstallOptions) -> InstallPlan:
+    """Check everything `opts` asks for and return the steps that install it; EdgeError (nothing written) if not."""
+    target = _Target(Path(opts.root).resolve(), opts.user)
+    if target.system and not opts.dry_run and os.geteuid() != 0:
         raise EdgeError("installing a system service needs root: run `sudo edge install-service ...` "
                         "(or --dry-run to see the steps, --root DIR to write the files elsewhere)")
-    src = systemd_dir()
-    edge_bin = edge_executable()
-    unit = render_unit((src / UNIT_NAME).read_text(), edge_bin, args.user)
+    plan = InstallPlan(dry_run=opts.dry_run)
+    unit = render_unit(template_text("edge-camera.service"), edge_executable(), opts.user)
+    verify_unit(unit)
 
-    config_text = (src / "config.toml").read_text()
-    model_dest = None
-    if args.model:
-        model = Path(args.model).expanduser().resolve()
-        if not model.is_file():
-            raise EdgeError(f"--model {args.model!r}: no such file")
-        model_dest = f"{STATE_DIR}/{model.name}"
-    if args.model or args.source or args.http:
-        source = args.source or "csi://0"
-        http = args.http or "127.0.0.1:8080"
-        # validate exactly as `edge serve` will, so a typo fails now and not at the first boot
-        build_config({}, {"model": model_dest or f"{STATE_DIR}/model.onnx", "source": source, "http": http},
-                     env={"EDGE_TOKEN": "x"})
-        config_text = render_config(model_dest or f"{STATE_DIR}/model.onnx", source, http,
-                                    {"events": f"{STATE_DIR}/events.jsonl"})
+    copies: list[tuple[Path, str]] = []
+    config_keys: dict[str, object] = {}
+    if opts.model:
+        files = model_files(Path(opts.model).expanduser().resolve())
+        copies = [(f, f"{STATE_DIR}/{rel}") for f, rel in files]
+        config_keys["model"] = copies[0][1]
+    if opts.source is not None:
+        config_keys["source"] = opts.source
+    if opts.http is not None:
+        config_keys["http"] = opts.http
+    if opts.allow_no_token:
+        config_keys["allow_no_token"] = True
 
-    inst.ensure_user()
-    inst.write(f"{UNIT_DIR}/{UNIT_NAME}", unit, 0o644)
-    inst.write(f"{CONFIG_DIR}/config.toml", config_text, 0o640, keep_existing=not (args.model or args.source))
-    inst.chown(f"{CONFIG_DIR}/config.toml", group_only=True)
-    inst.write(f"{CONFIG_DIR}/edge-camera.env", (src / "edge-camera.env").read_text(), 0o640, keep_existing=True)
-    inst.chown(f"{CONFIG_DIR}/edge-camera.env", group_only=True)
-    state = inst.path(STATE_DIR)
-    inst.say(f"create {STATE_DIR} (owner {args.user})")
-    if not args.dry_run:
-        state.mkdir(parents=True, exist_ok=True)
-        os.chmod(state, 0o750)
-        inst.chown(STATE_DIR)
-    if args.model and model_dest:
-        inst.say(f"copy {args.model} -> {model_dest}")
-        if not args.dry_run:
-            shutil.copy2(Path(args.model).expanduser(), inst.path(model_dest))
-            inst.chown(model_dest)
-    if shutil.which("systemd-analyze") and not args.dry_run:
-        r = subprocess.run(["systemd-analyze", "verify", str(inst.path(f"{UNIT_DIR}/{UNIT_NAME}"))],
-                           capture_output=True, text=True)
-        problems = [ln for ln in (r.stderr + r.stdout).splitlines() if UNIT_NAME in ln]
-        if r.returncode != 0 or problems:
-            raise EdgeError(f"systemd-analyze verify rejected the unit: {'; '.join(problems) or r.stderr.strip()}")
-        print("systemd-analyze verify: ok")
-    inst.run("systemctl", "daemon-reload")
-    inst.run("systemctl", "enable", UNIT_NAME)
-    if not args.no_start:
-        inst.run("systemctl", "restart", UNIT_NAME)
-    if inst.system and not args.dry_run:
-        print(f"installed. status: systemctl status edge-camera; logs: journalctl -u edge-camera -f; "
-              f"config: {CONFIG_DIR}/config.toml")
-    return 0
+    config_text = None if opts.force else _read_existing(target.path(CONFIG_FILE))
+    env_text = None if opts.force else _read_existing(target.path(ENV_FILE))
+    if config_text is not None and not config_keys:
+        plan.notes.append(f"keeping {target.path(CONFIG_FILE)} as it is (--force to start again from the example)")
+    elif config_text is not None:
+        plan.notes.append(f"keeping {target.path(CONFIG_FILE)}; changing only {', '.join(config_keys)}")
+    new_config = set_config_keys(config_text if config_text is not None else template_text("config.toml"), config_keys)
+    token = opts.token or os.environ.get(TOKEN_ENV) or None
+    new_env = env_text if env_text is not None else template_text("edge-camera.env")
+    if token:
+        new_env = set_env_var(new_env, TOKEN_ENV, token)
+    _check_config(target, new_config, new_env, plan.notes)
+
+    plan.steps += _user_steps(target)
+    plan.steps.append(_write_step(target, UNIT_FILE, unit, 0o644, group_only=False))
+    if new_config != config_text:
+        plan.steps.append(_write_step(target, CONFIG_FILE, new_config, 0o640))
+    if new_env != env_text:
+        plan.steps.append(_write_step(target, ENV_FILE, new_env, 0o640))
+    plan.steps.append(_state_dir_step(target))
+    plan.steps += [_copy_step(target, src, dest) for src, dest in copies]
+    model_in_config = config_model_path(new_config)
+    if model_in_config and not copies and not target.path(model_in_config).is_file():
+        plan.notes.append(f"the config's model {target.path(model_in_config)} does not exist yet: copy one there "
+                          f"or pass --model (the service will not start without it)")
+    plan.steps.append(_run_step(target, "systemctl", "daemon-reload"))
+    plan.steps.append(_run_step(target, "systemctl", "enable", UNIT_NAME))
+    if opts.start:
+        plan.steps.append(_run_step(target, "systemctl", "restart", UNIT_NAME))
+    return plan
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+def _state_dir_step(target: _Target) -> Step:
+    p = target.path(STATE_DIR)
+
+    def create() -> None:
+        p.mkdir(parents=True, exist_ok=True)
+        os.chmod(p, 0o750)
+        target.chown(p)
+
+    return Step("create", f"{p} (mode 750, owner {target.user})", create)
+
+
+def _copy_step(target: _Target, src: Path, dest: str) -> Step:
+    p = target.path(dest)
+
+    def copy() -> None:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_copy(src, p, permissions=0o640)  # a service reload never sees half a model
+        target.chown(p)
+
+    return Step("copy", f"{src} -> {p}", copy)
