@@ -1,0 +1,182 @@
+"""Fit and calibrate a model's novelty score (edge.core.novelty) from the features the trainer already has.
+
+`fit_novelty(train_features, val_features)` builds the bank from the training images' features (head mode's
+cache of clean and augmented views is passed as it is; the clean views go into the bank by default), capped at
+`max_bank` rows, and sets the threshold at the `keep`
+quantile of the novelty of images that are not in the bank: the validation images, or, without a validation set,
+the last slice of each class's training images (held out of the bank while calibrating, then added back).
+
+The features must come from the backbone the model ships with: after full fine-tuning, extract them again with
+the final weights (head mode's cached features already are).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import torch
+
+from edge.core.errors import EdgeError
+from edge.core.novelty import (
+    DEFAULT_K,
+    UNKNOWN_LABEL,
+    NoveltyReport,
+    NoveltyScorer,
+    normalize_rows,
+)
+
+log = logging.getLogger(__name__)
+
+Tensor = torch.Tensor
+
+DEFAULT_KEEP = 0.95
+# Measured in benchmarks/bench_novelty.py: cutting the bank to 1/2..1/4 moves AUROC by <= 0.01 with any selection
+# (stride, farthest-point, random, k-means alike), so the cap is 2048 rows (lite0: 10.5 MB float32) and the free,
+# deterministic stride is the default; augmented views in the bank did not raise AUROC (clean-only was as good or
+# better in 4 of 5 unsaturated cases, and kept as many knowns under a lighting change) at 4x the size.
+DEFAULT_MAX_BANK = 2048
+BANK_SELECTIONS = ("stride", "farthest")
+DEFAULT_SELECTION = "stride"
+DEFAULT_BANK_VIEWS = 1  # the clean view of each training image
+HOLDOUT_FRACTION = 0.2
+UNCALIBRATED_THRESHOLD = 2.0  # the largest cosine distance: nothing is ever called unknown
+_CHUNK = 1024
+
+
+def select_bank(features: Tensor, max_size: int, selection: str = DEFAULT_SELECTION) -> Tensor:
+    """Indices (sorted) of at most `max_size` rows of L2-normalised `features` to keep in the bank.
+
+    "stride": every (N / max_size)-th row, so each class (the trainer lists them in blocks) keeps its share.
+    "farthest": greedy farthest-point sampling in cosine distance from row 0, which thins near-duplicate frames
+    first and keeps rare views (O(max_size x N x D): about 2 s for 8192 -> 2048 rows of 1280 on a desktop CPU).
+    Both are deterministic.
+    """
+    n = features.shape[0]
+    if max_size < 1:
+        raise EdgeError(f"novelty bank size must be >= 1, got {max_size}")
+    if selection not in BANK_SELECTIONS:
+        raise EdgeError(f"unknown bank selection {selection!r}; choose one of: {', '.join(BANK_SELECTIONS)}")
+    if n <= max_size:
+        return torch.arange(n, device=features.device)
+    if selection == "stride":
+        return torch.linspace(0, n - 1, max_size, device=features.device).round().long().unique()
+    chosen = torch.empty(max_size, dtype=torch.long, device=features.device)
+    chosen[0] = 0
+    distance = 1.0 - features @ features[0]
+    for i in range(1, max_size):
+        nxt = torch.argmax(distance)
+        chosen[i] = nxt
+        distance = torch.minimum(distance, 1.0 - features @ features[nxt])
+    return chosen.sort().values
+
+
+def holdout_images(n_images: int, labels: Sequence[int] | None = None, fraction: float = HOLDOUT_FRACTION) -> list[int]:
+    """Indices of the training images to hold out for calibration: the last `fraction` of each class, in order.
+
+    The trainer lists each class's files sorted by name, so with capture's time-stamped names this is the most
+    recent stretch of frames: calibrating on it does not lean on near-duplicates of neighbouring bank frames as
+    a random pick would. A class keeps at least one image in the bank.
+    """
+    labels = list(labels) if labels is not None else [0] * n_images
+    if len(labels) != n_images:
+        raise EdgeError(f"{len(labels)} training labels for {n_images} training images")
+    by_class: dict[int, list[int]] = {}
+    for i, c in enumerate(labels):
+        by_class.setdefault(int(c), []).append(i)
+    held: list[int] = []
+    for members in by_class.values():
+        take = min(math.ceil(len(members) * fraction), len(members) - 1)
+        held += members[len(members) - take:] if take > 0 else []
+    return sorted(held)
+
+
+def _scores(scorer: NoveltyScorer, features: Tensor) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([scorer(features[i:i + _CHUNK]) for i in range(0, len(features), _CHUNK)])
+
+
+def _bank(rows: Tensor, k: int, max_bank: int, selection: str, dtype: torch.dtype) -> NoveltyScorer:
+    unit = normalize_rows(rows)
+    return NoveltyScorer(unit[select_bank(unit, max_bank, selection)].to(dtype), k)
+
+
+def fit_novelty(
+    train_features: Tensor,
+    val_features: Tensor | None,
+    keep: float = DEFAULT_KEEP,
+    k: int = DEFAULT_K,
+    *,
+    views: int = 1,
+    bank_views: int = DEFAULT_BANK_VIEWS,
+    train_labels: Sequence[int] | None = None,
+    max_bank: int = DEFAULT_MAX_BANK,
+    selection: str = DEFAULT_SELECTION,
+    bank_dtype: torch.dtype = torch.float32,
+    holdout_fraction: float = HOLDOUT_FRACTION,
+) -> tuple[NoveltyScorer, NoveltyReport]:
+    """Build the novelty bank and calibrate its threshold -> (scorer, report).
+
+    train_features: [views * n, D] (or [views * n, C, H, W] maps), view-major like the trainer's cache: rows
+    v*n .. v*n+n-1 are view v of the n training images, view 0 the clean one; the first `bank_views` views go
+    into the bank. val_features: [M, D] clean validation images, or None / empty to hold out a slice of the
+    training images (train_labels, [n] class indices, make that slice per class). The scorer is on
+    train_features' device.
+    """
+    if not 0.0 < keep <= 1.0:
+        raise EdgeError(f"novelty keep must be in (0, 1], got {keep}; 0.95 keeps 95% of known images")
+    if not 0.0 < holdout_fraction < 1.0:
+        raise EdgeError(f"novelty holdout fraction must be in (0, 1), got {holdout_fraction}")
+    total = int(train_features.shape[0])
+    if views < 1 or total < views or total % views:
+        raise EdgeError(f"{total} training feature rows are not {views} views of the same images")
+    n = total // views
+    shape = train_features.shape[1:]
+    per_view = train_features.reshape(views, n, *shape)[:max(1, min(bank_views, views))]
+    candidates = per_view.reshape(-1, *shape)
+    scorer = _bank(candidates, k, max_bank, selection, bank_dtype)
+    note = ""
+    if val_features is not None and len(val_features) > 0:
+        calibration, calib = "val", _scores(scorer, val_features)
+    else:
+        held = holdout_images(n, train_labels, holdout_fraction)
+        if held:
+            in_bank = torch.ones(n, dtype=torch.bool)
+            in_bank[held] = False
+            in_bank = in_bank.to(train_features.device)
+            calib_scorer = _bank(per_view[:, in_bank].reshape(-1, *shape), k, max_bank, selection, bank_dtype)
+            calibration, calib = "train-holdout", _scores(calib_scorer, per_view[0, ~in_bank])
+            note = (f"no validation images: threshold from the last {holdout_fraction:.0%} of each class's training "
+                    f"images ({len(held)}), held out of the bank while calibrating, then added back")
+        else:
+            calibration, calib = "none", torch.empty(0)
+            note = "too few training images to hold any out: not calibrated, nothing is called unknown"
+    calib = calib.double().cpu()
+    if len(calib):
+        threshold = float(torch.quantile(calib, keep))
+        if len(calib) < 20:
+            note = (note + "; " if note else "") + f"only {len(calib)} calibration images: the threshold is rough"
+    else:
+        threshold = UNCALIBRATED_THRESHOLD
+    unknown = int((calib > threshold).sum())
+    report = NoveltyReport(
+        k=scorer.k,
+        threshold=threshold,
+        keep=keep,
+        bank_size=int(scorer.bank.shape[0]),
+        bank_candidates=len(candidates),
+        bank_selection="all" if len(candidates) <= max_bank else selection,
+        bank_dtype=str(bank_dtype).replace("torch.", ""),
+        feature_dim=scorer.feature_dim,
+        calibration=calibration,
+        calibration_images=len(calib),
+        calibration_unknown=unknown,
+        calibration_unknown_fraction=unknown / len(calib) if len(calib) else 0.0,
+        calibration_novelty_median=float(calib.median()) if len(calib) else 0.0,
+        note=note,
+    )
+    log.info("%s", report.summary())
+    if note:
+        log.info("novelty: %s (above the threshold a prediction is %r)", note, UNKNOWN_LABEL)
+    return scorer, report
