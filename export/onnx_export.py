@@ -62,6 +62,15 @@ def check_opset(opset: int) -> int:
     return opset
 
 
+def half_precision_runs_on_cpu() -> bool:
+    """Tracing an fp16 model runs it on the CPU; torch < 2.2 has no half-precision convolution there."""
+    try:
+        torch.nn.functional.conv2d(torch.zeros(1, 1, 2, 2, dtype=torch.half), torch.zeros(1, 1, 1, 1, dtype=torch.half))
+    except RuntimeError:
+        return False
+    return True
+
+
 def default_onnx_path(checkpoint: str | os.PathLike, fp16: bool = False) -> Path:
     """`runs/x/model.pt` -> `runs/x/model.onnx` (or `model.fp16.onnx`)."""
     p = Path(checkpoint)
@@ -178,6 +187,11 @@ def export_onnx_verified(
         "input_shape": ["batch", 3, size, size],
         "exporter": f"torch {torch.__version__} torch.onnx (TorchScript)",
     }
+    if fp16 and not half_precision_runs_on_cpu():
+        raise EdgeError(
+            f"--fp16 ONNX export on the CPU needs torch >= 2.2 (this is {torch.__version__}, which has no half-precision "
+            "convolution on the CPU); export fp32 and build the engine with --fp16 on the device"
+        )
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=TEMP_PREFIX, suffix=".onnx")
     os.close(fd)
     tmp = Path(tmp_name)

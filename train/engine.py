@@ -55,7 +55,7 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loader: Iterable,
-                    device: torch.device, scaler: torch.amp.GradScaler,
+                    device: torch.device, scaler: "torch.amp.GradScaler",
                     progress: Callable[[Iterable], Any] | None = None) -> dict[str, float]:
     """One pass over `loader`, stepping the LR schedule per batch; AMP when `scaler` is enabled.
 
@@ -124,3 +124,10 @@ class EarlyStopper:
     @property
     def should_stop(self) -> bool:
         return self.stale >= self.patience
+
+
+def make_grad_scaler(enabled: bool):
+    """AMP loss scaler for CUDA: `torch.amp.GradScaler` where it exists (torch >= 2.3), else the older CUDA one."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)

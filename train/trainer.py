@@ -40,6 +40,7 @@ from .engine import (
     TensorBatches,
     autocast,
     evaluate,
+    make_grad_scaler,
     train_one_epoch,
     warmup_cosine,
 )
@@ -242,7 +243,7 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
     """Epochs `first`..stage.epochs of `stage`; `resume`: this stage's last.pt, to continue where it stopped."""
     cuda = job.device.type == "cuda"
     optimizer = torch.optim.AdamW(stage.param_groups, weight_decay=job.cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=stage.amp and cuda)
+    scaler = make_grad_scaler(enabled=stage.amp and cuda)
     if resume and "optimizer" in resume:
         optimizer.load_state_dict(resume["optimizer"])
         if resume.get("scaler") and scaler.is_enabled():
@@ -286,7 +287,7 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
 
 
 def save_last(job: Job, progress: Progress, stage: str, epoch: int, stopped_early: bool,
-              optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+              optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler") -> None:
     buf = io.BytesIO()
     torch.save({
         "arch": job.cfg.arch, "class_names": job.info.classes, "stage": stage, "epoch": epoch,
