@@ -211,6 +211,46 @@ def test_read_latest_times_out_and_returns_none_when_stopped():
         assert time.monotonic() - t0 < 0.3
 
 
+def test_poll_latest_never_waits_and_frame_callbacks_wake_a_consumer():
+    opened: list[FakeSource] = []
+    cam = make_camera(lambda: FakeSource(opened, period=0.01, end_after=20, is_live=False))
+    assert cam.poll_latest() is None  # nothing captured yet, and no waiting for it
+    rang = threading.Event()
+    calls = []
+
+    def ring():
+        calls.append(cam.state)
+        rang.set()
+
+    cam.add_frame_callback(ring)
+    with cam:
+        assert rang.wait(5)
+        frame, fid, _ = cam.poll_latest()
+        assert index_of(frame) == fid
+        t = time.monotonic()
+        assert cam.poll_latest(after_id=fid + 1000) is None and time.monotonic() - t < 0.05
+        assert wait_until(lambda: cam.state == "ended")
+    assert len(calls) >= 21 and "ended" in calls  # one per frame, and the end wakes the consumer too
+    cam.remove_frame_callback(ring)
+    seen = len(calls)
+    with cam:  # restarted: callbacks removed are not called again
+        assert cam.read_latest(timeout=5) is not None
+    assert len(calls) == seen
+
+
+def test_a_failing_frame_callback_does_not_stop_capture(caplog):
+    cam = make_camera(lambda: FakeSource([]))
+
+    def broken():
+        raise RuntimeError("consumer bug")
+
+    cam.add_frame_callback(broken)
+    with cam:
+        assert wait_until(lambda: cam.frame_id >= 10)
+        assert cam.state == "streaming"
+    assert caplog.text.count("a frame callback raised") == 1
+
+
 def test_a_failing_value_observer_does_not_stop_capture():
     def bad(change):
         raise ValueError("observer bug")

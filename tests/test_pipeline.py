@@ -21,7 +21,7 @@ from edge.runtime.sources.adapters import PrefetchSource
 
 
 class FakeBackend:
-    """Probabilities from the frame's mean brightness (bright -> first class); optional fixed latency."""
+    """Probabilities from each frame's mean brightness (bright -> first class); optional fixed latency."""
 
     name = "fake"
 
@@ -35,7 +35,7 @@ class FakeBackend:
         self.calls += 1
         if self.delay:
             time.sleep(self.delay)
-        b = float(np.clip(batch.mean() * 0.5 + 0.5, 0, 1))  # input normalised to [-1, 1]
+        b = np.clip(batch.mean(axis=(1, 2, 3)) * 0.5 + 0.5, 0, 1)  # per frame; input normalised to [-1, 1]
         p = np.zeros((batch.shape[0], len(self.meta.class_names)), np.float32)
         p[:, 0], p[:, 1] = b, 1 - b
         return p
