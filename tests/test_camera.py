@@ -263,6 +263,27 @@ def test_a_failing_value_observer_does_not_stop_capture():
         assert cam.state == "streaming"
 
 
+def test_stop_returns_with_capture_stopped_while_frames_are_being_published():
+    """stop() must not hand its work to the notifier thread (traitlets' hold_trait_notifications captures the
+    `running` change of every thread while it holds): when it returns, capture has stopped, whatever the timing."""
+
+    class Full(FrameSource):  # full-size frames: setting `value` takes long enough to be caught in the act
+        uri, is_live = "full://", True
+
+        def read(self):
+            time.sleep(0.0005)
+            return np.zeros((480, 640, 3), np.uint8)
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        cam = make_camera(Full)
+        cam.start()
+        assert cam.read_latest(timeout=5) is not None
+        time.sleep(rng.uniform(0, 0.01))
+        cam.stop()
+        assert cam.state == "stopped" and not cam._reader.is_alive() and not cam._notifier.is_alive()
+
+
 def test_slow_observer_does_not_slow_capture():
     opened: list[FakeSource] = []
     cam = make_camera(lambda: FakeSource(opened, period=0.002))

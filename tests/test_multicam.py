@@ -129,6 +129,33 @@ def test_per_camera_outputs_get_only_their_camera_and_shared_outputs_get_all():
     assert [c["name"] for c in s["cameras"]] == ["door", "belt"]
 
 
+def test_a_bad_frame_fails_alone_and_a_failed_batch_counts_each_frame(caplog):
+    good = ScriptedCamera([frame(255)] * 3)
+    gray = ScriptedCamera([np.zeros((48, 64), np.uint8)] * 3)  # not a BGR frame: preprocessing raises
+    preds = []
+    pipe = Pipeline([good, gray], RecordingBackend(), listeners=[lambda p, t: preds.append(p)])
+    pipe.run()
+    assert [(p.camera, p.frame_id) for p in preds] == [(0, 0), (0, 1), (0, 2)]
+    assert pipe.backend.sizes == [1, 1, 1]  # the bad frame never reached the model
+    s = pipe.stats
+    assert s["errors"] == 3 and [c["errors"] for c in s["cameras"]] == [0, 3]
+    assert "camera 1 frame 0 failed" in caplog.text
+
+    class FailsOnce(RecordingBackend):
+        def infer(self, batch):
+            if len(self.sizes) == 1:
+                self.sizes.append(batch.shape[0])
+                raise RuntimeError("cuda hiccup")
+            return super().infer(batch)
+
+    preds.clear()
+    pipe = Pipeline([ScriptedCamera([frame(0)] * 3) for _ in range(2)], FailsOnce(),
+                    listeners=[lambda p, t: preds.append(p)])
+    pipe.run()
+    assert sorted((p.camera, p.frame_id) for p in preds) == [(0, 0), (0, 2), (1, 0), (1, 2)]
+    assert pipe.stats["errors"] == 2 and [c["errors"] for c in pipe.stats["cameras"]] == [1, 1]
+
+
 def test_plain_sources_are_prefetched_and_a_camera_that_cannot_be_polled_is_refused():
     preds = []
     pipe = Pipeline([ListSource([frame(255)] * 5), ListSource([frame(0)] * 3)], FakeBackend(delay=0.005),
@@ -160,7 +187,7 @@ def test_test_uri_cameras_are_batched_on_one_thread():
                           and len(by_camera(list(preds))) == 2, timeout=20)
     finally:
         pipe.stop()
-    assert not pipe.running and all(c.state == "stopped" for c in cams)  # started here, so stopped here
+    assert not pipe.running and all(c.state == "stopped" for c in cams), [c.state for c in cams]  # started here
     sizes = backend.sizes
     assert max(sizes) == 2 and sizes.count(2) >= len(sizes) * 0.7  # mostly full batches
     s = pipe.stats
@@ -170,6 +197,23 @@ def test_test_uri_cameras_are_batched_on_one_thread():
         assert ids == sorted(set(ids))
         assert s["cameras"][cam]["drops"] > 0  # 60 fps in, ~30 fps out: the newest frame wins
         assert s["cameras"][cam]["state"] == "stopped" and s["cameras"][cam]["fps"] > 0
+
+
+def test_swap_backend_restarts_every_cameras_smoothing_with_the_new_labels():
+    cams = [Camera(f"test://?width=64&height=48&fps=60&seed={i}") for i in range(2)]
+    old, new = FakeBackend(), FakeBackend(names=("light", "night"))
+    pipe = Pipeline(cams, old).start()
+    try:
+        assert wait_until(lambda: all(s.latest is not None for s in pipe.slots), timeout=10)
+        pipe.swap_backend(new)
+        assert old.closed
+        calls = new.calls
+        assert wait_until(lambda: new.calls > calls + 2, timeout=10)
+        assert wait_until(lambda: all(s.latest.label in ("light", "night") for s in pipe.slots), timeout=10)
+        assert all(s.smoother.class_names == ["light", "night"] for s in pipe.slots)
+        assert pipe.stats["swaps"] == 1
+    finally:
+        pipe.stop()
 
 
 class Switchable(FrameSource):

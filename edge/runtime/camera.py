@@ -348,11 +348,13 @@ class Camera(traitlets.HasTraits):
             self._watchdog()
 
     def _set_frame_traits(self, latest: tuple[np.ndarray, int, float]) -> None:
+        # one by one, not under hold_trait_notifications(): that swaps the instance's notify_change for every
+        # thread, so a `running = False` set by stop() meanwhile would be run later on this thread, and stop()
+        # would return with capture still going
         try:
-            with self.hold_trait_notifications():
-                self.frame_id = latest[1]
-                self.frame_time = latest[2]
-                self.value = latest[0]
+            self.frame_id = latest[1]
+            self.frame_time = latest[2]
+            self.value = latest[0]  # last: a `value` observer reads the matching frame_id and frame_time
         except Exception:
             if not self._observer_failed:  # once: a broken callback must not flood the log
                 self._observer_failed = True
