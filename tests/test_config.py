@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -154,9 +156,35 @@ def test_print_config_hides_token(capsys):
     assert out["token"] == "***" and out["http"] == "0.0.0.0:1" and out["model"] == "m.pt"
 
 
-def test_backend_and_device_choices_match_the_runtime():
-    # config keeps its own copies so `edge serve --help` imports no cv2/numpy; they must not drift
-    from edge.runtime.backends import BACKEND_CHOICES, DEVICE_CHOICES
-    from edge.service.config import BACKENDS, DEVICES
+def test_reading_the_config_imports_no_image_or_array_library():
+    # `edge serve --help` and a config error must answer at once, before cv2/numpy/torch load
+    code = ("import sys; from edge.service.config import add_arguments, config_from_args; "
+            "heavy = [m for m in ('cv2', 'numpy', 'torch', 'onnxruntime') if m in sys.modules]; "
+            "sys.exit(f'imported {heavy}' if heavy else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
 
-    assert BACKENDS == BACKEND_CHOICES and DEVICES == DEVICE_CHOICES
+
+def test_allowed_hosts_from_flags_and_file(tmp_path):
+    cfg = _cfg(["--model", "m", "--source", "0", "--http", "8080", "--allowed-hosts", "Jetson.local, cam.example.com."])
+    assert cfg.allowed_host_names == ("jetson.local", "cam.example.com")
+    f = tmp_path / "serve.toml"
+    f.write_text('model = "m"\nsource = "0"\nhttp = 8080\nallowed_hosts = ["jetson.local", "10.0.0.5"]\n')
+    assert _cfg(["--config", str(f)]).allowed_host_names == ("jetson.local", "10.0.0.5")
+    f.write_text('model = "m"\nsource = "0"\nhttp = 8080\nallowed-hosts = "jetson.local"\n')
+    assert _cfg(["--config", str(f)]).allowed_host_names == ("jetson.local",)
+    assert _cfg(["--model", "m", "--source", "0", "--http", "8080"]).allowed_host_names == ()
+
+
+@pytest.mark.parametrize("value", ["http://jetson.local", "jetson.local:8080", "a b", "jetson.local,,x", ",", "cam_1.local"])
+def test_bad_allowed_hosts_name_the_entry(value):
+    with pytest.raises(EdgeError) as e:
+        _cfg(["--model", "m", "--source", "0", "--http", "8080", "--allowed-hosts", value])
+    msg = str(e.value)
+    assert msg.startswith("--allowed-hosts: allowed_hosts ") and "\n" not in msg
+    assert "host name" in msg or "must not be empty" in msg
+
+
+def test_allowed_hosts_needs_http():
+    with pytest.raises(EdgeError, match="--allowed-hosts is set but --http is not"):
+        _cfg(["--model", "m", "--source", "0", "--allowed-hosts", "jetson.local"])

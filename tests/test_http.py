@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import socket
 import threading
 import time
@@ -89,7 +91,7 @@ def read_mjpeg_frames(sock_file, n: int) -> list[bytes]:
 
 def open_stream(url_host: str, port: int, path: str = "/stream.mjpg"):
     s = socket.create_connection((url_host, port), timeout=5)
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {url_host}:{port}\r\n\r\n".encode())
     f = s.makefile("rb")
     status = f.readline()
     while f.readline() not in (b"\r\n", b""):
@@ -189,7 +191,7 @@ def test_slow_and_vanishing_clients_never_block_the_pipeline(server):
     # a client that connects and never reads, and one that disconnects mid-stream
     stuck = socket.create_connection((host, port), timeout=5)
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stuck.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    stuck.sendall(f"GET /stream.mjpg HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
     s, f, status = open_stream(host, port)
     assert b"200" in status
     big = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)  # large, incompressible JPEGs
@@ -255,3 +257,137 @@ def test_stop_ends_streaming_clients_quickly(server):
     app.stream.close()
     assert time.monotonic() - t0 < 3.0
     s.close()
+
+
+def raw_get(port: int, path: str, host: str | None) -> tuple[bytes, bytes]:
+    """(status line, body) of a request with exactly this Host header (None: no Host line, as HTTP/1.0 tools do)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        head = f"GET {path} HTTP/1.1\r\n" + (f"Host: {host}\r\n" if host is not None else "") + "Connection: close\r\n"
+        s.sendall((head + "\r\n").encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status, _, rest = data.partition(b"\r\n")
+    return status, rest.partition(b"\r\n\r\n")[2]
+
+
+def test_host_header_must_name_this_machine():
+    """DNS rebinding: a page on attacker.example re-points its name at 127.0.0.1 and reads what we serve. Its
+    requests say `Host: attacker.example`: refused with an empty 403; this machine's names and any IP are served."""
+    app = FakeApp()
+    srv = HttpServer("127.0.0.1", 0, app, allowed_hosts=("jetson.local",))
+    srv.start()
+    port = srv.server_address[1]
+    try:
+        for host in ("attacker.example", f"attacker.example:{port}", "jetson.local.attacker.example",
+                     f"user@127.0.0.1:{port}", "", "[::1"):
+            for path in ("/snapshot.jpg", "/stream.mjpg", "/api/prediction", "/healthz", "/"):
+                status, body = raw_get(port, path, host)
+                assert b" 403 " in status and body == b"", (host, path, status)
+        for host in (f"127.0.0.1:{port}", "127.0.0.1", f"localhost:{port}", "LOCALHOST.", f"[::1]:{port}", "[::1]",
+                     f"jetson.local:{port}", "Jetson.Local", f"192.168.1.7:{port}", None):
+            status, body = raw_get(port, "/api/prediction", host)
+            assert b" 200 " in status and json.loads(body)["label"] == "up", host
+    finally:
+        srv.stop()
+        app.stream.close()
+
+
+def test_the_bound_host_name_is_allowed():
+    app = FakeApp()
+    srv = HttpServer("localhost", 0, app)
+    srv.start()
+    try:
+        assert b" 200 " in raw_get(srv.server_address[1], "/healthz", "localhost")[0]
+        assert srv.host_allowed("LocalHost:80") and not srv.host_allowed("cam.example")
+    finally:
+        srv.stop()
+        app.stream.close()
+
+
+def test_the_token_is_never_logged(token_server, caplog):
+    srv, _ = token_server
+    caplog.set_level(logging.DEBUG, logger="edge.service.http")
+    assert get(srv.url + "api/prediction?token=s3cret")[0] == 200
+    assert get(srv.url + "metrics?x=1&token=s3cret")[0] == 200
+    assert get(srv.url + "api/prediction?token=s3cretx")[0] == 401
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "GET /api/prediction?token=***" in logged and "x=1&token=***" in logged
+    assert "s3cret" not in logged
+
+
+def test_a_new_viewer_never_gets_a_picture_from_before_it_came(server):
+    """Frames are not encoded while nobody watches, so the JPEG kept from the last viewer may be hours old: a new
+    viewer (stream or snapshot) gets the next fresh frame instead."""
+    srv, app = server
+    host, port = srv.server_address[:2]
+    s, f, _ = open_stream(host, port)
+    deadline = time.monotonic() + 5
+    while app.stream.clients < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    dark = np.full((48, 64, 3), 10, np.uint8)
+    app.stream.write(dark, None)
+    assert read_mjpeg_frames(f, 1)  # the first viewer saw the dark frame
+    f.close()
+    s.close()
+    deadline = time.monotonic() + 5
+    while app.stream.clients and time.monotonic() < deadline:  # its thread notices on the next frame it sends
+        app.stream.write(dark, None)
+        time.sleep(0.05)
+    assert app.stream.clients == 0
+    bright = np.full((48, 64, 3), 240, np.uint8)
+    stop = threading.Event()
+
+    def feed_bright() -> None:
+        while not stop.is_set():
+            app.stream.write(bright, None)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=feed_bright, daemon=True)
+    s, f, _ = open_stream(host, port)
+    t.start()
+    try:
+        first = read_mjpeg_frames(f, 1)[0]
+        status, _, snapshot = get(srv.url + "snapshot.jpg")
+    finally:
+        stop.set()
+        t.join()
+        f.close()
+        s.close()
+    import cv2
+
+    assert cv2.imdecode(np.frombuffer(first, np.uint8), cv2.IMREAD_GRAYSCALE).mean() > 200
+    assert status == 200 and cv2.imdecode(np.frombuffer(snapshot, np.uint8), cv2.IMREAD_GRAYSCALE).mean() > 200
+
+
+def _luminance(hex_color: str) -> float:
+    """WCAG relative luminance of #rgb / #rrggbb."""
+    h = hex_color.lstrip("#")
+    h = "".join(c * 2 for c in h) if len(h) == 3 else h
+    channels = [int(h[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def _css_color(css: str, selector: str, prop: str) -> str | None:
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    for sel, body in re.findall(r"([^{}]+)\{([^}]*)\}", css):
+        if selector in [x.strip() for x in sel.split(",")]:
+            m = re.search(rf"(?:^|;)\s*{prop}\s*:\s*(#[0-9a-fA-F]{{3,6}})", body)
+            if m:
+                return m.group(1)
+    return None
+
+
+def test_page_links_are_readable_on_the_dark_background():
+    """Links on the live page: WCAG AA contrast (4.5:1) against the page background, visited links too (the
+    browser's default blue on near-black is about 2:1)."""
+    from edge.service.http import page_html
+
+    css = re.search(r"<style>(.*?)</style>", page_html().decode(), re.S).group(1)
+    background = _luminance(_css_color(css, "body", "background"))
+    for selector in ("a", "a:visited"):
+        color = _css_color(css, selector, "color")
+        assert color, f"no color for {selector} in the page's stylesheet (browser default: unreadable)"
+        light, dark = sorted((_luminance(color), background), reverse=True)
+        assert (light + 0.05) / (dark + 0.05) >= 4.5, (selector, color)

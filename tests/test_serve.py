@@ -3,6 +3,9 @@
 The model is a real SqueezeNet 1.1 checkpoint whose weights are set by hand so that it classifies frame
 brightness: white -> "up", black -> "down", mid-grey -> 50/50 (so `--threshold 0.9` shows "unknown"). The test
 video loops 2 s white, 2 s black, 2 s grey at 10 fps, so every label change is predictable to the frame.
+
+Tests pass in any order (pytest-randomly): the shared `svc` is only read, never signalled or killed; a test that
+signals, stops or reloads a service starts its own (`serve` fixture).
 """
 
 from __future__ import annotations
@@ -103,10 +106,11 @@ class NotifyCollector:
                 return
 
     def first(self, prefix: str) -> float | None:
-        return next((t for t, m in self.messages if m.startswith(prefix)), None)
+        """When the first datagram with a line starting with `prefix` came (READY=1 carries a STATUS= line too)."""
+        return next((t for t, m in self.messages if any(ln.startswith(prefix) for ln in m.splitlines())), None)
 
     def count(self, prefix: str) -> int:
-        return sum(m.startswith(prefix) for _, m in self.messages)
+        return sum(any(ln.startswith(prefix) for ln in m.splitlines()) for _, m in self.messages)
 
     def close(self) -> None:
         self._stop = True
@@ -142,8 +146,8 @@ class Served:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def get(self, path: str, token: str | None = TOKEN, timeout: float = 5.0):
-        req = urllib.request.Request(self.url + path.lstrip("/"))
+    def get(self, path: str, token: str | None = TOKEN, timeout: float = 5.0, headers: dict | None = None):
+        req = urllib.request.Request(self.url + path.lstrip("/"), headers=headers or {})
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
@@ -224,17 +228,35 @@ def mjpeg_frames(url: str, n: int, token: str | None = TOKEN, timeout: float = 1
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
+    """The video and the model; read-only (a test that changes a model writes its own copy)."""
     d = tmp_path_factory.mktemp("serve")
     grey = make_video(d / "video.avi")
     brightness_model(d / "model.pt", grey)
-    brightness_model(d / "model-finite.pt", grey)  # model.pt itself is replaced by the SIGHUP test
-    return SimpleNamespace(dir=d, video=d / "video.avi", model=d / "model.pt", grey=grey,
-                           model_for_finite=d / "model-finite.pt")
+    return SimpleNamespace(dir=d, video=d / "video.avi", model=d / "model.pt", grey=grey)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Factory: start an `edge serve` of the test's own in tmp_path, with a fake systemd; killed at the end."""
+    started: list[Served] = []
+
+    def start(name: str, args: list[str], env: dict[str, str] | None = None) -> Served:
+        notify = NotifyCollector(tmp_path / f"{name}.sock")
+        s = Served(tmp_path, name, args, env={"NOTIFY_SOCKET": notify.path, **(env or {})})
+        s.notify = notify
+        started.append(s)
+        return s.start()
+
+    yield start
+    for s in started:
+        s.kill()
+        s.notify.close()
 
 
 @pytest.fixture(scope="module")
 def svc(assets):
-    """The main service: looping video file, threshold, every output, token, a fake systemd watching."""
+    """The main service, shared and only read: looping video file, threshold, every output, token, a fake systemd
+    watching. Never signal or kill it in a test (start your own with `serve`)."""
     d = assets.dir
     notify = NotifyCollector(d / "notify.sock")
     port = free_port()
@@ -259,13 +281,13 @@ def svc(assets):
 
 # ---------------------------------------------------------------------------------------------- main service
 @pytest.mark.slow
-def test_ready_after_model_and_first_frame(svc, assets):
+def test_ready_once_model_and_http_are_up_then_status_says_serving(svc):
     ready = svc.wait_for("READY=1", lambda: svc.notify.first("READY=1"), 30)
-    first = svc.wait_for("first event", lambda: read_events(assets.dir / "events.jsonl"), 30)[0]
-    assert first["timestamp"] <= ready + 0.05  # READY only once a frame had been classified
-    assert "ready: first frame classified" in svc.log()
-    status = [m for _, m in svc.notify.messages if m.startswith("STATUS=")]
-    assert any("loading model" in m for m in status)
+    svc.wait_for("STATUS=serving", lambda: svc.notify.first("STATUS=serving model.pt on video.avi"), 30)
+    loading = svc.notify.first("STATUS=loading model")
+    assert loading is not None and loading <= ready  # the model loads first, then READY
+    assert svc.notify.count("READY=1") == 1  # nobody reloads the shared service
+    assert re.search(r"ready: model loaded, http on http://127\.0\.0\.1:\d+/", svc.log())
 
 
 @pytest.mark.slow
@@ -355,7 +377,7 @@ def test_watchdog_pings(svc):
 def test_disconnecting_clients_do_not_hurt(svc):
     for _ in range(3):  # read a little of the stream, then vanish mid-frame
         s = socket.create_connection(("127.0.0.1", svc.port), timeout=5)
-        s.sendall(f"GET /stream.mjpg?token={TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        s.sendall(f"GET /stream.mjpg?token={TOKEN} HTTP/1.1\r\nHost: 127.0.0.1:{svc.port}\r\n\r\n".encode())
         s.recv(2000)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
         s.close()
@@ -363,6 +385,32 @@ def test_disconnecting_clients_do_not_hurt(svc):
     svc.wait_for("frames keep coming", lambda: svc.json("api/prediction")[1]["frame"] > frame0 + 5, 10)
     svc.wait_for("clients unregistered", lambda: metric(svc.get("metrics")[2].decode(),
                                                         "edge_http_stream_clients") == 0, 15)
+
+
+@pytest.mark.slow
+def test_only_hosts_of_this_machine_are_answered(svc):
+    """DNS rebinding: a page on evil.example re-pointed at 127.0.0.1 sends `Host: evil.example`: empty 403."""
+    for host in ("evil.example", f"evil.example:{svc.port}", "localhost.evil.example"):
+        for path in ("snapshot.jpg", "stream.mjpg", "api/prediction", "healthz"):
+            status, _, body = svc.get(path, headers={"Host": host})
+            assert (status, body) == (403, b""), (host, path)
+    for host in (f"127.0.0.1:{svc.port}", f"localhost:{svc.port}", "localhost", "127.0.0.1"):
+        assert svc.get("api/prediction", headers={"Host": host})[0] == 200, host
+    assert TOKEN not in svc.log()
+
+
+@pytest.mark.slow
+def test_label_changes_metric_counts_what_events_record(svc, assets):
+    """edge_label_changes_total and --events decide a change in one place: the counts agree (the first label too)."""
+    path = assets.dir / "events.jsonl"
+
+    def agree():
+        before = metric(svc.get("metrics")[2].decode(), "edge_label_changes_total")
+        n = len(read_events(path))
+        after = metric(svc.get("metrics")[2].decode(), "edge_label_changes_total")
+        return n >= 2 and before == after == n  # between two changes (2 s apart) nothing moves
+
+    svc.wait_for("edge_label_changes_total == events lines", agree, 30, 0.3)
 
 
 def find_chromium() -> str | None:
@@ -399,18 +447,23 @@ def test_live_page_in_headless_chromium(svc, tmp_path):
 
 
 @pytest.mark.slow
-def test_sighup_reload_good_and_bad_model_then_sigterm(svc, assets):
+def test_sighup_reload_good_and_bad_model_then_sigterm(serve, assets, tmp_path):
     """SIGHUP reloads the model file; a bad file keeps the old model. SIGTERM: exit 0 within 5 s, video finalized."""
+    model = tmp_path / "model.pt"
+    shutil.copy(assets.model, model)
+    svc = serve("reload", ["--model", str(model), "--source", str(assets.video), "--loop", "--threshold", "0.9",
+                           "--http", f"127.0.0.1:{free_port()}", "--token", TOKEN, "--record", "record.avi"])
+    svc.wait_healthy()
     pid = svc.proc.pid
     # a good new model: same brightness logic, new class names
-    brightness_model(assets.model, assets.grey, names=("bright", "dark"))
+    brightness_model(model, assets.grey, names=("bright", "dark"))
     svc.proc.send_signal(signal.SIGHUP)
     svc.wait_for("new classes served", lambda: svc.json("api/prediction")[1]["model"]["classes"] == "bright,dark", 60)
     svc.wait_for("new label", lambda: svc.json("api/prediction")[1]["label"] in ("bright", "dark"), 30)
     svc.wait_for("RELOADING=1", lambda: svc.notify.count("RELOADING=1") == 1, 5)
     assert "reloaded" in svc.log()
     # a bad file: keep serving the previous model, say why
-    assets.model.write_bytes(b"this is not a checkpoint")
+    model.write_bytes(b"this is not a checkpoint")
     svc.proc.send_signal(signal.SIGHUP)
     svc.wait_for("reload failure logged", lambda: "reload failed, still serving the previous model" in svc.log(), 60)
     text = svc.get("metrics")[2].decode()
@@ -421,7 +474,7 @@ def test_sighup_reload_good_and_bad_model_then_sigterm(svc, assets):
     status, p = svc.json("api/prediction")
     assert p["model"]["classes"] == "bright,dark" and p["label"] in ("bright", "dark", "unknown")
     assert svc.get("healthz", None)[0] == 200
-    # READY=1 after each reload (systemd waits for it after RELOADING=1)
+    # READY=1 at start and after each reload (systemd waits for it after RELOADING=1)
     assert svc.notify.count("READY=1") == 3
 
     rc, took = svc.terminate()
@@ -433,8 +486,8 @@ def test_sighup_reload_good_and_bad_model_then_sigterm(svc, assets):
     time.sleep(0.3)
     assert svc.notify.count("STOPPING=1") == 1
     # the recording was finalized under its name, and plays
-    rec = assets.dir / "record.avi"
-    assert rec.is_file() and not list(assets.dir.glob(".tmp-*"))
+    rec = tmp_path / "record.avi"
+    assert rec.is_file() and not list(tmp_path.glob(".tmp-*"))
     cap = cv2.VideoCapture(str(rec))
     ok, frame = cap.read()
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -444,17 +497,16 @@ def test_sighup_reload_good_and_bad_model_then_sigterm(svc, assets):
 
 # ---------------------------------------------------------------------------------------------- recovery
 @pytest.mark.slow
-def test_smoothing_and_recovery_from_a_vanishing_stream(assets):
+def test_smoothing_and_recovery_from_a_vanishing_stream(assets, tmp_path):
     """Upstream service (video, --smoothing) feeds a downstream one over MJPEG; the upstream is stopped and
     restarted: the downstream reports 503, stays up, logs the loss once, and resumes when frames return."""
-    d = assets.dir
-    brightness_model(d / "model2.pt", assets.grey)
+    d = tmp_path
     up_port, down_port = free_port(), free_port()
-    up_args = ["--model", "model2.pt", "--source", "video.avi", "--loop", "--smoothing", "0.8", "--no-overlay",
-               "--http", f"127.0.0.1:{up_port}", "--events", "events-smoothed.jsonl"]
+    up_args = ["--model", str(assets.model), "--source", str(assets.video), "--loop", "--smoothing", "0.8",
+               "--no-overlay", "--http", f"127.0.0.1:{up_port}", "--events", "events-smoothed.jsonl"]
     upstream = Served(d, "upstream", up_args).start()
     downstream = Served(d, "downstream", [
-        "--model", "model2.pt", "--source", f"http://127.0.0.1:{up_port}/stream.mjpg",
+        "--model", str(assets.model), "--source", f"http://127.0.0.1:{up_port}/stream.mjpg",
         "--http", f"127.0.0.1:{down_port}", "--stall-timeout", "1", "--max-backoff", "1", "--health-max-age", "1",
         "--events", "/dev/full",  # a disk that is full: the output is dropped, the service goes on
     ]).start()
@@ -506,6 +558,40 @@ def test_smoothing_and_recovery_from_a_vanishing_stream(assets):
                 s.kill()
 
 
+# ---------------------------------------------------------------------------------------------- readiness and stop
+@pytest.mark.slow
+def test_ready_without_a_camera_status_and_healthz_say_reconnecting(serve, assets):
+    """A camera unplugged at boot: READY=1 anyway (no restart loop), the state in STATUS= and /healthz; SIGTERM ok."""
+    svc = serve("nocam", ["--model", str(assets.model), "--source", "/dev/video97", "--http",
+                          f"127.0.0.1:{free_port()}", "--max-backoff", "0.5"])
+    svc.wait_for("READY=1", lambda: svc.notify.first("READY=1"), 60)
+    svc.wait_for("STATUS=camera reconnecting", lambda: svc.notify.first("STATUS=camera reconnecting: "), 10)
+    status, health = svc.json("healthz", None)
+    assert status == 503 and health["status"] == "starting" and health["source_state"] == "reconnecting"
+    assert "/dev/video97" in health["source_error"] and "camera reconnecting" in health["reason"]
+    assert svc.get("api/prediction", None)[0] == 503
+    time.sleep(2)  # several reopen attempts: still up, not exiting for a restart
+    assert svc.proc.poll() is None and svc.notify.count("READY=1") == 1
+    rc, took = svc.terminate()
+    assert rc == 0 and took < 5.0, (rc, took, svc.log()[-2000:])
+
+
+@pytest.mark.slow
+def test_sigterm_with_a_slow_source_exits_0_in_time_and_keeps_the_recording(serve, assets, tmp_path):
+    """A 0.1 fps camera blocks its reader for 10 s: SIGTERM still ends in 5 s with 0, and the video is there."""
+    svc = serve("slow", ["--model", str(assets.model), "--source", "test://?width=160&height=120", "--fps", "0.1",
+                         "--record", "slow.mp4", "--events", "slow.jsonl"])
+    svc.wait_for("a classified frame", lambda: read_events(tmp_path / "slow.jsonl"), 60)
+    time.sleep(1.0)  # the reader now waits for the next frame, due in ~9 s
+    rc, took = svc.terminate()
+    assert rc == 0 and took < 5.0, (rc, took, svc.log()[-2000:])
+    cap = cv2.VideoCapture(str(tmp_path / "slow.mp4"))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape == (120, 160, 3), svc.log()[-2000:]
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
 # ---------------------------------------------------------------------------------------------- CLI errors
 def test_bad_model_is_one_line(tmp_path):
     bad = tmp_path / "bad.pt"
@@ -521,6 +607,40 @@ def test_missing_source_file_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edge", "serve", "--model", "m.pt", "--source", str(tmp_path / "x.mp4")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def _serve_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge", "serve", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+@pytest.mark.parametrize("source, words", [
+    ("bogus://x", ["bogus://", "csi://"]),
+    ("test://?fps=abc", ["fps", "abc"]),
+    ("csi://0", ["GStreamer"]),
+    ("rtsp://user:pw@/live?token=abc", ["names no host"]),
+])
+def test_a_wrong_source_is_one_line_and_exit_2_not_a_reconnect_loop(tmp_path, source, words):
+    if source.startswith("csi") and re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()):
+        pytest.skip("this OpenCV has GStreamer: csi://0 is a valid source here")
+    r = _serve_cli("--model", str(tmp_path / "m.pt"), "--source", source, cwd=tmp_path, timeout=60)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr
+    assert all(w in errors[0] for w in words), errors
+    assert "reconnecting" not in r.stderr and "Traceback" not in r.stderr
+    if "user:pw@" in source:  # credentials never reach the terminal or the journal
+        assert ":pw@" not in r.stderr and "token=abc" not in r.stderr and "token=***" in r.stderr
+
+
+@pytest.mark.slow
+def test_an_undecodable_video_file_is_fatal_at_the_first_open(tmp_path, assets):
+    """The file exists (so the start check passes) but no frame decodes: a configuration error, exit 2."""
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(os.urandom(4096))
+    r = _serve_cli("--model", str(assets.model), "--source", str(bad), timeout=90)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "broken.mp4" in errors[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
 
 
 # ---------------------------------------------------------------------------------------------- service outputs
@@ -617,7 +737,7 @@ def test_display_without_a_desktop_is_a_clear_error(monkeypatch):
 @pytest.mark.slow
 def test_finite_source_ends_cleanly_with_a_finalized_recording(tmp_path, assets):
     """Without --loop, the end of a file ends the service: exit 0, recording moved into place."""
-    r = subprocess.run([sys.executable, "-m", "edge", "serve", "--model", str(assets.model_for_finite),
+    r = subprocess.run([sys.executable, "-m", "edge", "serve", "--model", str(assets.model),
                         "--source", "test://?frames=20&fps=20&width=160&height=120", "--record", "out.mp4"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -627,3 +747,63 @@ def test_finite_source_ends_cleanly_with_a_finalized_recording(tmp_path, assets)
     cap.release()
     assert ok and frame.shape == (120, 160, 3)
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+# ---------------------------------------------------------------------------------------------- service state
+def _in_process_service(**cfg):
+    """A Service with a fake camera, as its supervisor and HTTP handlers see it (nothing started)."""
+    from edge.service.app import Service
+    from edge.service.config import ServeConfig
+
+    svc = Service(ServeConfig(model="m.pt", source="test://", **cfg))
+    svc.camera = SimpleNamespace(state="streaming", frame_time=time.monotonic(), last_error="", frame_id=0)
+    return svc
+
+
+def _prediction(label: str = "up", frame: int = 1):
+    return SimpleNamespace(label=label, confidence=0.9, probabilities={"up": 0.9, "down": 0.1}, raw_label=label,
+                           frame_id=frame, timestamp=time.time(), fps=10.0, infer_ms=1.0, latency_ms=2.0,
+                           frame_age_ms=1.0)
+
+
+def test_healthz_and_api_agree_and_a_wall_clock_jump_changes_nothing(monkeypatch):
+    """One staleness decision for /healthz and /api/prediction, on monotonic clocks: NTP setting the wall clock
+    back an hour must not hide an inference stall (nor forward fake one)."""
+    svc = _in_process_service(health_max_age=0.5)
+    svc._on_prediction(_prediction())
+    ok, health = svc.health()
+    assert ok and health["status"] == "ok" and svc.prediction_json()["stale"] is False
+
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() - 3600)  # NTP sync: the wall clock jumps back
+    time.sleep(0.7)  # frames keep coming, but no prediction for 0.7 s
+    svc.camera.frame_time = time.monotonic()
+    ok, health = svc.health()
+    pred = svc.prediction_json()
+    assert not ok and health["status"] == "stale" and "no prediction for 0.7 s" in health["reason"]
+    assert pred["stale"] is True and pred["reason"] == health["reason"]
+
+    monkeypatch.setattr(time, "time", lambda: real_time() + 86400)  # and forward a day: fresh stays fresh
+    svc._on_prediction(_prediction(frame=2))
+    ok, health = svc.health()
+    assert ok and svc.prediction_json()["stale"] is False and "reason" not in svc.prediction_json()
+
+
+def test_label_change_is_decided_once_for_events_on_change_and_metric(monkeypatch, tmp_path):
+    """The service's events, on-change and edge_label_changes_total share one decision: same count, first included."""
+    svc = _in_process_service(events=str(tmp_path / "ev.jsonl"),
+                              on_change=f"echo $1 >> {tmp_path / 'runs.txt'}", on_change_interval=0.0)
+    svc._build_outputs()
+    frame = np.zeros((4, 4, 3), np.uint8)
+    for i, label in enumerate(["up", "up", "down", "down"]):
+        pred = _prediction(label, i)
+        for out in svc.outputs:  # what the pipeline does per frame: outputs, then listeners
+            out.write(frame, pred)
+        svc.prom.listener(pred)
+        time.sleep(0.3)  # let the on-change command of this change run before the next one
+    for out in svc.outputs:
+        out.close()
+    events = read_events(tmp_path / "ev.jsonl")
+    assert [(e["label"], e["previous"]) for e in events] == [("up", None), ("down", "up")]
+    assert metric(svc.prom.render().decode(), "edge_label_changes_total") == 2
+    assert (tmp_path / "runs.txt").read_text().split() == ["up", "down"]

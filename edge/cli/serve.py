@@ -13,7 +13,10 @@ from edge.service.config import add_arguments, config_from_args
 
 EPILOG = """\
 outputs (any combination): --display, --record FILE, --http [HOST:]PORT, --events FILE|-, --on-change CMD.
-HTTP endpoints: / (live page), /stream.mjpg, /snapshot.jpg, /api/prediction, /healthz, /metrics.
+HTTP endpoints: / (live page), /stream.mjpg, /snapshot.jpg, /api/prediction, /healthz, /metrics; requests whose
+Host is not an IP address, localhost, the --http host or one of --allowed-hosts get 403 (DNS rebinding).
+A wrong --source (scheme, option, missing file, csi:// without GStreamer) exits 2 at start; a camera or stream
+that is absent is waited for (READY=1 to systemd anyway; its state in STATUS= and /healthz).
 Signals: SIGTERM/SIGINT stop cleanly (exit 0), SIGHUP reloads the model file (a bad file keeps the old model).
 Every option can also be set in a TOML file (--config; keys are the option names, e.g. `threshold = 0.6`);
 flags override the file.

@@ -4,13 +4,18 @@ Threads: the camera's capture thread (latest frame only, reconnects forever), th
 (outputs and listeners run there and return quickly), the HTTP server and its clients, one thread per service
 output, and a reload thread on SIGHUP. The main thread only supervises: signal handlers set flags, and the main
 loop (every 0.2 s) acts on them, sends READY/WATCHDOG/STATUS to systemd and logs health changes once each.
+
+Readiness: READY=1 goes out once the model is loaded and the HTTP server listens, whatever the camera does; the
+camera's state travels in STATUS= and /healthz. (Waiting for a first frame would turn a camera unplugged at boot
+into a kill-and-restart loop every TimeoutStartSec.) A wrong source (bad scheme or option, missing file, csi://
+without GStreamer) is refused at start with one line and exit code 2; an absent camera or stream is an outage,
+waited out by reconnecting.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -20,7 +25,10 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import EdgeError, brief
+from edge.runtime.outputs.changes import LabelChanges
+from edge.runtime.sources import SourceConfigError, redact_uri
 from edge.service.config import ServeConfig
+from edge.service.health import Health, assess
 from edge.service.metrics import CONTENT_TYPE, ServiceMetrics
 from edge.service.sdnotify import Notifier
 
@@ -39,16 +47,6 @@ def _check_model(backend: Any) -> None:
         raise EdgeError(f"test inference returned shape {probs.shape} (expected (1, {n})) or non-finite values")
 
 
-def _redact(uri: str) -> str:
-    """A source URI for logs: credentials in `user:pass@` or `?token=` are not for the journal."""
-    uri = re.sub(r"(?<=://)[^/@]+@", "***@", uri)
-    return re.sub(r"(?i)(token|password|pass|key)=[^&]*", r"\1=***", uri)
-
-
-def _looks_like_path(uri: str) -> bool:
-    return "://" not in uri and not uri.isdigit() and not uri.startswith("/dev/")
-
-
 def _one_line(e: BaseException) -> str:
     """An EdgeError's own message; `Type: first line` for anything else (library messages can span pages)."""
     return str(e) if isinstance(e, EdgeError) else brief(e)
@@ -65,15 +63,20 @@ class Service:
         self.http: Any = None
         self.stream: Any = None
         self.outputs: list[Any] = []
-        self.prom = ServiceMetrics(self._live_stats)
+        self.changes = LabelChanges()  # the one decision of a label change: events, on-change and the metric
+        self.prom = ServiceMetrics(self._live_stats, self.changes)
         self._stop_signal: str | None = None
         self._reload_requested = False
         self._reload_thread: threading.Thread | None = None
         self._ready = False
-        self._seen_running = False
         self._healthy: bool | None = None
-        self._started_at = time.monotonic()
+        self._status_sent: str | None = None
         self._model_info: dict[str, str] = {}
+        self._latest: tuple[Any, float] | None = None  # (newest prediction, time.monotonic() when it was made)
+        self._source_opens = 0
+        self._source_fatal: SourceConfigError | None = None  # the first open found the source itself wrong
+        self._closing_source = threading.Event()  # set on shutdown: ends a camera read that blocks (slow source)
+        self._sources: list[Any] = []  # what _open_source opened (InterruptibleSource), to see them released
 
     # ------------------------------------------------------------------ signals (flags only; the main loop acts)
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
@@ -111,7 +114,12 @@ class Service:
                             "classes": ",".join(meta.class_names), "file": Path(self.cfg.model).name}
 
     def _serving_status(self) -> str:
-        return f"serving {Path(self.cfg.model).name} on {_redact(self.cfg.source)}"
+        return f"serving {Path(self.cfg.model).name} on {redact_uri(self.cfg.source)}"
+
+    def _status_line(self, health: Health) -> str:
+        """systemd's STATUS=: what we serve, or what is wrong (without ages, so it changes only with the state)."""
+        return self._serving_status() if health.ok else (
+            health.summary if health.status == "starting" else f"unhealthy: {health.summary}")
 
     def _close_unstarted(self, backend: Any) -> None:
         """Release what setup built before anything was started (outputs, the bound HTTP socket, the model)."""
@@ -134,9 +142,10 @@ class Service:
             # realtime recording repeats/skips frames to follow the wall clock, so the file rate need not match the source
             self.outputs.append(RecordOutput(cfg.record, fps=cfg.fps or 15.0))
         if cfg.events:
-            self.outputs.append(EventsOutput(cfg.events))
+            self.outputs.append(EventsOutput(cfg.events, changes=self.changes))
         if cfg.on_change:
-            self.outputs.append(OnChangeOutput(cfg.on_change, cfg.on_change_interval, cfg.on_change_timeout))
+            self.outputs.append(OnChangeOutput(cfg.on_change, cfg.on_change_interval, cfg.on_change_timeout,
+                                               changes=self.changes))
         if cfg.display:
             self.outputs.append(DisplayOutput())
         if cfg.http is not None:
@@ -146,7 +155,7 @@ class Service:
             self.stream = StreamOutput(cfg.jpeg_quality)
             self.outputs.append(self.stream)
             host, port = cfg.http_address  # type: ignore[misc]
-            self.http = HttpServer(host, port, self, token=cfg.token)
+            self.http = HttpServer(host, port, self, token=cfg.token, allowed_hosts=cfg.allowed_host_names)
 
     def _build_pipeline(self, backend: Any) -> None:
         from edge.runtime.camera import Camera
@@ -154,19 +163,46 @@ class Service:
         from edge.runtime.smoothing import Smoother
 
         cfg = self.cfg
-        self.camera = Camera(cfg.source, width=cfg.width, height=cfg.height, fps=cfg.fps, loop=cfg.loop,
-                             realtime=True, stall_timeout=cfg.stall_timeout, max_backoff=cfg.max_backoff)
+        # the camera's URI is only a name for its log lines (we open the source): no credentials in the journal
+        self.camera = Camera(redact_uri(cfg.source), width=cfg.width, height=cfg.height, fps=cfg.fps, loop=cfg.loop,
+                             realtime=True, stall_timeout=cfg.stall_timeout, max_backoff=cfg.max_backoff,
+                             opener=self._open_source)
         smoother = Smoother(backend.meta.class_names, smoothing=cfg.smoothing, threshold=cfg.threshold,
                             hysteresis=cfg.hysteresis, min_dwell=cfg.min_dwell)
         self.pipeline = Pipeline(self.camera, backend, smoother=smoother, outputs=self.outputs, overlay=cfg.overlay,
-                                 listeners=[self.prom.listener], top_k=cfg.top_k)
+                                 listeners=[self._on_prediction, self.prom.listener], top_k=cfg.top_k)
+
+    def _open_source(self) -> Any:
+        """The camera's opener (on its capture thread). A configuration error on the very first open is fatal
+        (the supervisor exits 2); later ones, and every outage, are retried by the camera. Reads can be ended by
+        shutdown, so a source that blocks (0.1 fps, a stalled stream) never holds the stop."""
+        from edge.runtime.sources import open_source
+        from edge.runtime.sources.adapters import InterruptibleSource
+
+        cfg = self.cfg
+        first = self._source_opens == 0
+        self._source_opens += 1
+        try:
+            source = open_source(cfg.source, width=cfg.width, height=cfg.height, fps=cfg.fps, loop=cfg.loop)
+        except SourceConfigError as e:
+            if first:
+                self._source_fatal = e
+            raise
+        wrapped = InterruptibleSource(source, self._closing_source)
+        self._sources = [s for s in self._sources if not s.wait_closed(0)] + [wrapped]
+        return wrapped
+
+    def _on_prediction(self, prediction: Any, timings: Any = None) -> None:
+        """Pipeline listener: the newest prediction and its monotonic time (never the wall clock: see health)."""
+        self._latest = (prediction, time.monotonic())
 
     # ------------------------------------------------------------------ run
     def run(self) -> int:
+        from edge.runtime.sources import validate_source_uri
+
         cfg = self.cfg
         self._install_signals()
-        if _looks_like_path(cfg.source) and not Path(cfg.source).expanduser().exists():
-            raise EdgeError(f"source {cfg.source!r}: no such file or folder")
+        validate_source_uri(cfg.source)  # a wrong source is a configuration error, not an outage: one line, exit 2
         self.notifier.status("loading model")
         backend = None
         try:
@@ -186,12 +222,10 @@ class Service:
         if self.http is not None:
             self.http.start()
             log.info("http: %s%s", self.http.url, " (token required)" if cfg.token else "")
-        self.notifier.status(f"waiting for the first frame from {_redact(cfg.source)}")
         # started here, not by the pipeline, so shutdown can finalize the outputs before waiting on the driver
         self.camera.start()
         self.pipeline.start()
-        self._started_at = time.monotonic()
-        log.info("serving %s from %s", cfg.model, _redact(cfg.source))
+        log.info("serving %s from %s", cfg.model, redact_uri(cfg.source))
         try:
             return self._supervise()
         finally:
@@ -200,28 +234,25 @@ class Service:
     def _supervise(self) -> int:
         wd = self.notifier.watchdog_s
         last_ping = 0.0
+        self._send_ready()
         while True:
             if self._stop_signal:
                 log.info("%s received: stopping", self._stop_signal)
                 return 0
+            if self._source_fatal is not None:
+                raise self._source_fatal  # one line and exit 2 (after the shutdown), like `capture`
             if self._reload_requested and not (self._reload_thread is not None and self._reload_thread.is_alive()):
                 # a SIGHUP during a reload is served after it (the file may have changed again meanwhile)
                 self._reload_requested = False
                 self._start_reload()
             now = time.monotonic()
             pipe = self.pipeline
-            if not self._ready and pipe.latest is not None:
-                self._ready = True
-                log.info("ready: first frame classified (%s)", pipe.latest.label)
-                self.notifier.ready(self._serving_status())
             if wd is not None and now - last_ping >= wd / 2 and now - pipe.heartbeat < wd / 2:
                 # only a pipeline that is still looping earns a ping; a hung one lets systemd restart us
                 self.notifier.watchdog()
                 last_ping = now
-            self._log_health_change()
-            if pipe.running:
-                self._seen_running = True
-            elif self._seen_running or self._ready or now - self._started_at > 5.0:
+            self._report_health()
+            if not pipe.running:  # Pipeline.start() sets it before returning: not running means the loop ended
                 if getattr(self.camera, "state", "") == "ended":
                     log.info("source ended (not looping): stopping")
                     return 0
@@ -229,17 +260,32 @@ class Service:
                 return 1
             time.sleep(TICK_S)
 
-    def _log_health_change(self) -> None:
-        ok, info = self.health()
-        if ok != self._healthy and (self._healthy is not None or not ok) and info["status"] != "starting":
-            if ok:
+    def _send_ready(self) -> None:
+        """READY=1 once the model is loaded and HTTP listens: the camera may still be missing (see the docstring)."""
+        if self._ready:
+            return
+        self._ready = True
+        health = self.freshness()
+        log.info("ready: model loaded%s; source %s", f", http on {self.http.url}" if self.http is not None else "",
+                 health.source_state)
+        self._status_sent = self._status_line(health)
+        self.notifier.ready(self._status_sent)
+
+    def _report_health(self) -> None:
+        """STATUS= whenever the state changes (camera reconnecting, serving, unhealthy); health changes logged once."""
+        health = self.freshness()
+        line = self._status_line(health)
+        if line != self._status_sent:
+            self._status_sent = line
+            self.notifier.status(line)
+        if health.status == "starting":
+            return
+        if health.ok != self._healthy and (self._healthy is not None or not health.ok):
+            if health.ok:
                 log.info("healthy again: frames are fresh")
-                self.notifier.status(self._serving_status())
             else:
-                log.warning("unhealthy: %s", info.get("reason", "stale"))
-                self.notifier.status(f"unhealthy: {info.get('reason', 'stale')}")
-        if info["status"] != "starting":
-            self._healthy = ok
+                log.warning("unhealthy: %s", health.reason)
+        self._healthy = health.ok
 
     # ------------------------------------------------------------------ reload (SIGHUP)
     def _start_reload(self) -> None:
@@ -259,13 +305,14 @@ class Service:
             self._set_model_info(new)
             self.prom.reloads.labels("ok").inc()
             log.info("reloaded %s (%s)", self.cfg.model, ", ".join(new.meta.class_names))
-        self.notifier.ready(self._serving_status())
+        self.notifier.ready(self._status_line(self.freshness()))
 
     # ------------------------------------------------------------------ shutdown
     def _shutdown(self) -> None:
         self.notifier.stopping()
         self.notifier.status("stopping")
         # a stuck driver or disk must not turn SIGTERM into systemd's SIGKILL: exit anyway before 5 s
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S - 0.5
         timer = threading.Timer(SHUTDOWN_GRACE_S, _force_exit)
         timer.daemon = True
         timer.start()
@@ -279,18 +326,32 @@ class Service:
         if pipe is not None:
             _close_quietly(pipe.backend)
         if self.camera is not None:
-            _stop_quietly(self.camera)  # releases the device; the timer covers a driver that never returns
+            self._closing_source.set()  # a read waiting on a slow source ends now instead of holding the stop
+            _stop_quietly(self.camera)
+            for source in self._sources:  # released on their reading thread: the device, the decoder's threads
+                if not source.wait_closed(max(0.0, deadline - time.monotonic())):
+                    log.warning("%s is still blocked in a read; exiting without waiting for it",
+                                redact_uri(source.uri))
         self.notifier.close()
         timer.cancel()
         log.info("stopped")
 
     # ------------------------------------------------------------------ what HTTP and metrics read
+    def freshness(self) -> Health:
+        """The one health decision (/healthz, `stale`, edge_healthy, STATUS=), from monotonic clocks only."""
+        return assess(self.camera, None if self._latest is None else self._latest[1], self.cfg.health_max_age)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, the /healthz body)."""
+        health = self.freshness()
+        return health.ok, health.to_json()
+
     def prediction_json(self) -> dict[str, Any] | None:
-        pred = self.pipeline.latest if self.pipeline is not None else None
-        if pred is None:
+        latest = self._latest
+        if latest is None:
             return None
-        ok, info = self.health()
-        return {
+        pred, health = latest[0], self.freshness()
+        out = {
             "label": pred.label,
             "confidence": round(float(pred.confidence), 6),
             "probabilities": {k: round(float(v), 6) for k, v in pred.probabilities.items()},
@@ -301,33 +362,13 @@ class Service:
             "infer_ms": round(float(pred.infer_ms), 3),
             "latency_ms": round(float(pred.latency_ms), 3),
             "frame_age_ms": round(float(pred.frame_age_ms), 3),
-            "stale": not ok,
-            "source_state": info.get("source_state"),
+            "stale": not health.ok,
+            "source_state": health.source_state,
             "model": dict(self._model_info),
         }
-
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy = the newest frame and the newest prediction are both younger than --health-max-age."""
-        max_age = self.cfg.health_max_age
-        cam, pipe = self.camera, self.pipeline
-        state = str(getattr(cam, "state", "stopped"))
-        info: dict[str, Any] = {"source_state": state}
-        pred = pipe.latest if pipe is not None else None
-        if pred is None:
-            info.update(status="starting", reason="no frame classified yet")
-            return False, info
-        frame_time = float(getattr(cam, "frame_time", 0.0) or 0.0)
-        frame_age = time.monotonic() - frame_time if frame_time else float("inf")
-        pred_age = max(0.0, time.time() - float(pred.timestamp))
-        info.update(frame_age_s=round(frame_age, 3), prediction_age_s=round(pred_age, 3))
-        if frame_age > max_age:
-            info.update(status="stale", reason=f"no frame for {frame_age:.1f} s (source {state})")
-            return False, info
-        if pred_age > max_age:
-            info.update(status="stale", reason=f"no prediction for {pred_age:.1f} s (inference stalled)")
-            return False, info
-        info["status"] = "ok"
-        return True, info
+        if health.reason:
+            out["reason"] = health.reason
+        return out
 
     def metrics(self) -> tuple[bytes, str]:
         return self.prom.render(), CONTENT_TYPE
@@ -337,17 +378,16 @@ class Service:
         if pipe is None:
             return {}
         st = pipe.stats
-        ok, _ = self.health()
-        frame_time = float(getattr(cam, "frame_time", 0.0) or 0.0)
+        health = self.freshness()
         return {
             "frames_captured": max(0, int(getattr(cam, "frame_id", -1)) + 1),
             "frames_processed": st.get("frames", 0),
             "frames_dropped": st.get("drops", 0),
             "source_reconnects": getattr(cam, "reconnects", None),
             "source_errors": getattr(cam, "errors", None),
-            "fps": st.get("fps", 0.0) if ok else 0.0,
-            "frame_age_seconds": (time.monotonic() - frame_time) if frame_time else None,
-            "healthy": 1 if ok else 0,
+            "fps": st.get("fps", 0.0) if health.ok else 0.0,
+            "frame_age_seconds": health.frame_age_s,
+            "healthy": 1 if health.ok else 0,
             "stream_clients": self.stream.clients if self.stream is not None else None,
             "outputs": st.get("outputs") or {},
             "model": dict(self._model_info),

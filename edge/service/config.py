@@ -12,14 +12,14 @@ import difflib
 import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from edge.core.errors import EdgeError
+from edge.runtime.backends import BACKEND_CHOICES, DEVICE_CHOICES
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TOKEN_ENV = "EDGE_TOKEN"
 
@@ -52,6 +52,27 @@ def _nonempty(v: str) -> str | None:
     return "must not be empty" if not v.strip() else None
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def split_hosts(text: str) -> tuple[str, ...]:
+    """`a.local, B.example.com.` -> ('a.local', 'b.example.com'): host names compare case-insensitively and
+    without the root dot."""
+    return tuple(n.strip().lower().rstrip(".") for n in text.split(",") if n.strip())
+
+
+def _host_list(v: str) -> str | None:
+    names = [n.strip() for n in v.split(",")]
+    if not any(names):
+        return "must not be empty"
+    for name in names:
+        if not (_HOST_NAME.fullmatch(name) or is_ip_address(name.strip("[]"))):
+            return (f"has {name!r}, which is not a host name; write names without scheme or port, comma-separated, "
+                    "e.g. jetson.local,cam.example.com (IP addresses are always allowed)")
+    return None
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("model", str, None, "model file: model.pt from `train`, an exported .onnx or a TensorRT .engine",
            check=_nonempty, metavar="PATH"),
@@ -62,9 +83,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("fps", float, None, "capture frame rate (cameras; files play at their own rate)", check=_range(0, lo_open=True),
            nullable=True),
     Option("loop", bool, False, "repeat a video file / image folder forever"),
-    Option("backend", str, "auto", "inference backend", choices=BACKENDS),
+    Option("backend", str, "auto", "inference backend", choices=BACKEND_CHOICES),
     Option("device", str, "auto", "where the torch/onnxruntime backends run (auto = the GPU when usable)",
-           choices=DEVICES),
+           choices=DEVICE_CHOICES),
     Option("smoothing", float, 0.0, "EMA over class probabilities: 0 = off, 0.9 = heavy", check=_range(0, 1, hi_open=True)),
     Option("threshold", float, 0.0, "show `unknown` when the (smoothed) top probability is below this",
            check=_range(0, 1)),
@@ -81,6 +102,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("token", str, None, f"require this bearer token on HTTP (header `Authorization: Bearer T` or ?token=T); "
            f"also read from ${TOKEN_ENV}", check=_nonempty, metavar="TOKEN", nullable=True),
     Option("allow_no_token", bool, False, "allow --http on a non-loopback address without --token (trusted networks only)"),
+    Option("allowed_hosts", str, None, "HTTP answers requests whose Host header is an IP address, localhost or the "
+           "--http host; add the names the page is opened by (e.g. jetson.local), comma-separated. Any other Host "
+           "gets 403 (a web page using DNS rebinding to read the camera)", check=_host_list, metavar="NAME[,NAME...]",
+           nullable=True),
     Option("events", str, None, "append a JSON line per label change to FILE (`-` = stdout)", check=_nonempty,
            metavar="FILE|-", nullable=True),
     Option("on_change", str, None, "run this shell command on a label change (label in $EDGE_LABEL and $1); "
@@ -123,6 +148,7 @@ class ServeConfig:
     http: str | None = None
     token: str | None = None
     allow_no_token: bool = False
+    allowed_hosts: str | None = None
     events: str | None = None
     on_change: str | None = None
     on_change_interval: float = 2.0
@@ -136,6 +162,10 @@ class ServeConfig:
     @property
     def http_address(self) -> tuple[str, int] | None:
         return None if self.http is None else parse_http_address(self.http)
+
+    @property
+    def allowed_host_names(self) -> tuple[str, ...]:
+        return split_hosts(self.allowed_hosts or "")
 
     def redacted(self) -> dict[str, Any]:
         """The config as a dict for logs, without the token."""
@@ -176,6 +206,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _coerce(opt: Option, value: Any, where: str) -> Any:
     """Type-check one value from a config file (strict: no silent str->int conversions, bools are not ints)."""
     if value is None and opt.nullable:
@@ -188,6 +226,8 @@ def _coerce(opt: Option, value: Any, where: str) -> Any:
     )
     if opt.type is str and isinstance(value, (int, float)) and not isinstance(value, bool) and opt.name in ("source", "http"):
         value, ok = str(value), True  # `source = 0` and `http = 8080` are natural to write
+    if opt.name == "allowed_hosts" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value, ok = ",".join(value), True  # a TOML list of names reads as naturally as "a,b"
     if not ok:
         kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[opt.type]
         raise EdgeError(f"{where}: {opt.name} must be {kind}, got {value!r}")
@@ -276,6 +316,8 @@ def build_config(file_values: dict[str, Any], cli_values: dict[str, Any], env: d
             )
     elif cfg.token:
         raise EdgeError("--token is set but --http is not; add --http [HOST:]PORT or drop the token")
+    elif cfg.allowed_hosts:
+        raise EdgeError("--allowed-hosts is set but --http is not; add --http [HOST:]PORT or drop --allowed-hosts")
     return cfg
 
 

@@ -7,6 +7,10 @@
 - Endpoints: `/` (page), `/stream.mjpg`, `/snapshot.jpg`, `/api/prediction`, `/healthz`, `/metrics`.
 - With a token, every endpoint except /healthz needs `Authorization: Bearer TOKEN` or `?token=TOKEN`
   (/healthz says only ok/stale, for load balancers and probes that cannot send headers).
+- The Host header must name this machine: an IP address, `localhost`, the host given to --http or one of
+  `allowed_hosts`; anything else gets an empty 403. That stops DNS rebinding: a web page elsewhere re-points its
+  own name at this address to read the camera through the browser on the device, and its requests carry that
+  name. Any IP is safe: a browser sends one as Host only for a URL naming that IP, then the page's own origin.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,12 +28,24 @@ from urllib.parse import parse_qs, urlsplit
 
 from edge.core.errors import EdgeError
 from edge.runtime.outputs.stream import StreamOutput
+from edge.runtime.sources import redact_uri
+from edge.service.config import is_ip_address
 
 log = logging.getLogger(__name__)
 
 CLIENT_TIMEOUT_S = 10.0  # a client that accepts no data for this long is dropped
 BOUNDARY = "frame"
 _PART_HEAD = b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
+# a Host header: `[IPv6]` or a name / IPv4 (no userinfo, path or spaces), then an optional `:port`
+_HOST_HEADER = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\s:/@\[\]]+))(?::\d{1,5})?")
+
+
+def host_of(header: str) -> str | None:
+    """The host a Host header names, lower-case, without port or root dot; None when it is not a valid one."""
+    m = _HOST_HEADER.fullmatch(header.strip())
+    if m is None:
+        return None
+    return (m.group("ip6") or m.group("name")).lower().rstrip(".")
 
 
 class HttpApp(Protocol):
@@ -53,7 +70,8 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = CLIENT_TIMEOUT_S  # socket timeout: a stalled client cannot hold its thread forever
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s %s", self.address_string(), format % args)
+        # request lines carry `?token=`: redacted, like every URL this service logs
+        log.debug("%s %s", self.address_string(), redact_uri(format % args))
 
     # --- helpers ---------------------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
@@ -91,6 +109,12 @@ class _Handler(BaseHTTPRequestHandler):
         path = url.path
         app = self.server.app
         try:
+            host = self.headers.get("Host")
+            # no Host at all is no browser (HTTP/1.0 tools): DNS rebinding needs a browser, which always sends one
+            if host is not None and not self.server.host_allowed(host):
+                log.debug("403 for Host %r (not an IP, localhost or --allowed-hosts)", host[:100])
+                self._send(403, b"", "text/plain")
+                return
             if path == "/healthz":
                 ok, info = app.health()
                 self._json(200 if ok else 503, info)
@@ -173,9 +197,12 @@ class HttpServer(ThreadingHTTPServer):
     allow_reuse_address = True
     block_on_close = False
 
-    def __init__(self, host: str, port: int, app: HttpApp, token: str | None = None) -> None:
+    def __init__(self, host: str, port: int, app: HttpApp, token: str | None = None,
+                 allowed_hosts: tuple[str, ...] = ()) -> None:
         self.app = app
         self.token = token
+        # besides any IP address: localhost, the host we were told to bind (when it is a name) and the user's names
+        self.allowed_names = frozenset(h.lower().rstrip(".") for h in ("localhost", host, *allowed_hosts))
         self.page = page_html()
         self.stopping = False
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -184,6 +211,11 @@ class HttpServer(ThreadingHTTPServer):
         except OSError as e:
             raise EdgeError(f"--http: cannot listen on {host}:{port}: {e.strerror or e}; choose another port or host") from e
         self._thread: threading.Thread | None = None
+
+    def host_allowed(self, header: str) -> bool:
+        """May a request with this Host header be answered? (See the module docstring: DNS rebinding.)"""
+        host = host_of(header)
+        return host is not None and (is_ip_address(host) or host in self.allowed_names)
 
     @property
     def url(self) -> str:

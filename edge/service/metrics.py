@@ -17,6 +17,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from edge.runtime.outputs.changes import LabelChanges
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # milliseconds on a Jetson / CPU: 1 ms (TensorRT squeezenet) .. 2 s (eager AlexNet on a loaded Nano)
@@ -69,22 +71,23 @@ class _LiveCollector:
 
 
 class ServiceMetrics:
-    """The registry plus the metrics `edge serve` updates itself."""
+    """The registry plus the metrics `edge serve` updates itself. `changes`: the service's shared label-change
+    decider, so edge_label_changes_total counts exactly the changes --events and --on-change see."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]], changes: LabelChanges | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.inference = Histogram("edge_inference_seconds", "Model inference time per frame (backend.infer)",
                                    buckets=_BUCKETS, registry=self.registry)
         self.latency = Histogram("edge_latency_seconds", "Frame arrival to prediction (queueing + preprocess + infer)",
                                  buckets=_BUCKETS, registry=self.registry)
-        self.label_changes = Counter("edge_label_changes", "Changes of the shown (smoothed) label",
-                                     registry=self.registry)
+        self.label_changes = Counter("edge_label_changes", "Changes of the shown (smoothed) label, the first "
+                                     "label included (one per --events line)", registry=self.registry)
         self.reloads = Counter("edge_model_reloads", "Model reloads (SIGHUP) by result", ["result"],
                                registry=self.registry)
         for r in ("ok", "failed"):
             self.reloads.labels(r)  # export both series from the start (0), so rate() works at once
         self.registry.register(_LiveCollector(stats))
-        self._last_label: str | None = None
+        self.changes = changes or LabelChanges()
 
     def listener(self, prediction: Any, timings: Any = None) -> None:
         """Pipeline listener: called on the inference thread after each prediction (cheap: a few adds)."""
@@ -94,10 +97,8 @@ class ServiceMetrics:
         latency_ms = getattr(prediction, "latency_ms", None)
         if latency_ms is not None:
             self.latency.observe(latency_ms / 1000.0)
-        label = getattr(prediction, "label", None)
-        if self._last_label is not None and label != self._last_label:
+        if self.changes.observe(prediction) is not None:
             self.label_changes.inc()
-        self._last_label = label
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,11 +20,20 @@ from pathlib import Path
 from typing import Callable
 
 from edge.core.errors import EdgeError
-from edge.runtime.backends.base import Backend, softmax
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "BACKENDS", "BACKEND_CHOICES", "load_backend", "backend_for_file", "softmax"]
+__all__ = ["Backend", "BACKENDS", "BACKEND_CHOICES", "DEVICE_CHOICES", "load_backend", "backend_for_file", "softmax"]
+
+
+def __getattr__(name: str):
+    # the interface module imports numpy and the model metadata: only when asked for, so `edge serve --help` and
+    # the service's config (which takes BACKEND_CHOICES from here) stay light
+    if name in ("Backend", "softmax"):
+        from edge.runtime.backends import base
+
+        return getattr(base, name)
+    raise AttributeError(name)
 
 
 def _factory(module: str, cls: str) -> Callable[..., Backend]:

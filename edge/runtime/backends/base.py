@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from edge.core.metadata import ModelMeta
+if TYPE_CHECKING:
+    from edge.core.metadata import ModelMeta
 
 
 class Backend:

@@ -2,6 +2,7 @@
 
 One module per output, all built on `Output` (base.py): `record` (--record), `stream` (/stream.mjpg),
 `events` (--events), `on_change` (--on-change), `display` (--display). Heavy ones import only when used.
+`changes.LabelChanges` is the one decision of "the label changed" that events, on-change and metrics share.
 """
 
 from __future__ import annotations

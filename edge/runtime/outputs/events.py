@@ -14,6 +14,7 @@ import numpy as np
 
 from edge.core.errors import EdgeError
 from edge.runtime.outputs.base import Output
+from edge.runtime.outputs.changes import LabelChanges
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +28,15 @@ class EventsOutput(Output):
 
     Line: {"timestamp": epoch seconds, "time": ISO 8601 UTC, "label", "previous", "confidence", "frame"}.
     The first prediction is an event too (previous = null), so a reader always knows the current state.
+    `changes`: the service's shared decider (so events, --on-change and the metric agree); default: its own.
     """
 
     name = "events"
 
-    def __init__(self, target: str, queue_size: int = 1000) -> None:
+    def __init__(self, target: str, queue_size: int = 1000, changes: LabelChanges | None = None) -> None:
         super().__init__()
         self.target = target
+        self.changes = changes or LabelChanges()
         self._f: IO[str]
         if target == "-":
             self._f = sys.stdout
@@ -42,25 +45,23 @@ class EventsOutput(Output):
                 self._f = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
             except OSError as e:
                 raise EdgeError(f"--events: cannot open {target!r} for appending: {e.strerror}") from e
-        self._last: str | None = None
         self._q: queue.Queue[str | None] = queue.Queue(queue_size)
         self.dropped = 0
         self._thread = threading.Thread(target=self._writer, name="events-writer", daemon=True)
         self._thread.start()
 
     def write(self, frame: np.ndarray, prediction: Any) -> None:
-        label = prediction.label
-        if label == self._last:
+        change = self.changes.observe(prediction)
+        if change is None:
             return
         event = {
-            "timestamp": round(float(prediction.timestamp), 3),
-            "time": _iso(float(prediction.timestamp)),
-            "label": label,
-            "previous": self._last,
-            "confidence": round(float(prediction.confidence), 4),
-            "frame": int(prediction.frame_id),
+            "timestamp": round(change.timestamp, 3),
+            "time": _iso(change.timestamp),
+            "label": change.label,
+            "previous": change.previous,
+            "confidence": round(change.confidence, 4),
+            "frame": change.frame,
         }
-        self._last = label
         try:
             self._q.put_nowait(json.dumps(event))
         except queue.Full:  # the disk is stuck: count, never wait

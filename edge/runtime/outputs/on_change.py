@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as _dt
+import dataclasses
 import logging
 import os
 import signal
@@ -14,12 +14,9 @@ from typing import Any
 import numpy as np
 
 from edge.runtime.outputs.base import Output
+from edge.runtime.outputs.changes import LabelChange, LabelChanges
 
 log = logging.getLogger(__name__)
-
-
-def _iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 class OnChangeOutput(Output):
@@ -28,19 +25,21 @@ class OnChangeOutput(Output):
     The command runs as `/bin/sh -c CMD edge-on-change LABEL CONFIDENCE` (so `$1` is the label) with
     EDGE_LABEL, EDGE_PREVIOUS, EDGE_CONFIDENCE, EDGE_TIMESTAMP and EDGE_FRAME in its environment. Changes that
     happen while a command runs or within `interval` seconds of the last start are coalesced: when the next run is
-    due, it reports the label shown then (and nothing if that is the label it reported last).
+    due, it reports the label shown then (and nothing if that is the label it reported last). `changes`: the
+    service's shared decider (so --events, this and the metric agree); default: its own.
     """
 
     name = "on-change"
 
-    def __init__(self, command: str, interval: float = 2.0, timeout: float = 30.0) -> None:
+    def __init__(self, command: str, interval: float = 2.0, timeout: float = 30.0,
+                 changes: LabelChanges | None = None) -> None:
         super().__init__()
         self.command = command
+        self.changes = changes or LabelChanges()
         self.interval = float(interval)
         self.timeout = float(timeout)
         self._cond = threading.Condition()
-        self._pending: dict[str, Any] | None = None
-        self._seen: str | None = None  # label of the last prediction (pipeline thread)
+        self._pending: LabelChange | None = None
         self._reported: str | None = None  # label the command was last run for (worker thread)
         self._closed = False
         self.runs = 0
@@ -51,11 +50,9 @@ class OnChangeOutput(Output):
         self._thread.start()
 
     def write(self, frame: np.ndarray, prediction: Any) -> None:
-        if prediction.label == self._seen:
+        change = self.changes.observe(prediction)
+        if change is None:
             return
-        change = {"label": prediction.label, "previous": self._seen, "confidence": float(prediction.confidence),
-                  "timestamp": float(prediction.timestamp), "frame": int(prediction.frame_id)}
-        self._seen = prediction.label
         with self._cond:
             self._pending = change
             self._cond.notify()
@@ -74,24 +71,24 @@ class OnChangeOutput(Output):
                 if self._closed:
                     return
                 change, self._pending = self._pending, None
-            if change is None or change["label"] == self._reported:
+            if change is None or change.label == self._reported:
                 continue
-            change["previous"] = self._reported
+            change = dataclasses.replace(change, previous=self._reported)  # coalesced: since the last report
             last_start = time.monotonic()
             self._run(change)
-            self._reported = change["label"]
+            self._reported = change.label
 
-    def _run(self, change: dict[str, Any]) -> None:
+    def _run(self, change: LabelChange) -> None:
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)  # the command must not talk to systemd on our behalf
         env.update(
-            EDGE_LABEL=str(change["label"]),
-            EDGE_PREVIOUS="" if change["previous"] is None else str(change["previous"]),
-            EDGE_CONFIDENCE=f"{change['confidence']:.4f}",
-            EDGE_TIMESTAMP=f"{change['timestamp']:.3f}",
-            EDGE_FRAME=str(change["frame"]),
+            EDGE_LABEL=str(change.label),
+            EDGE_PREVIOUS="" if change.previous is None else str(change.previous),
+            EDGE_CONFIDENCE=f"{change.confidence:.4f}",
+            EDGE_TIMESTAMP=f"{change.timestamp:.3f}",
+            EDGE_FRAME=str(change.frame),
         )
-        argv = ["/bin/sh", "-c", self.command, "edge-on-change", str(change["label"]), f"{change['confidence']:.4f}"]
+        argv = ["/bin/sh", "-c", self.command, "edge-on-change", str(change.label), f"{change.confidence:.4f}"]
         self.runs += 1
         try:
             # own process group, so a timeout kills the command's children too

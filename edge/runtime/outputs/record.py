@@ -109,7 +109,9 @@ class RecordOutput(Output):
                 if self.realtime and self._t0 is not None:
                     due = int((ts - self._t0) * self.fps) + 1  # frames the video should hold by now
                     repeats = due - self.frames_written
-                for _ in range(max(0, min(repeats, int(self.fps * 5)))):
+                # at most 5 s of repeats after a gap, but never fewer than one frame: at --fps 0.1, 5 s of video
+                # is half a frame, and rounding that to 0 recorded nothing at all
+                for _ in range(max(0, min(repeats, max(1, int(self.fps * 5))))):
                     self._writer.write(frame)
                     self.frames_written += 1
             except Exception as e:  # noqa: BLE001 - reported to the pipeline on the next write()

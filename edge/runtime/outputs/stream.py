@@ -2,6 +2,8 @@
 
 `write` only keeps a copy of the newest frame; one encoder thread turns it into a JPEG once per frame (and only
 while someone watches), and every client thread sends that same JPEG. A slow client only falls behind itself.
+The JPEG is dropped when the last client leaves: frames are not encoded while nobody watches, so a JPEG kept from
+then would greet the next viewer with a picture that may be hours old.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class StreamOutput(Output):
         self._jpeg: bytes | None = None
         self._jpeg_seq = 0
         self._encoded_seq = 0
+        self._fresh_from = 0  # frames numbered below this were written before the last client left
         self.clients = 0
         self.closed = False
         self.encode_errors = 0
@@ -59,14 +62,17 @@ class StreamOutput(Output):
                 if self.closed:
                     return
                 frame, seq = self._frame, self._frame_seq
+                if frame is None:  # the last client left before this frame was encoded
+                    self._encoded_seq = seq
+                    continue
             ok, buf = cv2.imencode(".jpg", frame, params)
             if not ok:
                 self.encode_errors += 1
                 if self.encode_errors == 1:
                     log.error("JPEG encoding failed for a %s frame", getattr(frame, "shape", "?"))
             with self._cond:
-                self._encoded_seq = seq
-                if ok:
+                self._encoded_seq = max(self._encoded_seq, seq)
+                if ok and seq >= self._fresh_from:  # not a frame from before the last client left
                     self._jpeg = buf.tobytes()
                     self._jpeg_seq += 1
                     self._cond.notify_all()
@@ -93,6 +99,10 @@ class StreamOutput(Output):
     def remove_client(self) -> None:
         with self._cond:
             self.clients -= 1
+            if self.clients <= 0:  # nobody watches: what we hold would be stale by the time anyone does
+                self._jpeg, self._frame = None, None
+                self._encoded_seq = self._frame_seq
+                self._fresh_from = self._frame_seq + 1
 
     def close(self) -> None:
         with self._cond:

@@ -1,6 +1,9 @@
 """Video sources behind one URI scheme, shared by `capture`, `edge serve` and `edge bench`.
 
 `open_source(uri)` picks an implementation from `SOURCES` (scheme -> factory) and returns an opened FrameSource.
+`validate_source_uri(uri)` runs the same parsing and checks without opening anything (a service checks its
+configuration with it at start). Errors are `SourceConfigError` when the URI itself is wrong (retrying cannot
+help) and plain `SourceError` for an outage (a camera unplugged, a stream down: worth retrying).
 """
 
 from __future__ import annotations
@@ -9,18 +12,32 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Callable
-from urllib.parse import parse_qsl, urlsplit
+from typing import Callable, NoReturn
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
-from edge.core.files import IMAGE_EXTENSIONS, is_image_name, list_images  # noqa: F401 - re-exported for users
-from edge.runtime.sources.base import FrameSource, Pacer, SourceError
-from edge.runtime.sources.csi import open_csi
+from edge.core.files import IMAGE_EXTENSIONS, is_image_name, list_images
+from edge.runtime.sources.base import (
+    FrameSource,
+    Pacer,
+    SourceConfigError,
+    SourceError,
+    check_options,
+    redact_uri,
+)
+from edge.runtime.sources.csi import csi_flip, open_csi
 from edge.runtime.sources.folder import open_folder
-from edge.runtime.sources.opencv_source import open_file, open_stream, open_v4l2
+from edge.runtime.sources.opencv_source import (
+    FILE_OPTIONS,
+    check_stream,
+    open_file,
+    open_stream,
+    open_v4l2,
+    v4l2_settings,
+)
 from edge.runtime.sources.testpattern import open_test
 
-__all__ = ["FrameSource", "SourceError", "Pacer", "open_source", "SOURCES", "SOURCE_HELP", "list_images",
-           "is_image_name", "IMAGE_EXTENSIONS"]
+__all__ = ["FrameSource", "SourceError", "SourceConfigError", "Pacer", "open_source", "validate_source_uri",
+           "redact_uri", "SOURCES", "SOURCE_HELP", "list_images", "is_image_name", "IMAGE_EXTENSIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -30,37 +47,81 @@ SOURCE_HELP = (
 )
 
 
-def _v4l2(uri, parts, options, **kw):
+def _v4l2_device(uri: str, parts: SplitResult) -> str | int:
     device = parts.path or parts.netloc
     if not device:
-        raise SourceError(f"source {uri!r} names no device; use v4l2:///dev/video0")
-    return open_v4l2(uri, options, int(device) if device.isdigit() else device, **kw)
+        raise SourceConfigError(f"source {uri!r} names no device; use v4l2:///dev/video0")
+    return int(device) if device.isdigit() else device
+
+
+def _v4l2(uri, parts, options, **kw):
+    return open_v4l2(uri, options, _v4l2_device(uri, parts), **kw)
+
+
+def _check_v4l2(uri, parts, options):
+    _v4l2_device(uri, parts)  # whether it exists is not checked: a USB camera unplugged at boot is an outage
+    v4l2_settings(uri, options)
+
+
+def _csi_sensor(uri: str, parts: SplitResult) -> int:
+    sensor = parts.netloc or parts.path.strip("/") or "0"
+    if not sensor.isdigit():
+        raise SourceConfigError(f"CSI sensor id {sensor!r} in {uri!r} is not a number; use csi://0 or csi://1")
+    return int(sensor)
 
 
 def _csi(uri, parts, options, **kw):
-    sensor = parts.netloc or parts.path.strip("/") or "0"
-    if not sensor.isdigit():
-        raise SourceError(f"CSI sensor id {sensor!r} in {uri!r} is not a number; use csi://0 or csi://1")
-    return open_csi(uri, options, int(sensor), **kw)
+    return open_csi(uri, options, _csi_sensor(uri, parts), **kw)
+
+
+def _check_csi(uri, parts, options):
+    _csi_sensor(uri, parts)
+    csi_flip(uri, options)
 
 
 def _test(uri, parts, options, **kw):
     return open_test(uri, options, **kw)
 
 
+def _check_test(uri, parts, options):
+    open_test(uri, options, realtime=False).close()  # parses every option; renders nothing
+
+
 def _stream(uri, parts, options, **kw):
     return open_stream(uri, options, **kw)
 
 
-def _path(uri, parts, options, **kw):
+def _check_stream(uri, parts, options):
+    check_stream(uri)  # options belong to the server; whether it answers is an outage question
+
+
+def _path_of(uri: str, parts: SplitResult) -> Path:
+    """The file or folder a path source names. A missing one is a configuration error, not an outage."""
     path = Path(parts.path if parts.scheme == "file" else uri).expanduser()
-    if path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-        return open_folder(uri, options, path, **kw)
-    if path.is_file():
-        return open_file(uri, options, path, **kw)
     if not path.exists():
-        raise SourceError(f"no such file or folder: {str(path)!r}; valid sources: {SOURCE_HELP}")
-    raise SourceError(f"{str(path)!r} is neither a video file nor a folder of images")
+        raise SourceConfigError(f"no such file or folder: {str(path)!r}; valid sources: {SOURCE_HELP}")
+    if not (path.is_dir() or path.is_file()):
+        raise SourceConfigError(f"{str(path)!r} is neither a video file nor a folder of images")
+    return path
+
+
+def _is_folder_source(path: Path) -> bool:
+    return path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _path(uri, parts, options, **kw):
+    path = _path_of(uri, parts)
+    if _is_folder_source(path):
+        return open_folder(uri, options, path, **kw)
+    return open_file(uri, options, path, **kw)
+
+
+def _check_path(uri, parts, options):
+    path = _path_of(uri, parts)
+    if _is_folder_source(path):
+        open_folder(uri, options, path, realtime=False).close()  # lists the images and parses options; decodes none
+    else:
+        check_options(uri, options, FILE_OPTIONS)
 
 
 # scheme -> factory(uri, urlsplit parts, query options, width=, height=, fps=, loop=, realtime=) -> FrameSource
@@ -73,6 +134,17 @@ SOURCES: dict[str, Callable[..., FrameSource]] = {
     "http": _stream,
     "https": _stream,
     "file": _path,
+}
+# scheme -> check(uri, parts, options): what the factory checks before it opens anything
+_CHECKS: dict[str, Callable[[str, SplitResult, dict[str, str]], None]] = {
+    "v4l2": _check_v4l2,
+    "csi": _check_csi,
+    "test": _check_test,
+    "rtsp": _check_stream,
+    "rtsps": _check_stream,
+    "http": _check_stream,
+    "https": _check_stream,
+    "file": _check_path,
 }
 
 
@@ -87,36 +159,71 @@ def _scheme_of(uri: str) -> str:
     return scheme
 
 
-def open_source(uri: str, *, width: int | None = None, height: int | None = None, fps: float | None = None,
-                loop: bool = False, realtime: bool = True) -> FrameSource:
-    """Open `uri` and return a ready FrameSource, or raise SourceError naming the source and what to try.
-
-    realtime=True paces files, folders and test:// to their fps like a camera; False reads as fast as possible.
-    loop=True repeats files, folders and finite test:// sources forever.
-    """
+def _parse(uri: str) -> tuple[str, str, SplitResult, dict[str, str]]:
+    """(uri stripped, scheme, urlsplit parts, query options); SourceConfigError for an empty URI or unknown scheme."""
     uri = str(uri).strip()
     if not uri:
-        raise SourceError(f"empty video source; valid sources: {SOURCE_HELP}")
+        raise SourceConfigError(f"empty video source; valid sources: {SOURCE_HELP}")
     scheme = _scheme_of(uri)
-    factory = SOURCES.get(scheme)
-    if factory is None:
-        raise SourceError(f"unknown source scheme {scheme + '://'!r} in {uri!r}; valid: "
-                          f"{', '.join(s + '://' for s in SOURCES)} or a device, file or folder path")
+    if scheme not in SOURCES:
+        raise SourceConfigError(f"unknown source scheme {scheme + '://'!r} in {redact_uri(uri)!r}; valid: "
+                                f"{', '.join(s + '://' for s in SOURCES)} or a device, file or folder path")
     if "://" in uri:
         parts = urlsplit(uri)
         options = dict(parse_qsl(parts.query, keep_blank_values=True))
     else:  # a bare device or path: no query options (a file name may contain '?')
         parts, options = urlsplit("")._replace(path=uri), {}
+    return uri, scheme, parts, options
+
+
+def _raise_without_secrets(error: SourceError, cause: BaseException | None = None) -> NoReturn:
+    """Raise `error` (chained to `cause`), or when its message quotes credentials, a copy with them redacted and
+    no chain (the original would carry the secret into debug tracebacks). Messages end up in the journal."""
+    text = redact_uri(str(error))
+    if text != str(error):
+        raise type(error)(text) from None
+    raise error from (cause or error.__cause__)
+
+
+def validate_source_uri(uri: str) -> None:
+    """Check a source URI without opening a camera or stream: the scheme, its options, that a file or folder
+    exists (and a folder holds images), that csi:// has GStreamer. Raises SourceConfigError (one line) when wrong.
+
+    Whether a device or server answers is not checked: that is an outage a service waits out, not a mistake.
+    """
+    uri, scheme, parts, options = _parse(uri)
+    try:
+        _CHECKS[scheme](uri, parts, options)
+    except SourceError as e:
+        _raise_without_secrets(e)
+
+
+def open_source(uri: str, *, width: int | None = None, height: int | None = None, fps: float | None = None,
+                loop: bool = False, realtime: bool = True) -> FrameSource:
+    """Open `uri` and return a ready FrameSource, or raise SourceError naming the source and what to try
+    (SourceConfigError when the URI itself is wrong). Credentials in the URI never appear in logs or errors.
+
+    realtime=True paces files, folders and test:// to their fps like a camera; False reads as fast as possible.
+    loop=True repeats files, folders and finite test:// sources forever.
+    """
+    uri, scheme, parts, options = _parse(uri)
     for name, value in (("width", width), ("height", height), ("fps", fps)):
         if value is not None and value <= 0:
-            raise SourceError(f"--{name} must be > 0, got {value}")
+            raise SourceConfigError(f"--{name} must be > 0, got {value}")
     try:
-        source = factory(uri, parts, options, width=width, height=height, fps=fps, loop=loop, realtime=realtime)
-    except SourceError:
-        raise
+        source = SOURCES[scheme](uri, parts, options, width=width, height=height, fps=fps, loop=loop,
+                                 realtime=realtime)
+    except SourceError as e:
+        _raise_without_secrets(e)
     except (OSError, ValueError, RuntimeError) as e:  # cv2.error is an Exception subclass, handled below
-        raise SourceError(f"cannot open {uri!r}: {e}") from e
+        _raise_without_secrets(SourceError(f"cannot open {uri!r}: {e}"), e)
     except Exception as e:  # cv2.error from a backend
-        raise SourceError(f"cannot open {uri!r}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from e
-    log.info("opened %s (%s, fps %s)", uri, type(source).__name__, source.fps)
+        _raise_without_secrets(SourceError(f"cannot open {uri!r}: {_last_line(e)}"), e)
+    log.info("opened %s (%s, fps %s)", redact_uri(uri), type(source).__name__, source.fps)
     return source
+
+
+def _last_line(e: BaseException) -> str:
+    """The last line of a native library's (OpenCV's) multi-line message: the one that says what failed."""
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else repr(e)

@@ -1,7 +1,9 @@
-"""Adapters that give a plain `FrameSource` the camera interface the pipeline reads (`read_latest`).
+"""Adapters around a plain `FrameSource`.
 
 `SyncSource` decodes on the caller's thread (no drops); `PrefetchSource` decodes one frame ahead on a reader thread
-(throughput on files). A live camera uses `edge.runtime.camera.Camera` instead, which keeps only the newest frame.
+(throughput on files); both give it the camera interface the pipeline reads (`read_latest`). A live camera uses
+`edge.runtime.camera.Camera` instead, which keeps only the newest frame. `InterruptibleSource` lets a stop end a
+read that blocks (a 0.1 fps source, a stalled stream) at once, so shutting down never waits for the source.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ import logging
 import queue
 import threading
 import time
+
+import numpy as np
+
+from edge.runtime.sources.base import FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +135,67 @@ class PrefetchSource(SyncSource):
             self._thread.join(5)
             self._thread = None
         super().stop()
+
+
+class InterruptibleSource(FrameSource):
+    """A FrameSource whose `read()` stops blocking soon after `interrupt` (an Event) is set.
+
+    The wrapped source's `read()` runs on a daemon thread of its own. On `interrupt`, a read that only waits to
+    pace frames (a 0.1 fps test:// or slideshow) returns its frame at once; one blocked in a driver or on a stalled
+    stream raises OSError and is left behind, and the wrapped source is closed on that thread when the call
+    returns (never from under a read in progress). A service sets `interrupt` when it stops, so the camera's
+    capture thread never holds the stop past its 5 s promise.
+    """
+
+    POLL_S = 0.1  # how often a waiting read looks at `interrupt` (a frame that arrives wakes it at once)
+
+    def __init__(self, source: FrameSource, interrupt: threading.Event) -> None:
+        self.source = source
+        self.uri, self.fps, self.is_live = source.uri, source.fps, source.is_live
+        self._interrupt = interrupt
+        self._request = threading.Event()
+        self._done = threading.Event()
+        self._result: tuple[np.ndarray | None, BaseException | None] = (None, None)
+        self._closed = False
+        self._thread = threading.Thread(target=self._worker, name=f"source-read {source.uri}", daemon=True)
+        self._thread.start()
+
+    def _worker(self) -> None:
+        try:
+            while True:
+                self._request.wait()
+                self._request.clear()
+                if self._closed:
+                    return
+                try:
+                    self._result = (self.source.read(), None)
+                except BaseException as e:  # noqa: BLE001 - handed to the reading thread, which raises it
+                    self._result = (None, e)
+                self._done.set()
+        finally:
+            self.source.close()
+
+    def read(self) -> np.ndarray | None:
+        if self._closed:
+            raise OSError(f"{self.uri}: read after close")
+        self._done.clear()
+        self._request.set()
+        while not self._done.wait(self.POLL_S):
+            if self._interrupt.is_set():
+                self.source.interrupt()  # a pacing wait ends now, with its frame
+                if not self._done.wait(self.POLL_S):
+                    raise OSError(f"{self.uri}: read interrupted (stopping)")
+        frame, error = self._result
+        if error is not None:
+            raise error
+        return frame
+
+    def close(self) -> None:
+        self._closed = True
+        self.source.interrupt()  # a read that only waits to pace frames returns now
+        self._request.set()  # an idle worker closes the source now, a busy one once its read returns
+
+    def wait_closed(self, timeout: float) -> bool:
+        """After `close()`: wait up to `timeout` s for the wrapped source to be released; True when it was."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()

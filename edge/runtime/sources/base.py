@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from typing import Mapping
 
@@ -11,7 +13,25 @@ from edge.core.errors import EdgeError
 
 
 class SourceError(EdgeError):
-    """A video source could not be opened or read; the message names the source and what to try."""
+    """A video source could not be opened or read; the message names the source and what to try.
+
+    Plain SourceErrors may pass (a camera unplugged, a stream down, a busy device): a service retries them.
+    """
+
+
+class SourceConfigError(SourceError):
+    """The source itself is wrong (unknown scheme, bad option, missing file, no GStreamer for csi://): retrying
+    cannot help, so a service stops with this one line instead of reconnecting forever."""
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s'\"]+@")
+_SECRET_PARAM = re.compile(r"(?i)([?&;][^=&\s'\"#]*(?:token|pass|pwd|secret|key|auth|sig)[^=&\s'\"#]*=)[^&\s'\"#]*")
+
+
+def redact_uri(text: str) -> str:
+    """`text` (a URI, a request line, a message quoting one) without credentials: `user:pass@` and the values
+    of query parameters such as `?token=` become `***`, so logs and the journal never hold them."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub("***@", text))
 
 
 class FrameSource:
@@ -22,10 +42,17 @@ class FrameSource:
     #: True for cameras and network streams (a missed frame is gone; an end or an error means "reconnect"),
     #: False for files, folders and test:// (an end is the real end).
     is_live: bool = False
+    _pacer: "Pacer | None" = None  # set by sources paced in real time (files, folders, test://)
 
     def read(self) -> np.ndarray | None:
         """The next frame, BGR uint8 HxWx3, or None at the end of the stream. Raises SourceError/OSError."""
         raise NotImplementedError
+
+    def interrupt(self) -> None:
+        """Cut short a `read` that is only waiting to pace frames, so it returns at once; safe from any thread.
+        A read blocked in a driver is not affected. Used before closing a source another thread reads."""
+        if self._pacer is not None:
+            self._pacer.interrupt()
 
     def close(self) -> None:
         """Release the device or file; safe to call more than once."""
@@ -46,6 +73,7 @@ class Pacer:
     def __init__(self, fps: float):
         self.period = 1.0 / fps
         self._next: float | None = None
+        self._interrupted = threading.Event()
 
     def wait(self) -> None:
         now = time.monotonic()
@@ -53,8 +81,12 @@ class Pacer:
         if self._next is None or now - self._next > 1.0:
             self._next = now
         elif self._next > now:
-            time.sleep(self._next - now)
+            self._interrupted.wait(self._next - now)  # a sleep that interrupt() ends (a 0.1 fps wait is 10 s)
         self._next += self.period
+
+    def interrupt(self) -> None:
+        """End the current wait and every later one (the source is about to close)."""
+        self._interrupted.set()
 
 
 def check_options(uri: str, options: Mapping[str, str], allowed: Mapping[str, str]) -> None:
@@ -62,7 +94,7 @@ def check_options(uri: str, options: Mapping[str, str], allowed: Mapping[str, st
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         valid = ", ".join(f"{k} ({v})" for k, v in allowed.items()) or "none"
-        raise SourceError(f"unknown option {unknown[0]!r} in source {uri!r}; valid options: {valid}")
+        raise SourceConfigError(f"unknown option {unknown[0]!r} in source {uri!r}; valid options: {valid}")
 
 
 def number_option(uri: str, options: Mapping[str, str], name: str, default, kind=float, positive: bool = True):
@@ -72,7 +104,7 @@ def number_option(uri: str, options: Mapping[str, str], name: str, default, kind
     try:
         value = kind(options[name])
     except ValueError as e:
-        raise SourceError(f"option {name}={options[name]!r} in source {uri!r} is not a {kind.__name__}") from e
+        raise SourceConfigError(f"option {name}={options[name]!r} in source {uri!r} is not a {kind.__name__}") from e
     if positive and value <= 0:
-        raise SourceError(f"option {name}={options[name]!r} in source {uri!r} must be > 0")
+        raise SourceConfigError(f"option {name}={options[name]!r} in source {uri!r} must be > 0")
     return value

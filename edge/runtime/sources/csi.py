@@ -13,7 +13,12 @@ from typing import Iterator
 
 import cv2
 
-from edge.runtime.sources.base import SourceError, check_options, number_option
+from edge.runtime.sources.base import (
+    SourceConfigError,
+    SourceError,
+    check_options,
+    number_option,
+)
 from edge.runtime.sources.opencv_source import OpenCVSource
 
 log = logging.getLogger(__name__)
@@ -81,14 +86,20 @@ def captured_stderr() -> Iterator[list[str]]:
                 os.write(2, text.encode())
 
 
-def open_csi(uri: str, options: dict[str, str], sensor_id: int, *, width=None, height=None, fps=None, loop=False,
-             realtime=True) -> OpenCVSource:
+def csi_flip(uri: str, options: dict[str, str]) -> int:
+    """Check a csi:// source without opening it (options, GStreamer in this OpenCV); its flip-method."""
     check_options(uri, options, OPTIONS)
     flip = number_option(uri, options, "flip", 0, int, positive=False)
     if not 0 <= flip <= 7:
-        raise SourceError(f"option flip={flip} in source {uri!r} must be 0-7")
+        raise SourceConfigError(f"option flip={flip} in source {uri!r} must be 0-7")
     if not gstreamer_available():
-        raise SourceError(NO_GSTREAMER)
+        raise SourceConfigError(NO_GSTREAMER)
+    return flip
+
+
+def open_csi(uri: str, options: dict[str, str], sensor_id: int, *, width=None, height=None, fps=None, loop=False,
+             realtime=True) -> OpenCVSource:
+    flip = csi_flip(uri, options)
     w, h = (int(width), int(height)) if width and height else DEFAULT_SIZE
     rate = fps or DEFAULT_FPS
     pipeline = csi_pipeline(sensor_id, w, h, rate, flip)

@@ -12,6 +12,7 @@ from edge.core.files import IMAGE_EXTENSIONS, list_images
 from edge.runtime.sources.base import (
     FrameSource,
     Pacer,
+    SourceConfigError,
     SourceError,
     check_options,
     number_option,
@@ -33,7 +34,7 @@ class ImageFolderSource(FrameSource):
         self.uri = uri
         self.files = [path] if path.is_file() else list_images(path)
         if not self.files:
-            raise SourceError(f"no images in folder {str(path)!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+            raise SourceConfigError(f"no images in folder {str(path)!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
         self.fps = float(fps or number_option(uri, options, "fps", DEFAULT_FPS))
         self.size = (int(width), int(height)) if width and height else None
         self.loop = loop

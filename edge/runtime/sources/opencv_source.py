@@ -8,11 +8,18 @@ import os
 import sys
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 
-from edge.runtime.sources.base import FrameSource, Pacer, SourceError, check_options
+from edge.runtime.sources.base import (
+    FrameSource,
+    Pacer,
+    SourceConfigError,
+    SourceError,
+    check_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +139,23 @@ def _v4l2_hint(device: str) -> str:
             "and another --width/--height/--fps it supports (`v4l2-ctl --list-formats-ext`)")
 
 
-def open_v4l2(uri: str, options: dict[str, str], device: str | int, *, width=None, height=None, fps=None,
-              loop=False, realtime=True) -> OpenCVSource:
-    """A USB/V4L2 camera: `device` is an index or a /dev/video path."""
+def v4l2_settings(uri: str, options: dict[str, str]) -> list[tuple[int, float]]:
+    """Check a V4L2 source's options without opening the device; the capture settings they ask for."""
     check_options(uri, options, V4L2_OPTIONS)
     settings: list[tuple[int, float]] = []
     if "fourcc" in options:
         code = options["fourcc"]
         if len(code) != 4:
-            raise SourceError(f"option fourcc={code!r} in source {uri!r} must be 4 characters, e.g. MJPG or YUYV")
+            raise SourceConfigError(f"option fourcc={code!r} in source {uri!r} must be 4 characters, e.g. MJPG or YUYV")
         settings.append((cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*code)))
+    return settings
+
+
+def open_v4l2(uri: str, options: dict[str, str], device: str | int, *, width=None, height=None, fps=None,
+              loop=False, realtime=True) -> OpenCVSource:
+    """A USB/V4L2 camera: `device` is an index or a /dev/video path. A missing device is an outage (SourceError,
+    retried: a USB camera unplugged at boot), not a configuration error."""
+    settings = v4l2_settings(uri, options)
     if width:
         settings.append((cv2.CAP_PROP_FRAME_WIDTH, width))
     if height:
@@ -161,18 +175,30 @@ def open_v4l2(uri: str, options: dict[str, str], device: str | int, *, width=Non
 
 def open_file(uri: str, options: dict[str, str], path: str | Path, *, width=None, height=None, fps=None,
               loop=False, realtime=True) -> OpenCVSource:
-    """A video file; paced to its own frame rate (or `fps`) when realtime."""
+    """A video file; paced to its own frame rate (or `fps`) when realtime. A file that does not decode is a
+    configuration error (SourceConfigError): reopening it cannot help."""
     check_options(uri, options, FILE_OPTIONS)
     hint = ("OpenCV could not decode it; check that it plays (e.g. `ffprobe FILE`) and use a common codec "
             "(H.264 .mp4, MJPG .avi)")
     size = (int(width), int(height)) if width and height else None
-    return OpenCVSource(uri, str(path), cv2.CAP_ANY, is_live=False, hint=hint, fps=fps, loop=loop,
-                        realtime=realtime, size=size)
+    try:
+        return OpenCVSource(uri, str(path), cv2.CAP_ANY, is_live=False, hint=hint, fps=fps, loop=loop,
+                            realtime=realtime, size=size)
+    except SourceError as e:
+        raise SourceConfigError(str(e)) from e
+
+
+def check_stream(uri: str) -> None:
+    """An rtsp:// or http(s):// URL must name a host (whether it answers is an outage question, not checked)."""
+    if not urlsplit(uri).hostname:
+        raise SourceConfigError(f"source {uri!r} names no host; e.g. rtsp://camera.local:554/stream or "
+                                "http://host:8080/stream.mjpg")
 
 
 def open_stream(uri: str, options: dict[str, str], *, width=None, height=None, fps=None, loop=False,
                 realtime=True) -> OpenCVSource:
     """rtsp:// and http(s):// streams (e.g. MJPEG) through OpenCV's FFmpeg backend, with open/read timeouts."""
+    check_stream(uri)
     # options stay in the URL: they belong to the server (e.g. ?action=stream)
     if uri.startswith("rtsp"):
         # TCP: UDP loses packets on Wi-Fi and gives smeared frames; set before the first open, read by OpenCV
