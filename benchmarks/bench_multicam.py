@@ -17,7 +17,12 @@ Modes (same model, same cameras, overlay drawn, no outputs):
 Figures over the measured window (after a warm-up): aggregate fps (all cameras), each camera's fps and its share
 of the mean, capture-to-result latency p50/p95 over all frames, the mean batch, and where the time goes per frame:
 preprocess, model (call time / frames in the call) and overlay. Weights are random (speed does not depend on them).
-Rounds are interleaved and the round with the median aggregate fps is reported (the CPU may be shared).
+Rounds are interleaved and the round with the median aggregate fps is reported (the CPU may be shared). First, the
+model alone: ms per frame at batch 1, 2 and 4, which decides whether batching can pay on this machine at all.
+
+Found on a 2-core x86 CPU (onnxruntime, squeezenet1_1 and efficientnet_lite0): the model's cost per frame does not
+fall with the batch size (it rises a little), so batching gives no throughput there (0.90-1.00x of per-frame) and
+costs latency; it is meant for GPUs (TensorRT engines, CUDA), where a batch-1 call leaves most of the GPU idle.
 """
 
 from __future__ import annotations
@@ -98,6 +103,28 @@ def measure(model: Path, cameras: int, mode: str, fps: float, seconds: float, wa
     }
 
 
+def model_scaling(model: Path, threads: int | None, batches=(1, 2, 4), repeats: int = 5) -> dict[int, float]:
+    """The model alone: median ms per frame at each batch size (no pipeline, no cameras)."""
+    from edge.runtime.backends import load_backend
+
+    backend = load_backend(str(model), "onnxruntime", "cpu", threads=threads)
+    size = backend.meta.preprocess.input_size
+    x = np.random.default_rng(0).random((max(batches), 3, size, size), np.float32)
+    runs: dict[int, list[float]] = {n: [] for n in batches}
+    try:
+        for n in batches:
+            backend.infer(x[:n])  # warm-up: first calls allocate
+        for _ in range(repeats):
+            for n in batches:
+                t = time.perf_counter()
+                for _ in range(8 // n):
+                    backend.infer(x[:n])
+                runs[n].append((time.perf_counter() - t) / (8 // n * n) * 1e3)
+    finally:
+        backend.close()
+    return {n: round(statistics.median(v), 2) for n, v in runs.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
@@ -114,6 +141,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         _, onnx_path = make_models(Path(tmp), a.arch)
+        scaling = model_scaling(onnx_path, a.threads)
         results: dict[tuple[int, str], list[dict]] = {}
         for r in range(a.rounds):
             for n in a.cameras:
@@ -131,9 +159,10 @@ def main() -> None:
               for n in a.cameras if "batched" in a.modes and "per-frame" in a.modes}
     if a.json:
         print(json.dumps({"arch": a.arch, "fps": a.fps, "seconds": a.seconds, "rounds": a.rounds, "runs": table,
-                          "batched_vs_per_frame": ratios}))
+                          "batched_vs_per_frame": ratios, "model_ms_per_frame_by_batch": scaling}))
         return
-    print(f"\n{a.arch} on onnxruntime CPU, test:// 640x480 cameras paced at {a.fps:g} fps, {a.seconds:g} s measured, "
+    print("\nmodel alone, ms per frame by batch size: " + ", ".join(f"batch {n}: {ms:.2f}" for n, ms in scaling.items()))
+    print(f"{a.arch} on onnxruntime CPU, test:// 640x480 cameras paced at {a.fps:g} fps, {a.seconds:g} s measured, "
           f"round with the median fps of {a.rounds}")
     print(f"{'cams':>4} {'mode':<10}{'offered':>8}{'agg fps':>9}  {'per-camera fps':<28}{'min/mean':>9}{'batch':>7}"
           f"{'lat p50':>9}{'lat p95':>9}{'prep ms':>9}{'model ms/frame':>16}{'overlay ms':>12}")
