@@ -367,6 +367,20 @@ def test_timing_window_keeps_the_last_values_and_is_json_friendly_when_empty():
     assert len(window) == 3 and window.percentiles("infer_ms", (50,)) == [2.0] and window.total("drops") == 6.0
 
 
+def test_rate_meter_follows_the_rate_and_averages_the_run():
+    from edge.runtime.timings import RateMeter
+
+    meter = RateMeter(alpha=0.5)
+    meter.tick(10.0)
+    assert meter.fps == meter.fps_avg == 0.0  # one tick is no rate yet
+    for t in (10.1, 10.2, 10.3):
+        meter.tick(t)
+    assert meter.fps == pytest.approx(10.0) and meter.fps_avg == pytest.approx(10.0)
+    for t in (10.8, 11.3):  # slows down to 2 fps: the smoothed rate follows, the average lags
+        meter.tick(t)
+    assert 2.0 < meter.fps < 4.0 and meter.fps_avg == pytest.approx(5 / 1.3) and meter.count == 6
+
+
 def test_stats_report_recent_latency_percentiles():
     pipe = Pipeline(ListSource([frame(0)] * 5), FakeBackend(delay=0.01), window=3)
     assert pipe.stats["infer_ms_p50"] is None  # no frame yet: null in JSON, not NaN

@@ -119,7 +119,7 @@ class PrefetchSource(SyncSource):
         if self.state == "ended":
             return None
         try:
-            item = self._q.get(timeout=timeout) if timeout != 0.0 else self._q.get_nowait()
+            item = self._q.get(timeout=timeout)  # 0: no waiting
         except queue.Empty:
             return None
         if item is None:
