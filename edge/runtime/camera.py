@@ -47,7 +47,8 @@ class Camera(traitlets.HasTraits):
     `state` ("stopped", "starting", "streaming", "reconnecting", "ended"), `frame_id`, `frame_time`
     (time.monotonic() when read), `errors` (failed opens/reads and stalls), `reconnects` (reopen attempts after
     the first open), `last_error`. `value`, `frame_id` and `frame_time` are set on a notifier thread, and may
-    skip frames when observers are slow; `read_latest` is the exact, blocking way to get frames.
+    skip frames when observers are slow; `read_latest` is the exact, blocking way to get frames, `poll_latest`
+    the non-blocking one, and `add_frame_callback` wakes a consumer that waits on several cameras at once.
     """
 
     value = traitlets.Any(None, allow_none=True)
@@ -86,6 +87,8 @@ class Camera(traitlets.HasTraits):
         self._outage_since: float | None = None
         self._last_outage_log = 0.0
         self._observer_failed = False
+        self._frame_callbacks: tuple[Callable[[], None], ...] = ()
+        self._callback_failed = False
 
     @classmethod
     def from_source(cls, source: FrameSource, uri: str | None = None, **kwargs) -> Camera:
@@ -163,6 +166,7 @@ class Camera(traitlets.HasTraits):
         _LIVE.discard(self)
         if self.state != "ended":
             self.state = "stopped"
+        self._wake_callbacks()
 
     # ---- frames ---------------------------------------------------------------------------------------------
 
@@ -182,12 +186,40 @@ class Camera(traitlets.HasTraits):
                     return None
                 self._cond.wait(remaining)
 
+    def poll_latest(self, after_id: int = -1) -> tuple[np.ndarray, int, float] | None:
+        """The newest (frame, frame_id, frame_time) if it is newer than `after_id`, else None; never waits."""
+        latest = self._latest  # one reference read: the reader replaces the tuple whole
+        return latest if latest is not None and latest[1] > after_id else None
+
+    def add_frame_callback(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` after every new frame, and at end of stream and stop.
+
+        It runs on the capture thread, so it must be quick and must not block (e.g. `threading.Event.set`): a
+        consumer of several cameras waits on one event that all of them set, then polls each (`poll_latest`).
+        """
+        with self._cond:
+            self._frame_callbacks = (*self._frame_callbacks, callback)
+
+    def remove_frame_callback(self, callback: Callable[[], None]) -> None:
+        with self._cond:
+            self._frame_callbacks = tuple(c for c in self._frame_callbacks if c is not callback)
+
+    def _wake_callbacks(self) -> None:
+        for callback in self._frame_callbacks:
+            try:
+                callback()
+            except Exception:  # a consumer's bug must not stop capture
+                if not self._callback_failed:
+                    self._callback_failed = True
+                    log.exception("%s: a frame callback raised; capture goes on", self.uri)
+
     def _publish(self, frame: np.ndarray) -> None:
         now = time.monotonic()
         with self._cond:
             self._latest = (frame, self._next_id, now)
             self._next_id += 1
             self._cond.notify_all()
+        self._wake_callbacks()
         if self._outage_since is not None:
             log.warning("%s: frames are back after %.1f s", self.uri, now - self._outage_since)
             self._outage_since = None
@@ -293,6 +325,7 @@ class Camera(traitlets.HasTraits):
             self._cond.notify_all()
         log.info("%s: end of stream", self.uri)
         self.state = "ended"
+        self._wake_callbacks()
         self.running = False  # the observer sees it is on the reader thread and does not join itself
 
     # ---- notifier thread: traits and the stall watchdog -----------------------------------------------------
@@ -315,11 +348,13 @@ class Camera(traitlets.HasTraits):
             self._watchdog()
 
     def _set_frame_traits(self, latest: tuple[np.ndarray, int, float]) -> None:
+        # one by one, not under hold_trait_notifications(): that swaps the instance's notify_change for every
+        # thread, so a `running = False` set by stop() meanwhile would be run later on this thread, and stop()
+        # would return with capture still going
         try:
-            with self.hold_trait_notifications():
-                self.frame_id = latest[1]
-                self.frame_time = latest[2]
-                self.value = latest[0]
+            self.frame_id = latest[1]
+            self.frame_time = latest[2]
+            self.value = latest[0]  # last: a `value` observer reads the matching frame_id and frame_time
         except Exception:
             if not self._observer_failed:  # once: a broken callback must not flood the log
                 self._observer_failed = True

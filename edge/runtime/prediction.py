@@ -20,6 +20,7 @@ class Prediction:
     latency_ms: float  # frame arrival (capture) -> result
     frame_age_ms: float  # age of the frame when inference picked it up
     raw_label: str = ""  # this frame's argmax, before smoothing
+    camera: int = 0  # which of the pipeline's cameras the frame came from (its index, 0 for a single camera)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
