@@ -12,8 +12,9 @@ from edge.core.memory import keep_freed_memory
 from edge.core.registry import list_models
 
 from .config import BOUNDS, MODES, TrainConfig
+from .distributed import FailedOnMain, env_rank, process_group
 from .presets import AugmentSpec
-from .trainer import train_model
+from .trainer import resolve_device, train_model
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="train",
         description="Fine-tune a pretrained CNN on DATA/<label>/*.jpg (or DATA/train + DATA/val) and write "
-        "model.pt, labels.txt, metrics.json and confusion_matrix.png to --output.",
+        "model.pt, labels.txt, metrics.json and confusion_matrix.png to --output. Started by "
+        "`torchrun --nproc-per-node N -m train ...`, it trains data-parallel on N GPUs (or N CPU processes).",
     )
     p.add_argument("--data", required=True, type=Path, help="ImageFolder dataset directory")
     p.add_argument("--arch", default="squeezenet1_1", help=f"model architecture: {', '.join(list_models())}")
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_number("epochs"), default=20, help="epochs (per stage in two-stage mode)")
     p.add_argument("--finetune-epochs", type=_number("finetune_epochs"), default=None,
                    help="two-stage: epochs of the finetune stage")
-    p.add_argument("--batch-size", type=_number("batch_size"), default=None, help="default: 32 (16 on 4 GB Jetsons)")
+    p.add_argument("--batch-size", type=_number("batch_size"), default=None,
+                   help="per process (under torchrun, N processes step on N x this); default: 32 (16 on 4 GB Jetsons)")
     p.add_argument("--lr", type=_number("lr"), default=None,
                    help="learning rate of the head (default 1e-2 on cached features, 1e-3 when fine-tuning; "
                         "the backbone gets x0.1)")
@@ -82,14 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     keep_freed_memory()
-    logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s", stream=sys.stdout)
+    main_rank = env_rank() == 0  # under torchrun, rank 0 alone logs and prints
+    logging.basicConfig(level=logging.INFO if main_rank and not a.quiet else logging.WARNING, format="%(message)s",
+                        stream=sys.stdout)
     cfg = TrainConfig(
         data=a.data, output=a.output, arch=a.arch, weights=a.weights, mode=a.mode, epochs=a.epochs,
         finetune_epochs=a.finetune_epochs, batch_size=a.batch_size, lr=a.lr, device=a.device,
         val_fraction=a.val_fraction, seed=a.seed, patience=a.patience, cache_views=a.cache_views,
         augment=AugmentSpec(hflip=a.hflip), workers=a.workers, resume=a.resume,
     )
-    result = train_model(cfg, progress=False if a.no_progress else None)
+    cfg.validate()
+    try:
+        with process_group(resolve_device(cfg.device)):
+            result = train_model(cfg, progress=False if a.no_progress else None)
+    except FailedOnMain:
+        # rank 0 prints the one error line and exits non-zero, which is what torchrun reports; failing here too
+        # would have torchrun stop rank 0 before it has printed
+        return 0
+    if not main_rank:
+        return 0
     print(f"val accuracy {result.metrics['val_accuracy']:.3f}; model written to {result.output / 'model.pt'}")
     return 0
 

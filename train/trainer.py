@@ -34,6 +34,7 @@ from edge.core.registry import ArchSpec, create_model, get_arch
 
 from .config import FINETUNE_LR, HEAD_LR, TrainConfig
 from .dataset import DatasetInfo, InMemoryImages, eval_batch, load_samples, scan_dataset
+from .distributed import DistContext
 from .engine import (
     EarlyStopper,
     Evaluation,
@@ -98,6 +99,7 @@ class Job:
     val_y: torch.Tensor
     no_bar: bool | None  # tqdm's `disable`: None = bars on a terminal only
     feature_seconds: float = 0.0  # head stage: time spent caching backbone features
+    dist: DistContext = field(default_factory=DistContext)  # torchrun's process group, or a single process
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -180,24 +182,29 @@ def head_stage(job: Job, epochs: int) -> Stage:
     t = time.perf_counter()
     clean, augment = EvalTransform(job.spec), train_transform(job.spec, cfg.augment)
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # the augmented views' randomness
-    images, n = job.train_images, len(job.train_images)
-    n_batches = len(range(0, n, bs))
+    torch.manual_seed(cfg.seed + job.dist.rank)  # the augmented views' randomness (each process its own)
+    # each process extracts its share of the images; the gathered cache is in the single-process order
+    dist, images = job.dist, job.dist.shard(job.train_images)
+    n_batches = len(range(0, len(images), bs))
     views = []
     for v in range(cfg.cache_views):
         tf = clean if v == 0 else augment
-        batches = (torch.stack([tf(img) for img in images[i:i + bs]]) for i in range(0, n, bs))
-        views.append(extract_features(job, batches, n_batches, f"features view {v + 1}/{cfg.cache_views}"))
+        batches = (torch.stack([tf(img) for img in images[i:i + bs]]) for i in range(0, len(images), bs))
+        views.append(dist.gather_rows(
+            extract_features(job, batches, n_batches, f"features view {v + 1}/{cfg.cache_views}")))
     train_f = torch.cat(views)
     train_y = torch.tensor(job.train_targets * cfg.cache_views, device=job.device)
-    val_f = extract_features(job, (job.val_x[i:i + bs] for i in range(0, len(job.val_x), bs)),
-                             len(range(0, len(job.val_x), bs)), "features val")
+    val_x = dist.shard(job.val_x)
+    val_f = dist.gather_rows(extract_features(job, (val_x[i:i + bs] for i in range(0, len(val_x), bs)),
+                                              len(range(0, len(val_x), bs)), "features val"))
     job.feature_seconds = dt = time.perf_counter() - t
+    n = len(job.train_images)
     log.info("cached features of %d train images x %d views + %d val images in %.1fs (%.0f img/s)",
              n, cfg.cache_views, len(val_f), dt, (n * cfg.cache_views + len(val_f)) / max(dt, 1e-9))
     return Stage(
         "head", epochs, head, [{"params": list(head.parameters()), "lr": cfg.lr or HEAD_LR}],
-        TensorBatches(train_f, train_y, bs, shuffle), TensorBatches(val_f, job.val_y, HEAD_EVAL_BATCH),
+        TensorBatches(train_f, train_y, bs, shuffle, dist.rank, dist.world_size),
+        TensorBatches(dist.shard(val_f), dist.shard(job.val_y), HEAD_EVAL_BATCH),
         # head epochs take milliseconds: one resume point when the stage ends is enough
         warmup=False, amp=False, slow_epochs=False,
     )
@@ -213,15 +220,16 @@ def finetune_stage(job: Job, epochs: int) -> Stage:
     lr = cfg.lr or FINETUNE_LR
     ds = InMemoryImages(job.train_images, job.train_targets, train_transform(job.spec, cfg.augment))
     workers = cfg.workers if cfg.workers is not None else (min(4, (os.cpu_count() or 2) - 1) if cuda else 0)
+    sampler = job.dist.sampler(ds, seed=cfg.seed + 1)  # None in a single process
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=bs, shuffle=True, num_workers=workers, pin_memory=cuda,
-        drop_last=len(ds) > bs,  # a batch of one breaks BatchNorm in train mode
+        ds, batch_size=bs, shuffle=sampler is None, sampler=sampler, num_workers=workers, pin_memory=cuda,
+        drop_last=len(ds if sampler is None else sampler) > bs,  # a batch of one breaks BatchNorm in train mode
         generator=torch.Generator().manual_seed(cfg.seed + 1), persistent_workers=workers > 0,
     )
     return Stage(
         "finetune", epochs, job.model,
         [{"params": backbone, "lr": lr * cfg.backbone_lr_factor}, {"params": list(head.parameters()), "lr": lr}],
-        loader, TensorBatches(job.val_x, job.val_y, bs),
+        loader, TensorBatches(job.dist.shard(job.val_x), job.dist.shard(job.val_y), bs),
         warmup=True, amp=True, slow_epochs=True, oom_hint=" or --mode head",
     )
 
@@ -254,7 +262,10 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
     warmup = min(steps, max(1, total // 10)) if stage.warmup else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s + done, total, warmup))
     progress.stopper.stale = 0
+    dist = job.dist
+    trained = dist.wrap(stage.model)  # DistributedDataParallel under torchrun
     for epoch in range(first, stage.epochs + 1):
+        dist.set_epoch(stage.train_batches, epoch)
         bar = None
         if stage.slow_epochs:
             from tqdm import tqdm
@@ -263,11 +274,13 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
                                     disable=job.no_bar, leave=False)
         t = time.perf_counter()
         try:
-            train = train_one_epoch(stage.model, optimizer, scheduler, stage.train_batches, job.device, scaler, bar)
+            train = train_one_epoch(trained, optimizer, scheduler, stage.train_batches, job.device, scaler, bar)
         except torch.cuda.OutOfMemoryError as e:
             raise EdgeError(f"out of GPU memory at --batch-size {job.batch_size}; retry with --batch-size "
                             f"{max(1, job.batch_size // 2)}{stage.oom_hint}") from e
-        val = evaluate(stage.model, stage.val_batches, job.device, amp=stage.amp)
+        train = dist.reduce_train_stats(train)
+        dist.sync_buffers(stage.model)  # evaluate and keep rank 0's BatchNorm statistics everywhere
+        val = dist.gather_evaluation(evaluate(stage.model, stage.val_batches, job.device, amp=stage.amp))
         secs = time.perf_counter() - t
         stats = {"stage": stage.name, "epoch": epoch, "train_loss": train["train_loss"],
                  "train_accuracy": train["train_accuracy"], "val_loss": val.loss, "val_accuracy": val.accuracy,
@@ -278,7 +291,7 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
             progress.best_state = {k: v.detach().to("cpu", copy=True) for k, v in job.model.state_dict().items()}
             progress.best_epoch = stats
         log.info(_fmt_epoch(stats, stage.epochs) + ("  *best" if improved else ""))
-        stop = progress.stopper.should_stop and epoch < stage.epochs
+        stop = dist.broadcast(progress.stopper.should_stop and epoch < stage.epochs)  # rank 0 decides
         if stage.slow_epochs or stop or epoch == stage.epochs:
             save_last(job, progress, stage.name, epoch, stop, optimizer, scaler)
         if stop:
@@ -288,6 +301,8 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
 
 def save_last(job: Job, progress: Progress, stage: str, epoch: int, stopped_early: bool,
               optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler") -> None:
+    if not job.dist.is_main:  # one writer
+        return
     buf = io.BytesIO()
     torch.save({
         "arch": job.cfg.arch, "class_names": job.info.classes, "stage": stage, "epoch": epoch,
@@ -317,20 +332,24 @@ def read_resume(cfg: TrainConfig, classes: list[str]) -> dict[str, Any]:
 
 def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[Job, dict[str, Any] | None]:
     """Scan and decode the dataset, build the model (fresh, from --weights, or from last.pt) and the output dir."""
-    info = scan_dataset(cfg.data, cfg.val_fraction, cfg.seed)
+    # under torchrun, rank 0 reads what all need (and fails alone, with one message)
+    dist = DistContext.current()
+    info = dist.on_main(lambda: scan_dataset(cfg.data, cfg.val_fraction, cfg.seed))
     for line in info.summary_lines():
         log.info(line)
-    device = resolve_device(cfg.device)
+    device = dist.train_device(resolve_device(cfg.device))
     batch_size = cfg.batch_size or default_batch_size(device, cfg.arch)
-    resume = read_resume(cfg, info.classes) if cfg.resume else None
+    resume = dist.on_main(lambda: read_resume(cfg, info.classes)) if cfg.resume else None
     model = create_model(cfg.arch, len(info.classes), "none" if resume else cfg.weights).to(device)
     report = getattr(model, "load_report", None)
     if report is not None:
         log.info(report.summary())
-    out = ensure_writable_dir(cfg.output)
+    out = dist.on_main(lambda: ensure_writable_dir(cfg.output))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     log.info("device %s, batch size %d, mode %s", device, batch_size, cfg.mode)
+    if dist.enabled:
+        log.info("data-parallel over %d processes: %d images per step", dist.world_size, batch_size * dist.world_size)
     t = time.perf_counter()
     arch = get_arch(cfg.arch)
     train_images, train_targets = load_samples(info.train)
@@ -338,7 +357,10 @@ def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[Job, dict[str
     val_y = torch.tensor([s.target for s in info.val])
     log.info("decoded %d train + %d val images in %.1fs", len(train_images), len(val_y), time.perf_counter() - t)
     no_bar = None if progress_bars is None else not progress_bars
-    job = Job(cfg, arch, info, device, batch_size, model, out, train_images, train_targets, val_x, val_y, no_bar)
+    if not dist.is_main:
+        no_bar = True  # rank 0's bars only
+    job = Job(cfg, arch, info, device, batch_size, model, out, train_images, train_targets, val_x, val_y, no_bar,
+              dist=dist)
     return job, resume
 
 
@@ -376,7 +398,9 @@ def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
     cfg, info = job.cfg, job.info
     if progress.best_state is not None:
         job.model.load_state_dict(progress.best_state)
-    final: Evaluation = evaluate(job.model, TensorBatches(job.val_x, job.val_y, job.batch_size), job.device)
+    dist = job.dist
+    final: Evaluation = dist.gather_evaluation(
+        evaluate(job.model, TensorBatches(dist.shard(job.val_x), dist.shard(job.val_y), job.batch_size), job.device))
     metrics = classification_metrics(final.targets.tolist(), final.predictions, info.classes)
     metrics.update({
         "val_loss": final.loss,
@@ -391,6 +415,7 @@ def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
         "skipped_images": len(info.skipped),
         "warnings": info.warnings,
         "device": str(job.device),
+        "world_size": dist.world_size,  # processes trained data-parallel (torchrun), each on --batch-size images
     })
     training = {
         "data": str(Path(cfg.data).resolve()), "mode": cfg.mode, "weights": str(cfg.weights),
@@ -402,6 +427,8 @@ def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
         arch=cfg.arch, class_names=list(info.classes), preprocess=job.spec,
         metrics={"val_accuracy": metrics["val_accuracy"], "val_loss": final.loss}, training=training,
     )
+    if not dist.is_main:  # rank 0 writes the files
+        return TrainResult(job.out, metrics, job.model, meta)
     save_checkpoint(job.out / "model.pt", job.model.state_dict(), meta)
     atomic_write_text(job.out / "labels.txt", "\n".join(info.classes) + "\n")
     atomic_write_text(job.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
