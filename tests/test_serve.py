@@ -425,23 +425,29 @@ def find_chromium() -> str | None:
     return None
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(find_chromium() is None, reason="no Chromium binary (apt-get install chromium) for the live-page test")
-def test_live_page_in_headless_chromium(svc, tmp_path):
-    """The page, in a real browser: it fetches /api/prediction and shows the label and FPS, and plays the MJPEG."""
+def rendered_page(url: str, tmp_path: Path, budget_ms: int = 4000):
+    """(DOM, text_of(id)) of the page at `url` after `budget_ms` of its scripts' time in headless Chromium."""
     cmd = [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-           "--virtual-time-budget=4000", "--dump-dom", f"{svc.url}?token={TOKEN}"]
+           f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     dom = r.stdout
     assert r.returncode == 0 and "<html" in dom, r.stderr[-2000:]
 
     def text_of(id_: str) -> str:
         m = re.search(rf'id="{id_}"[^>]*>([^<]*)<', dom)
-        assert m, f"#{id_} missing from the rendered page:\n{dom[:3000]}"
+        assert m, f"#{id_} missing from the rendered page:\n{dom[:4000]}"
         return m.group(1).strip()
 
+    return dom, text_of
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium binary (apt-get install chromium) for the live-page test")
+def test_live_page_in_headless_chromium(svc, tmp_path):
+    """The page, in a real browser: it fetches /api/prediction and shows the label and FPS, and plays the MJPEG."""
+    _, text_of = rendered_page(f"{svc.url}?token={TOKEN}", tmp_path)
     assert text_of("label") in ("up", "down", "unknown")
     assert 1.0 <= float(text_of("fps")) <= 20.0
     assert text_of("status") == "live"

@@ -9,7 +9,6 @@ and restarts. The rest is in-process: label changes, --on-change, health, metric
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from test_serve import (
     make_video,
     metric,
     read_events,
+    rendered_page,
 )
 
 from edge.core.errors import EdgeError
@@ -162,7 +162,7 @@ def test_two_cameras_one_goes_down_and_comes_back_the_other_keeps_its_rate(asset
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(find_chromium() is None, reason="no Chromium binary (apt-get install chromium) for the live-page test")
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium binary (apt-get install chromium) for the page test")
 def test_live_page_shows_every_camera_in_headless_chromium(assets, tmp_path):
     port = free_port()
     svc = Served(tmp_path, "page", ["--model", str(assets.model), "--source", str(assets.video), "--loop",
@@ -170,21 +170,9 @@ def test_live_page_shows_every_camera_in_headless_chromium(assets, tmp_path):
                                     "--http", f"127.0.0.1:{port}"]).start()
     try:
         svc.wait_healthy()
-        cmd = [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-               "--virtual-time-budget=5000", "--dump-dom", svc.url]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+        dom, text_of = rendered_page(svc.url, tmp_path, 5000)
     finally:
         svc.kill()
-    dom = r.stdout
-    assert r.returncode == 0 and "<html" in dom, r.stderr[-2000:]
-
-    def text_of(id_: str) -> str:
-        m = re.search(rf'id="{id_}"[^>]*>([^<]*)<', dom)
-        assert m, f"#{id_} missing from the rendered page:\n{dom[:4000]}"
-        return m.group(1).strip()
-
     assert 'class="multi"' in dom
     assert text_of("label") in ("up", "down", "unknown") and text_of("status") == "live"
     assert text_of("label-1") in ("up", "down", "unknown") and text_of("status-1") == "live"
