@@ -133,6 +133,7 @@ def test_two_cameras_one_goes_down_and_comes_back_the_other_keeps_its_rate(asset
         assert metric(text, "edge_source_reconnects_total", camera="1") >= 1
         assert metric(text, "edge_source_reconnects_total", camera="0") == 0
         assert metric(text, "edge_frames_processed_total", camera="0") > 0
+        assert f'edge_camera_info{{camera="1",source="http://127.0.0.1:{up_port}/stream.mjpg?token=***"}} 1.0' in text
         assert metric(text, "edge_healthy") == 1 and "camera 1 healthy again" in svc.log()
 
         rc, took = svc.terminate()

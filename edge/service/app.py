@@ -440,7 +440,8 @@ class Service:
         """What /metrics reports (see edge.service.views)."""
         if self.pipeline is None:
             return {}
-        return metrics_stats(self.cameras, self.freshness(), self.pipeline.stats, self.streams, self._model_info)
+        return metrics_stats(self.cfg.sources, self.cameras, self.freshness(), self.pipeline.stats, self.streams,
+                             self._model_info)
 
 
 def _force_exit() -> None:

@@ -5,7 +5,8 @@ custom collector, so there is one source of truth; per-inference histograms are 
 
 Everything that belongs to one camera carries a `camera` label (its index, "0" for a single camera, so a fleet of
 one-camera and several-camera devices is queried alike): frames, drops, fps, frame age, reconnects, latency, label
-changes, stream clients, per-camera outputs. Service-wide: `edge_healthy` (every camera), inference time (one model),
+changes, stream clients, per-camera outputs; `edge_camera_info{camera, source}` says which camera an index is (its
+source, credentials redacted). Service-wide: `edge_healthy` (every camera), inference time (one model),
 reloads, `edge_model_info`.
 """
 
@@ -71,6 +72,12 @@ class _LiveCollector:
                 for camera, v in values:
                     fam.add_metric([camera], float(v))
                 yield fam
+        if any(c.get("source") for c in cameras):
+            fam = GaugeMetricFamily("edge_camera_info", "Each camera's source, credentials redacted (always 1)",
+                                    labels=["camera", "source"])
+            for c in cameras:
+                fam.add_metric([str(c["camera"]), str(c.get("source") or "")], 1.0)
+            yield fam
         # shared outputs (events, on-change) have no camera; a camera's own (record, http-stream) have its label
         alive = [({"output": n}, a) for n, a in (s.get("outputs") or {}).items()]
         alive += [({"camera": str(c["camera"]), "output": n}, a) for c in cameras

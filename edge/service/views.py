@@ -30,12 +30,13 @@ def cameras_json(sources: Sequence[str], cameras: Sequence[Any], health: Service
     } for i, (uri, camera, h, slot) in enumerate(zip(sources, cameras, health.cameras, slots))]
 
 
-def metrics_stats(cameras: Sequence[Any], health: ServiceHealth, stats: dict[str, Any], streams: Sequence[Any],
-                  model: dict[str, str]) -> dict[str, Any]:
+def metrics_stats(sources: Sequence[str], cameras: Sequence[Any], health: ServiceHealth, stats: dict[str, Any],
+                  streams: Sequence[Any], model: dict[str, str]) -> dict[str, Any]:
     """What edge.service.metrics reads at scrape time: service-wide values and one entry per camera. `stats`:
     `Pipeline.stats`; `streams`: each camera's StreamOutput (empty without --http); `model`: edge_model_info."""
     per_camera = [{
         "camera": i,
+        "source": redact_uri(uri),
         "frames_captured": max(0, int(getattr(cam, "frame_id", -1)) + 1),
         "frames_processed": slot["frames"],
         "frames_dropped": slot["drops"],
@@ -46,6 +47,6 @@ def metrics_stats(cameras: Sequence[Any], health: ServiceHealth, stats: dict[str
         "healthy": 1 if h.ok else 0,
         "stream_clients": streams[i].clients if streams else None,
         "outputs": slot["outputs"],
-    } for i, (cam, h, slot) in enumerate(zip(cameras, health.cameras, stats["cameras"]))]
+    } for i, (uri, cam, h, slot) in enumerate(zip(sources, cameras, health.cameras, stats["cameras"]))]
     return {"healthy": 1 if health.ok else 0, "outputs": stats.get("outputs") or {}, "model": dict(model),
             "cameras": per_camera}
