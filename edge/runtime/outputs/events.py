@@ -1,4 +1,4 @@
-"""`--events`: one JSON line per label change, written on its own thread."""
+"""`--events`: one JSON line per label change (with the `camera` it happened on), written on its own thread."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ class EventsOutput(Output):
         if change is None:
             return
         event = {
+            "camera": change.camera,
             "timestamp": round(change.timestamp, 3),
             "time": _iso(change.timestamp),
             "label": change.label,
