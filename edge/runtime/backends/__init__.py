@@ -17,9 +17,12 @@ import importlib
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edge.core.errors import EdgeError
+
+if TYPE_CHECKING:
+    from edge.runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
