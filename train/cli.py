@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="train",
         description="Fine-tune a pretrained CNN on DATA/<label>/*.jpg (or DATA/train + DATA/val) and write "
-        "model.pt, labels.txt, metrics.json and confusion_matrix.png to --output.",
+        "model.pt, labels.txt, metrics.json, confusion_matrix.png, training_curves.png and mistakes.png to --output. "
+        "The model also learns what its classes look like (a novelty score): images unlike all of them are "
+        "labelled 'unknown' (a reserved label: no class folder may be called so).",
     )
     p.add_argument("--data", required=True, type=Path, help="ImageFolder dataset directory")
     p.add_argument("--arch", default="squeezenet1_1", help=f"model architecture: {', '.join(list_models())}")
@@ -72,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hflip", dest="hflip", action="store_false",
                    help="disable horizontal-flip augmentation (when left vs right is the label)")
     p.add_argument("--workers", type=_number("workers"), default=None, help="data-loader workers for finetune")
+    p.add_argument("--novelty-keep", type=_number("novelty_keep"), default=0.95,
+                   help="fraction of val images that must stay under the novelty threshold (the rest would be "
+                        "called 'unknown'); higher = fewer false 'unknown', more unfamiliar images let through")
+    p.add_argument("--no-novelty", dest="novelty", action="store_false",
+                   help="do not fit the novelty score: the model never says 'unknown' for unfamiliar images")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -87,10 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         data=a.data, output=a.output, arch=a.arch, weights=a.weights, mode=a.mode, epochs=a.epochs,
         finetune_epochs=a.finetune_epochs, batch_size=a.batch_size, lr=a.lr, device=a.device,
         val_fraction=a.val_fraction, seed=a.seed, patience=a.patience, cache_views=a.cache_views,
-        augment=AugmentSpec(hflip=a.hflip), workers=a.workers, resume=a.resume,
+        augment=AugmentSpec(hflip=a.hflip), workers=a.workers, resume=a.resume, novelty=a.novelty,
+        novelty_keep=a.novelty_keep,
     )
     result = train_model(cfg, progress=False if a.no_progress else None)
     print(f"val accuracy {result.metrics['val_accuracy']:.3f}; model written to {result.output / 'model.pt'}")
+    novelty = result.metrics.get("novelty")
+    if novelty:
+        print(f"novelty: {novelty['val_unknown']} of {novelty['val_images']} val images would be called 'unknown' "
+              f"(threshold {novelty['threshold']:.4f})")
     return 0
 
 

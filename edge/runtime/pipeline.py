@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Protocol
 import numpy as np
 
 from edge.core.preprocess import preprocess_image
+from edge.runtime.backends.base import run_model
 from edge.runtime.outputs.base import Output
 from edge.runtime.overlay import draw_overlay
 from edge.runtime.prediction import Prediction
@@ -223,10 +224,11 @@ class Pipeline:
             backend = self._backend
             preprocess_image(frame, self._spec, "BGR", out=self._batch[0])
             t1 = time.monotonic()
-            probs = backend.infer(self._batch)[0]
+            probs, novelty = run_model(backend, self._batch)
+            probs, novelty = probs[0], None if novelty is None else float(novelty[0])
             t2 = time.monotonic()
             names = self._names
-            label, conf = self.smoother.update(probs)
+            label, conf = self.smoother.update(probs, novelty, getattr(backend, "novelty_threshold", None))
         top = int(np.argmax(probs))
         t3 = time.monotonic()
         if self._t_last is not None:
@@ -248,6 +250,7 @@ class Pipeline:
             latency_ms=(t3 - ftime) * 1e3,
             frame_age_ms=(t0 - ftime) * 1e3,
             raw_label=names[top],
+            novelty=novelty,
         )
         self.latest = pred
         self._frames += 1

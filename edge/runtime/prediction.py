@@ -20,6 +20,7 @@ class Prediction:
     latency_ms: float  # frame arrival (capture) -> result
     frame_age_ms: float  # age of the frame when inference picked it up
     raw_label: str = ""  # this frame's argmax, before smoothing
+    novelty: float | None = None  # this frame's novelty score (edge.core.novelty); None: the model has none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
