@@ -253,3 +253,14 @@ def test_novelty_threshold_override(novelty_models):
         assert be.novelty_threshold == 0.5 and be.meta.novelty_threshold != 0.5
         be.set_novelty_threshold(None)
         assert be.novelty_threshold == be.meta.novelty_threshold
+
+
+@pytest.mark.gpu
+def test_torch_backend_cuda_fp16_novelty_matches_cpu(novelty_models):
+    pt, _ = novelty_models
+    with load_backend(pt, "torch", "cuda") as g, load_backend(pt, "torch", "cpu") as c:
+        x = arrow_batch(c.meta, seed=9)
+        (gp, gn), (cp, cn) = g.run(x), c.run(x)
+    assert g.fp16 and gn.dtype == np.float32
+    np.testing.assert_allclose(gn, cn, atol=1e-2)
+    np.testing.assert_allclose(gp, cp, atol=2e-2)

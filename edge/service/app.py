@@ -357,7 +357,7 @@ class Service:
             "confidence": round(float(pred.confidence), 6),
             "probabilities": {k: round(float(v), 6) for k, v in pred.probabilities.items()},
             "raw_label": pred.raw_label,
-            "novelty": None if pred.novelty is None else round(float(pred.novelty), 6),
+            "novelty": None if getattr(pred, "novelty", None) is None else round(float(pred.novelty), 6),
             "novelty_threshold": self._novelty_threshold(),
             "frame": int(pred.frame_id),
             "timestamp": float(pred.timestamp),

@@ -188,7 +188,7 @@ class TensorRTBackend(Backend):
         if len(ins) != 1 or not outs or (len(outs) > 1 and set(outs) != {OUTPUT_NAME, NOVELTY_OUTPUT}):
             raise EdgeError(f"expected an engine with one input and one output (or {OUTPUT_NAME!r} and "
                             f"{NOVELTY_OUTPUT!r}), got inputs {ins} and outputs {outs}; rebuild it with `edge export`")
-        # probabilities first, then novelty (when the engine has it and the sidecar says how to threshold it)
+        # probabilities first, then novelty (used when the sidecar's metadata has its threshold)
         self._out_names = sorted(outs, key=lambda n: n == NOVELTY_OUTPUT)
         self._in_name = ins[0]
         self._binding_order = names
