@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="train",
         description="Fine-tune a pretrained CNN on DATA/<label>/*.jpg (or DATA/train + DATA/val) and write "
-        "model.pt, labels.txt, metrics.json and confusion_matrix.png to --output. Started by "
+        "model.pt, labels.txt, metrics.json, confusion_matrix.png, training_curves.png and mistakes.png to --output. "
+        "The model also learns what its classes look like (a novelty score): images unlike all of them are "
+        "labelled 'unknown' (a reserved label: no class folder may be called so). Started by "
         "`torchrun --nproc-per-node N -m train ...`, it trains data-parallel on N GPUs (or N CPU processes).",
     )
     p.add_argument("--data", required=True, type=Path, help="ImageFolder dataset directory")
@@ -75,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hflip", dest="hflip", action="store_false",
                    help="disable horizontal-flip augmentation (when left vs right is the label)")
     p.add_argument("--workers", type=_number("workers"), default=None, help="data-loader workers for finetune")
+    p.add_argument("--novelty-keep", type=_number("novelty_keep"), default=0.95,
+                   help="fraction of val images that must stay under the novelty threshold (the rest would be "
+                        "called 'unknown'); higher = fewer false 'unknown', more unfamiliar images let through")
+    p.add_argument("--no-novelty", dest="novelty", action="store_false",
+                   help="do not fit the novelty score: the model never says 'unknown' for unfamiliar images")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -92,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         data=a.data, output=a.output, arch=a.arch, weights=a.weights, mode=a.mode, epochs=a.epochs,
         finetune_epochs=a.finetune_epochs, batch_size=a.batch_size, lr=a.lr, device=a.device,
         val_fraction=a.val_fraction, seed=a.seed, patience=a.patience, cache_views=a.cache_views,
-        augment=AugmentSpec(hflip=a.hflip), workers=a.workers, resume=a.resume,
+        augment=AugmentSpec(hflip=a.hflip), workers=a.workers, resume=a.resume, novelty=a.novelty,
+        novelty_keep=a.novelty_keep,
     )
     cfg.validate()
     try:
@@ -105,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if not main_rank:
         return 0
     print(f"val accuracy {result.metrics['val_accuracy']:.3f}; model written to {result.output / 'model.pt'}")
+    novelty = result.metrics.get("novelty")
+    if novelty:
+        print(f"novelty: {novelty['val_unknown']} of {novelty['val_images']} val images would be called 'unknown' "
+              f"(threshold {novelty['threshold']:.4f})")
     return 0
 
 

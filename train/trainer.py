@@ -5,7 +5,8 @@ view plus a few augmented views) and the head trains on that cache, so a few hun
 2-core CPU. Fine-tuning trains every layer, the backbone at a lower learning rate, with AMP on CUDA.
 Each stage is described by a `Stage` (what to train, on which batches) and run by the one `fit_stage` loop:
 AdamW, a per-step warm-up/cosine schedule, keep the best epoch by validation accuracy, stop early when it stops
-improving, and checkpoint to last.pt for `--resume`.
+improving, and checkpoint to last.pt for `--resume`. After training, the model's novelty score is fitted on the
+clean training and val features of the final weights (train.novelty) and stored in model.pt.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from .engine import (
     train_one_epoch,
     warmup_cosine,
 )
+from .novelty import check_class_names, fit_model_novelty
 from .presets import EvalTransform, train_transform
-from .report import classification_metrics, plot_confusion_matrix
+from .report import classification_metrics, mistakes_from, plot_confusion_matrix, plot_mistakes, plot_training_curves
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class Job:
     no_bar: bool | None  # tqdm's `disable`: None = bars on a terminal only
     feature_seconds: float = 0.0  # head stage: time spent caching backbone features
     dist: DistContext = field(default_factory=DistContext)  # torchrun's process group, or a single process
+    clean_features: tuple[torch.Tensor, torch.Tensor] | None = None  # head stage: (clean train, val) features
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -197,6 +200,7 @@ def head_stage(job: Job, epochs: int) -> Stage:
     val_x = dist.shard(job.val_x)
     val_f = dist.gather_rows(extract_features(job, (val_x[i:i + bs] for i in range(0, len(val_x), bs)),
                                               len(range(0, len(val_x), bs)), "features val"))
+    job.clean_features = (views[0], val_f)  # the frozen backbone's: what the novelty bank is made of
     job.feature_seconds = dt = time.perf_counter() - t
     n = len(job.train_images)
     log.info("cached features of %d train images x %d views + %d val images in %.1fs (%.0f img/s)",
@@ -330,11 +334,18 @@ def read_resume(cfg: TrainConfig, classes: list[str]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- the job
 
+def scan_checked(cfg: TrainConfig) -> DatasetInfo:
+    """The dataset's files and classes, refusing a class named like the runtime's `unknown` label."""
+    info = scan_dataset(cfg.data, cfg.val_fraction, cfg.seed)
+    check_class_names(info.classes)
+    return info
+
+
 def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[Job, dict[str, Any] | None]:
     """Scan and decode the dataset, build the model (fresh, from --weights, or from last.pt) and the output dir."""
     # under torchrun, rank 0 reads what all need (and fails alone, with one message)
     dist = DistContext.current()
-    info = dist.on_main(lambda: scan_dataset(cfg.data, cfg.val_fraction, cfg.seed))
+    info = dist.on_main(lambda: scan_checked(cfg))
     for line in info.summary_lines():
         log.info(line)
     device = dist.train_device(resolve_device(cfg.device))
@@ -393,8 +404,23 @@ def train_model(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     return write_outputs(job, state, time.perf_counter() - t0)
 
 
+def clean_features(job: Job) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backbone features of the clean training images and of the val images, with the model's final weights:
+    head mode's cache when the backbone never changed, else one more pass over both."""
+    if job.clean_features is not None and job.cfg.mode == "head":
+        return job.clean_features
+    job.model.eval()
+    bs, clean, images = job.batch_size, EvalTransform(job.spec), job.train_images
+    batches = (torch.stack([clean(img) for img in images[i:i + bs]]) for i in range(0, len(images), bs))
+    train_f = extract_features(job, batches, len(range(0, len(images), bs)), "features for novelty")
+    val_f = extract_features(job, (job.val_x[i:i + bs] for i in range(0, len(job.val_x), bs)),
+                             len(range(0, len(job.val_x), bs)), "features for novelty (val)")
+    return train_f, val_f
+
+
 def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
-    """Evaluate the best epoch's weights and write model.pt, labels.txt, metrics.json, confusion_matrix.png."""
+    """Evaluate the best epoch's weights, fit the novelty score and write model.pt, labels.txt, metrics.json,
+    confusion_matrix.png, training_curves.png and mistakes.png."""
     cfg, info = job.cfg, job.info
     if progress.best_state is not None:
         job.model.load_state_dict(progress.best_state)
@@ -423,18 +449,28 @@ def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
         "lr": cfg.lr, "backbone_lr_factor": cfg.backbone_lr_factor, "seed": cfg.seed,
         "val_fraction": cfg.val_fraction, "cache_views": cfg.cache_views, "augment": cfg.augment.to_dict(),
     }
+    novelty = fit_model_novelty(cfg.novelty, cfg.novelty_keep, lambda: clean_features(job), job.train_targets)
+    metrics["novelty"] = novelty.metrics() if novelty is not None else None
+    training["novelty_keep"] = cfg.novelty_keep if novelty is not None else None
     meta = ModelMeta(
         arch=cfg.arch, class_names=list(info.classes), preprocess=job.spec,
         metrics={"val_accuracy": metrics["val_accuracy"], "val_loss": final.loss}, training=training,
+        novelty=novelty.report.to_dict() if novelty is not None else None,
     )
     if not dist.is_main:  # rank 0 writes the files
         return TrainResult(job.out, metrics, job.model, meta)
-    save_checkpoint(job.out / "model.pt", job.model.state_dict(), meta)
+    save_checkpoint(job.out / "model.pt", job.model.state_dict(), meta,
+                    novelty_bank=novelty.scorer.bank if novelty is not None else None)
     atomic_write_text(job.out / "labels.txt", "\n".join(info.classes) + "\n")
     atomic_write_text(job.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    plot_confusion_matrix(metrics["confusion_matrix"], info.classes, job.out / "confusion_matrix.png",
-                          f"{cfg.arch} val acc {metrics['val_accuracy']:.3f}")
+    title = f"{cfg.arch} val acc {metrics['val_accuracy']:.3f}"
+    plot_confusion_matrix(metrics["confusion_matrix"], info.classes, job.out / "confusion_matrix.png", title)
+    plot_training_curves(progress.history, job.out / "training_curves.png", title, progress.best_epoch)
+    wrong = mistakes_from([s.path for s in info.val], final.targets.tolist(), final.logits, info.classes,
+                          None if novelty is None else novelty.val_novelty.tolist())
+    plot_mistakes(wrong, len(info.val), job.out / "mistakes.png", meta.novelty_threshold)
     log.info("val accuracy %.3f (best epoch %s) in %.1fs", metrics["val_accuracy"],
              (progress.best_epoch or {}).get("epoch"), seconds)
-    log.info("wrote %s/{model.pt,labels.txt,metrics.json,confusion_matrix.png}", job.out)
+    log.info("wrote %s/{model.pt,labels.txt,metrics.json,confusion_matrix.png,training_curves.png,mistakes.png}",
+             job.out)
     return TrainResult(job.out, metrics, job.model, meta)

@@ -27,6 +27,7 @@ import numpy as np
 
 from edge.core.errors import EdgeError
 from edge.core.preprocess import preprocess_image
+from edge.runtime.backends.base import run_model
 from edge.runtime.outputs.base import Output
 from edge.runtime.overlay import draw_overlay
 from edge.runtime.prediction import Prediction
@@ -349,7 +350,7 @@ class Pipeline:
                 return
             t1 = time.monotonic()
             try:
-                probs = backend.infer(self._batch[:len(ready)])
+                probs, novelty = run_model(backend, self._batch[:len(ready)])
             except Exception as e:  # noqa: BLE001 - a failed batch must not end the service
                 for item, _ in ready:
                     self._failed(item, e)
@@ -358,14 +359,17 @@ class Pipeline:
             self._batches += 1
             self._last_infer_ms = infer_ms = (t2 - t1) * 1e3
             names = self._names
+            threshold = getattr(backend, "novelty_threshold", None)
             smoothed = []
-            for (item, prep_ms), p in zip(ready, probs):
+            for i, ((item, prep_ms), p) in enumerate(zip(ready, probs)):
+                nov = None if novelty is None else float(novelty[i])
                 try:
-                    smoothed.append((item, prep_ms, p, *item.slot.smoother.update(p)))  # type: ignore[union-attr]
+                    label_conf = item.slot.smoother.update(p, nov, threshold)  # type: ignore[union-attr]
+                    smoothed.append((item, prep_ms, p, nov, *label_conf))
                 except Exception as e:  # noqa: BLE001
                     self._failed(item, e)
-        for item, prep_ms, p, label, conf in smoothed:
-            self._finish(item, p, names, label, conf, t0, prep_ms, infer_ms, len(ready))
+        for item, prep_ms, p, nov, label, conf in smoothed:
+            self._finish(item, p, nov, names, label, conf, t0, prep_ms, infer_ms, len(ready))
             self._failures = 0
 
     def _failed(self, item: _Taken, e: Exception) -> None:
@@ -379,8 +383,8 @@ class Pipeline:
         if self._failures >= self.max_failures:
             raise RuntimeError(f"{self._failures} frames in a row failed; last: {e}") from e
 
-    def _finish(self, item: _Taken, probs: np.ndarray, names: list[str], label: str, conf: float, t0: float,
-                prep_ms: float, infer_ms: float, batch: int) -> Prediction:
+    def _finish(self, item: _Taken, probs: np.ndarray, novelty: float | None, names: list[str], label: str,
+                conf: float, t0: float, prep_ms: float, infer_ms: float, batch: int) -> Prediction:
         """One frame's prediction, overlay, outputs, stats and listeners."""
         slot, frame, ftime = item.slot, item.frame, item.ftime
         top = int(np.argmax(probs))
@@ -398,6 +402,7 @@ class Pipeline:
             frame_age_ms=(t0 - ftime) * 1e3,
             raw_label=names[top],
             camera=slot.index,
+            novelty=novelty,
         )
         slot.latest = self.latest = pred
         slot.frames += 1

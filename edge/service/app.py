@@ -118,7 +118,8 @@ class Service:
     def _load_backend(self) -> Any:
         from edge.runtime.backends import load_backend
 
-        backend = load_backend(self.cfg.model, self.cfg.backend, self.cfg.device)
+        backend = load_backend(self.cfg.model, self.cfg.backend, self.cfg.device,
+                               novelty_threshold=self.cfg.novelty_threshold)
         try:
             _check_model(backend, self._batch_size)
         except Exception as e:
@@ -414,6 +415,8 @@ class Service:
             "confidence": round(float(pred.confidence), 6),
             "probabilities": {k: round(float(v), 6) for k, v in pred.probabilities.items()},
             "raw_label": pred.raw_label,
+            "novelty": None if getattr(pred, "novelty", None) is None else round(float(pred.novelty), 6),
+            "novelty_threshold": self._novelty_threshold(),
             "frame": int(pred.frame_id),
             "timestamp": float(pred.timestamp),
             "fps": round(float(pred.fps), 3),
@@ -427,6 +430,11 @@ class Service:
         if health.reason:
             out["reason"] = health.reason
         return out
+
+    def _novelty_threshold(self) -> float | None:
+        """Above this novelty the label is `unknown` (the served model's, or --novelty-threshold); None without."""
+        threshold = getattr(self.pipeline.backend, "novelty_threshold", None) if self.pipeline is not None else None
+        return None if threshold is None else round(float(threshold), 6)
 
     def metrics(self) -> tuple[bytes, str]:
         return self.prom.render(), CONTENT_TYPE

@@ -98,6 +98,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("smoothing", float, 0.0, "EMA over class probabilities: 0 = off, 0.9 = heavy", check=_range(0, 1, hi_open=True)),
     Option("threshold", float, 0.0, "show `unknown` when the (smoothed) top probability is below this",
            check=_range(0, 1)),
+    Option("novelty_threshold", float, None, "show `unknown` when the frame's novelty (how unlike the training "
+           "images it is: 0 = identical, 1 = unlike all) is above this (default: the threshold `train` calibrated "
+           "into the model; ignored by models without a novelty score)", check=_range(0, 2), metavar="T",
+           nullable=True),
     Option("hysteresis", float, 0.0, "a shown label keeps its place down to threshold - hysteresis",
            check=_range(0, 1, hi_open=True)),
     Option("min_dwell", int, 1, "frames a new label must win in a row before it is shown", check=_range(1)),
@@ -149,6 +153,7 @@ class ServeConfig:
     device: str = "auto"
     smoothing: float = 0.0
     threshold: float = 0.0
+    novelty_threshold: float | None = None
     hysteresis: float = 0.0
     min_dwell: int = 1
     top_k: int = 0

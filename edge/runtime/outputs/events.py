@@ -23,10 +23,16 @@ def _iso(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
 class EventsOutput(Output):
     """Appends one JSON line per change of the shown label to a file (or stdout for `-`).
 
-    Line: {"timestamp": epoch seconds, "time": ISO 8601 UTC, "label", "previous", "confidence", "frame"}.
+    Line: {"timestamp": epoch seconds, "time": ISO 8601 UTC, "label", "previous", "confidence", "frame",
+    "novelty"} (novelty: the frame's novelty score, null for a model without one; above the model's threshold
+    the label is "unknown").
     The first prediction is an event too (previous = null), so a reader always knows the current state.
     `changes`: the service's shared decider (so events, --on-change and the metric agree); default: its own.
     """
@@ -62,6 +68,7 @@ class EventsOutput(Output):
             "previous": change.previous,
             "confidence": round(change.confidence, 4),
             "frame": change.frame,
+            "novelty": _rounded(getattr(prediction, "novelty", None)),
         }
         try:
             self._q.put_nowait(json.dumps(event))
