@@ -149,6 +149,20 @@ class _Recorder:
                 self.timeline.append((round(pred.frame_id / self.fps, 2), pred.label))
 
 
+def add_camera_snapshots(data: Path, scene, per_label: int, start_s: float = 1000.0) -> None:
+    """`per_label` frames of each label of the `test://` scene, from scene times the demo run itself never shows."""
+    rng = np.random.default_rng(1)
+    counts = {"up": 0, "down": 0}
+    while min(counts.values()) < per_label:
+        t = start_s + float(rng.uniform(0, 600))
+        label = scene.label_at(t)
+        if counts[label] >= per_label:
+            continue
+        ok, buf = cv2.imencode(".jpg", scene.render(t), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        atomic_write_bytes(data / label / f"camera_{counts[label]:05d}.jpg", buf.tobytes())
+        counts[label] += 1
+
+
 def run_demo(
     output: str | Path = "demo-output",
     per_class: int = 80,
@@ -179,6 +193,9 @@ def run_demo(
     data = out / "data"
     log.info("[1/4] writing the synthetic up/down dataset (%d images per class) to %s", per_class, data)
     make_dataset(data, per_class=per_class, classes=("up", "down"), seed=0)
+    # plus snapshots of the demo camera itself, as `capture --source test://` takes them: a model knows its own
+    # camera's scene (without them it calls the camera's frames `unknown`, which is its novelty score doing its job)
+    add_camera_snapshots(data, SceneRenderer(*size), per_class // 2)
     stages["dataset_s"] = round(time.monotonic() - t, 2)
 
     # 2. train
