@@ -148,6 +148,7 @@ def _service_prediction(model_path: Path, images: Path, events: Path, **cfg) -> 
     out = EventsOutput(str(events))
     svc.pipeline = Pipeline(ImageFolderSource(str(images), {}, images, realtime=False), backend, overlay=False,
                             smoother=Smoother(backend.meta.class_names), outputs=[out], listeners=[svc._on_prediction])
+    svc.cameras = [slot.camera for slot in svc.pipeline.slots]  # what the service's health reads, as serve builds it
     svc.pipeline.run(max_frames=len(list(images.iterdir())))
     svc.pipeline.stop()
     backend.close()
