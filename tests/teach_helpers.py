@@ -103,7 +103,7 @@ class Teach:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"teach exited with {self.proc.returncode} waiting for {what}:\n{self.log()[-3000:]}")
+                raise AssertionError(f"teach exited ({self.proc.returncode}) waiting for {what}:\n{self.log()[-3000:]}")
             got = check()
             if got:
                 return got

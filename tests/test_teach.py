@@ -25,7 +25,7 @@ import pytest
 
 from teach_helpers import REPO, SOURCE, Teach, free_port, true_arrow
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # every test here but the in-process HTTP one starts an `edge teach`
 TOKEN = "teach-token-42"
 CAPTURE_NAME = re.compile(r"\d{8}-\d{6}-\d{6}-[0-9a-f]{6}\.jpg")
 
@@ -62,7 +62,70 @@ def files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
+# ---------------------------------------------------------------------------------------------- the HTTP seam
+def test_extra_routes_see_requests_after_the_host_check_and_token_only():
+    """edge serve's HTTP server with an extra handler, in-process: what teach's API relies on."""
+    import http.client
+
+    from edge.runtime.outputs.stream import StreamOutput
+    from edge.service.http import HttpServer, Response
+
+    class App:
+        stream = StreamOutput()
+
+        def prediction_json(self):
+            return None
+
+        def health(self):
+            return True, {"status": "ok"}
+
+        def metrics(self):
+            return b"", "text/plain"
+
+    seen = []
+
+    def extra(request):
+        seen.append((request.method, request.path, request.body))
+        if request.path == "/boom":
+            raise RuntimeError("a bug in a route")
+        return Response.json(200, {"ok": True}) if request.path.startswith("/api/x") else None
+
+    app = App()
+    server = HttpServer("127.0.0.1", 0, app, token=TOKEN)
+    server.start()
+    try:
+        def call(method, path, body=b"", **headers):
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+            headers.setdefault("Authorization", f"Bearer {TOKEN}")
+            conn.request(method, path, body=body, headers=headers)
+            r = conn.getresponse()
+            status, payload = r.status, r.read()
+            conn.close()
+            return status, payload
+
+        assert call("POST", "/api/x", b"{}", **{"Content-Type": "application/json"})[0] == 404  # no handler: no POST
+        server.extra_handler = extra
+        assert call("POST", "/api/x", b'{"a": 1}', **{"Content-Type": "application/json"}) == (200, b'{"ok": true}\n')
+        assert call("DELETE", "/api/x/1")[0] == 200 and call("GET", "/api/x")[0] == 200
+        assert seen == [("POST", "/api/x", b'{"a": 1}'), ("DELETE", "/api/x/1", b""), ("GET", "/api/x", b"")]
+        assert call("POST", "/elsewhere")[0] == 405 and call("GET", "/healthz")[0] == 200  # built-ins still there
+        seen.clear()
+        assert call("POST", "/api/x", Authorization="")[0] == 401
+        assert call("POST", "/api/x", Host="evil.example")[0] == 403
+        assert call("POST", "/api/x", Origin="http://evil.example")[0] == 403
+        assert call("POST", "/api/x", b"name=x", **{"Content-Type": "application/x-www-form-urlencoded"})[0] == 415
+        assert call("POST", "/api/x", b"{}", **{"Content-Type": "application/json", "Content-Length": str(2 << 20)}
+                    )[0] == 413  # refused from the header, before reading it
+        assert seen == []  # none of those reached the route
+        status, payload = call("GET", "/boom")
+        assert status == 500 and b"a bug in a route" in payload and call("GET", "/api/x")[0] == 200
+    finally:
+        server.stop()
+        app.stream.close()
+
+
 # ---------------------------------------------------------------------------------------------- before a model
+@slow
 def test_before_any_model_healthz_is_ok_and_predictions_have_no_label(shared):
     assert shared.call("GET", "healthz", headers={"Authorization": ""})[0] == 200  # /healthz needs no token
     first = shared.ok("GET", "api/prediction")
@@ -72,6 +135,7 @@ def test_before_any_model_healthz_is_ok_and_predictions_have_no_label(shared):
     assert later["frame"] > first["frame"] and not later["stale"]
 
 
+@slow
 def test_the_token_host_and_origin_rules_of_edge_serve_hold(shared):
     no_token = {"Authorization": ""}
     assert shared.call("GET", "api/dataset", headers=no_token)[0] == 401
@@ -88,6 +152,7 @@ def test_the_token_host_and_origin_rules_of_edge_serve_hold(shared):
 
 
 # ---------------------------------------------------------------------------------------------- labels
+@slow
 @pytest.mark.parametrize("label, rule", [
     ("", "empty"), ("x" * 65, "limit is 64"), ("a/b", "path separator"), ("a\\b", "path separator"),
     ("..", "'..'"), ("new\nline", "control character"), (".hidden", "starts with '.'"),
@@ -100,6 +165,7 @@ def test_label_rules_are_capture_s(shared, label, rule):
     assert files(shared.workdir / "data") == before
 
 
+@slow
 def test_malformed_label_requests_are_400(shared):
     for body in ({}, {"name": 7}, {"name": "ok-1", "extra": 1}, ["ok-2"]):
         status, answer = shared.call("POST", "api/labels", body)
@@ -108,6 +174,7 @@ def test_malformed_label_requests_are_400(shared):
     assert status == 400 and "JSON" in answer["error"]
 
 
+@slow
 def test_add_snap_delete_and_remove_a_label(shared):
     data = shared.workdir / "data"
     assert shared.ok("POST", "api/labels", {"name": "café ☕"}, want=201)["created"]
@@ -136,6 +203,7 @@ def test_add_snap_delete_and_remove_a_label(shared):
     assert "café ☕" not in (data / "labels.txt").read_text().splitlines()
 
 
+@slow
 def test_unknown_labels_are_4xx_and_write_nothing(shared):
     before = files(shared.workdir / "data")
     status, answer = shared.call("POST", "api/snapshots", {"label": "never-added"})
@@ -147,6 +215,7 @@ def test_unknown_labels_are_4xx_and_write_nothing(shared):
     assert files(shared.workdir / "data") == before
 
 
+@slow
 def test_a_label_folder_with_other_files_is_not_removed(shared):
     shared.ok("POST", "api/labels", {"name": "keep-notes"}, want=201)
     shared.ok("POST", "api/snapshots", {"label": "keep-notes"}, want=201)
@@ -158,6 +227,7 @@ def test_a_label_folder_with_other_files_is_not_removed(shared):
 
 
 # ---------------------------------------------------------------------------------------------- train
+@slow
 def test_training_goes_live_and_the_label_follows_the_arrow(trained):
     teach, result = trained.teach, trained.result
     assert result["state"] == "done", result
@@ -172,11 +242,13 @@ def test_training_goes_live_and_the_label_follows_the_arrow(trained):
     assert all(true_arrow(s["frame"]) == s["label"] for s in trained.snaps)
 
 
+@slow
 def test_a_second_training_while_one_runs_is_409(trained):
     status, answer = trained.second
     assert status == 409 and "already running" in answer["error"]
 
 
+@slow
 def test_the_model_and_the_dataset_are_what_train_serve_and_export_take(trained):
     from edge.core.metadata import load_checkpoint
     from train.dataset import scan_dataset
@@ -199,6 +271,7 @@ def test_the_model_and_the_dataset_are_what_train_serve_and_export_take(trained)
     assert not [p for p in files(work) if p.name.startswith(".tmp-")]
 
 
+@slow
 def test_deleted_snapshots_leave_the_cache_before_a_retraining(trained):
     teach, work = trained.teach, trained.work
     listing = teach.ok("GET", "api/dataset")
@@ -214,6 +287,7 @@ def test_deleted_snapshots_leave_the_cache_before_a_retraining(trained):
     assert teach.ok("GET", "api/dataset")["features"]["cached"] == total
 
 
+@slow
 def test_export_swaps_in_the_verified_onnx(trained):
     teach, work = trained.teach, trained.work
     teach.ok("POST", "api/export", {}, want=202)
@@ -230,6 +304,7 @@ def test_export_swaps_in_the_verified_onnx(trained):
     assert total >= 10 and agree >= 0.9 * total
 
 
+@slow
 def test_train_requests_that_cannot_train_are_400_and_write_nothing(tmp_path):
     teach = Teach(tmp_path, ["--source", SOURCE, "--data", "data", "--output", "model"]).start()
     try:
@@ -259,6 +334,7 @@ def test_train_requests_that_cannot_train_are_400_and_write_nothing(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- faults
+@slow
 def test_a_snapshot_before_the_camera_has_a_frame_is_409(tmp_path):
     # nothing listens on this port: the camera keeps reconnecting and never has a frame
     teach = Teach(tmp_path, ["--source", f"http://127.0.0.1:{free_port()}/stream.mjpg", "--data", "data"])
@@ -273,6 +349,7 @@ def test_a_snapshot_before_the_camera_has_a_frame_is_409(tmp_path):
         assert teach.stop() == 0
 
 
+@slow
 def test_a_deleted_data_dir_is_409_and_the_service_goes_on(tmp_path):
     teach = Teach(tmp_path, ["--source", SOURCE, "--data", "data", "--output", "model"]).start()
     try:
@@ -293,6 +370,7 @@ def test_a_deleted_data_dir_is_409_and_the_service_goes_on(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- capture --web
+@slow
 def test_capture_web_serves_the_page_without_training(tmp_path):
     teach = Teach(tmp_path, ["--label", "thumbs_up", "--source", SOURCE, "--data", "data"], command=("capture",))
     teach.start()
@@ -314,6 +392,7 @@ def _teach_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
+@slow
 @pytest.mark.parametrize("args, words", [
     (["--source", SOURCE, "--data", "D"], "needs --http"),
     (["--source", SOURCE, "--data", "D", "--http", "0.0.0.0:0"], "without authentication"),
@@ -332,6 +411,7 @@ def test_bad_command_lines_are_one_line_exit_2_and_create_nothing(tmp_path, args
     assert list(tmp_path.iterdir()) == []
 
 
+@slow
 def test_a_split_dataset_is_refused(tmp_path):
     (tmp_path / "D" / "train" / "up").mkdir(parents=True)
     r = _teach_cli(tmp_path, "--source", SOURCE, "--data", "D", "--http", "0")

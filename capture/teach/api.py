@@ -131,8 +131,8 @@ class TeachApi:
     def _add_label(self, request: Request) -> Response:
         name = _field(_json_body(request), "name", '{"name": "thumbs_up"}')
         created = self.dataset.add_label(name)
-        return Response.json(201 if created else 200, {"label": name, "created": created,
-                                                       "labels": self.dataset.labels(), "counts": self.dataset.counts()})
+        answer = {"label": name, "created": created, "labels": self.dataset.labels(), "counts": self.dataset.counts()}
+        return Response.json(201 if created else 200, answer)
 
     def _remove_label(self, label: str) -> Response:
         folder = self.dataset.root / label
@@ -145,6 +145,7 @@ class TeachApi:
     def _snap(self, request: Request) -> Response:
         label = _field(_json_body(request), "label", '{"label": "thumbs_up"}')
         self.dataset.check_root()
+        self.dataset.existing_label(label)  # a wrong label is the answer even while the camera has no frame
         frame, frame_id = self.service.newest_frame()
         out = self.dataset.snap(label, frame, frame_id)
         if self.service.features is not None:

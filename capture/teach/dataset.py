@@ -168,7 +168,8 @@ class TeachDataset:
             raise ApiError(400, str(e)) from e
         return name
 
-    def _existing_label(self, name: Any) -> str:
+    def existing_label(self, name: Any) -> str:
+        """`name`, if it is a label of the dataset; 400 when it breaks the label rules, 404 when it is unknown."""
         label = self._checked_label(name)
         if not (self.root / label).is_dir():
             known = ", ".join(self.labels()) or "none yet"
@@ -194,7 +195,7 @@ class TeachDataset:
         that is not an image."""
         with self._lock:
             self.check_root()
-            label = self._existing_label(name)
+            label = self.existing_label(name)
             folder = self.root / label
             entries = list(folder.iterdir())
             others = [e.name for e in entries if not (e.is_file() and (is_image_name(e.name) or is_temp_name(e.name)))]
@@ -215,7 +216,7 @@ class TeachDataset:
         """Save `frame` as a new snapshot of the label -> the POST /api/snapshots answer."""
         with self._lock:
             self.check_root()
-            label = self._existing_label(name)
+            label = self.existing_label(name)
             try:
                 self.writer.prepare(label)  # recounts (images may have been deleted) and clears stale temp files
                 path = self.writer.save(label, frame)

@@ -70,6 +70,7 @@ class FeatureCache:
         self._entries: dict[str, Entry] = {}
         self._clean: OrderedDict[str, None] = OrderedDict()  # paths waiting for their clean view
         self._augment: OrderedDict[str, None] = OrderedDict()  # paths waiting for their augmented views
+        self._busy: set[str] = set()  # paths whose clean view is being computed now
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="teach-features", daemon=True)
@@ -92,8 +93,7 @@ class FeatureCache:
         """Compute these files' features (again, if they changed); `first`: ahead of everything waiting."""
         with self._cond:
             for p in map(str, paths):
-                entry = self._entries.get(p)
-                if entry is not None and entry.key == file_key(p):
+                if self._current(p) or p in self._busy:
                     continue
                 self._clean[p] = None
                 if first:
@@ -134,7 +134,7 @@ class FeatureCache:
                     raise EdgeError(f"cannot compute features: {self.error}")
                 if self._stop or cancelled():
                     raise EdgeError("stopped while computing features")
-                self._clean.update((p, None) for p in missing if p not in self._clean)
+                self._clean.update((p, None) for p in missing if p not in self._clean and p not in self._busy)
                 self._cond.notify_all()
                 self._cond.wait(0.5)
 
@@ -160,6 +160,8 @@ class FeatureCache:
                 clean = bool(self._clean)
                 queue, n = (self._clean, CLEAN_BATCH) if clean else (self._augment, 1)
                 batch = [queue.popitem(last=False)[0] for _ in range(min(n, len(queue)))]
+                if clean:
+                    self._busy.update(batch)
             try:
                 self._compute(batch, clean)
             except Exception as e:  # noqa: BLE001 - one bad batch must not end the worker
@@ -169,6 +171,9 @@ class FeatureCache:
                         key = file_key(p)
                         if key is not None:
                             self._entries[p] = Entry(key, None, error=brief(e))
+            finally:
+                with self._cond:
+                    self._busy.difference_update(batch)
                     self._cond.notify_all()
 
     def _load(self) -> None:

@@ -171,11 +171,12 @@ class Jobs:
             if not isinstance(e, EdgeError):
                 log.exception("teach: %s failed", job.kind)
             log.error("teach: %s failed: %s", job.kind, job.error)
-            job.state = "failed"
+            state = "failed"
         else:
-            job.state = "done"
             job.update("done", 1.0)
+            state = "done"
         job.seconds = round(time.monotonic() - job.started, 3)
+        job.state = state  # last: whoever sees the new state sees everything else
 
     # ------------------------------------------------------------------ train
     def _train_head(self, job: Job, mode: str, epochs: int) -> None:
@@ -303,8 +304,8 @@ class Jobs:
         files = run_export(self.output / "model.pt", fmt="all" if engine else "onnx",
                            fp16=engine and torch.cuda.is_available(), calib_data=self.dataset.root,
                            progress=lambda line: job.update(line))
-        job.result = {"files": [{"kind": f.kind, "path": str(f.path), "verify": f.report.summary() if f.report else None,
-                                 "note": f.note or None} for f in files]}
+        job.result = {"files": [{"kind": f.kind, "path": str(f.path), "note": f.note or None,
+                                 "verify": f.report.summary() if f.report else None} for f in files]}
         fastest = next((f for f in files if f.kind == "engine"), None) or next(f for f in files if f.kind == "onnx")
         job.update(f"going live with {fastest.path.name}", 0.9)
         job.version = self.live.go_live(fastest.path)

@@ -183,7 +183,6 @@ class TeachService(Service):
             self.pipeline.swap_backend(new)
             self.pipeline.overlay = self.cfg.overlay
             self._set_model_info(new)
-            self.prom.reloads.labels("ok").inc()
             self._version += 1
             newest = self.camera.read_latest(-1, 0)
             # frames newer than this one are read after the swap: their predictions come from the new model
