@@ -96,7 +96,7 @@ def run(a: argparse.Namespace) -> int:
         return _web(a)
     web_only = [f"--{n.replace('_', '-')}" for n in ("token", "allowed_hosts", "allow_no_token") if getattr(a, n)]
     if web_only:
-        raise EdgeError(f"{', '.join(web_only)} only apply with --web [HOST:]PORT")
+        raise EdgeError(f"{', '.join(web_only)} only appl{'ies' if len(web_only) == 1 else 'y'} with --web [HOST:]PORT")
     _check_args(a)
     writer = DatasetWriter(a.data, a.split, a.quality)  # checks --quality
     change = ChangeFilter(a.min_change) if a.min_change else None
@@ -143,14 +143,17 @@ def _web(a: argparse.Namespace) -> int:
                                       ("--min-change", a.min_change or None), ("--headless", a.headless or None))
              if value is not None]
     if clash:
-        raise EdgeError(f"{', '.join(clash)} do not apply with --web: snapshots are taken from the page "
-                        "(Snap, space bar, Burst)")
+        raise EdgeError(f"{', '.join(clash)} do{'es' if len(clash) == 1 else ''} not apply with --web: snapshots "
+                        "are taken from the page (Snap, space bar, Burst)")
     from .teach.config import web_config
     from .teach.service import teach
 
-    cfg = web_config(data=a.data, source=a.source, http=a.web, label=a.label, quality=a.quality, token=a.token,
-                     allowed_hosts=a.allowed_hosts, allow_no_token=a.allow_no_token or None, width=a.width,
-                     height=a.height, fps=a.fps, log_level="debug" if a.verbose else "info")
+    try:
+        cfg = web_config(data=a.data, source=a.source, http=a.web, label=a.label, quality=a.quality, token=a.token,
+                         allowed_hosts=a.allowed_hosts, allow_no_token=a.allow_no_token or None, width=a.width,
+                         height=a.height, fps=a.fps, log_level="debug" if a.verbose else "info")
+    except EdgeError as e:  # edge serve's checks, which name its --http
+        raise EdgeError(str(e).replace("--http", "--web")) from e
     logging.getLogger().setLevel(logging.DEBUG if a.verbose else logging.INFO)
     return teach(cfg)
 

@@ -326,7 +326,8 @@ def test_train_requests_that_cannot_train_are_400_and_write_nothing(tmp_path):
         assert "'down' has 1" in refused()  # fewer than 2 examples of a label
         status, answer = teach.call("POST", "api/export", {})
         assert status == 409 and "train a model first" in answer["error"]
-        assert teach.ok("GET", "api/train")["state"] == "idle"
+        idle = teach.ok("GET", "api/train")
+        assert idle["state"] == "idle" and idle["val_accuracy"] is None and idle["model"] is None
         assert files(tmp_path / "model") == []
         assert teach.call("GET", "healthz")[0] == 200
     finally:
@@ -416,3 +417,18 @@ def test_a_split_dataset_is_refused(tmp_path):
     (tmp_path / "D" / "train" / "up").mkdir(parents=True)
     r = _teach_cli(tmp_path, "--source", SOURCE, "--data", "D", "--http", "0")
     assert r.returncode == 2 and "train/ or val/" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@slow
+@pytest.mark.parametrize("args, words", [
+    (["--web", "0.0.0.0:0"], "--web 0.0.0.0:0 exposes the camera"),
+    (["--web", "0", "--label", "a/b"], "path separator"),
+    (["--web", "0", "--count", "3"], "--count does not apply with --web"),
+    (["--label", "up", "--token", "t"], "--token only applies with --web"),
+    ([], "--label is required"),
+])
+def test_capture_web_bad_command_lines_are_one_line_exit_2(tmp_path, args, words):
+    r = subprocess.run([sys.executable, "-m", "capture", "--source", SOURCE, "--data", "D", *args], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and words in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []

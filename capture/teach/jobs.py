@@ -45,6 +45,11 @@ WEIGHT_DECAY = 1e-4
 PATIENCE = 10
 MAX_EPOCHS = 1000
 _EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) \[([\w-]+)\]")
+# what a job reports once it is done, present (as null) before, so scripts can read the keys at any time
+RESULT_KEYS: dict[str, dict[str, Any]] = {
+    "train": {"model": None, "classes": None, "val_accuracy": None, "confusion_matrix": None},
+    "export": {"files": [], "live": None},
+}
 
 
 class Live(Protocol):
@@ -82,8 +87,8 @@ class Job:
 
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, **self.params, "phase": self.phase, "progress": self.progress,
-                "seconds": self.seconds, "live_seconds": self.live_seconds, "error": self.error, **self.result,
-                "timings": dict(self.timings)}
+                "seconds": self.seconds, "live_seconds": self.live_seconds, "error": self.error,
+                **RESULT_KEYS[self.kind], **self.result, "timings": dict(self.timings)}
 
 
 def _attach(model: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
