@@ -29,9 +29,10 @@ import torch
 
 from benchmarks.realdata import Scenario, all_scenarios, photo_library
 from edge.core.novelty import NoveltyScorer, normalize_rows
-from edge.core.preprocess import AugmentSpec, preprocess_image, train_transform
+from edge.core.preprocess import preprocess_image
 from edge.core.registry import ARCHS, create_model, get_arch
 from train.novelty import BANK_SELECTIONS, fit_novelty
+from train.presets import AugmentSpec, train_transform
 
 DEFAULT_ARCHS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 

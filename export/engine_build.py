@@ -53,12 +53,13 @@ from .cuda_binding import cuda_binding
 from .engine_progress import BuildProgress, Heartbeat, ProgressFn, log_progress, make_progress_monitor
 from .verify import (
     DEFAULT_VERIFY_IMAGES,
+    ENGINE_NOVELTY_TOLERANCES,
     ENGINE_TOLERANCES,
     InputBatch,
     VerifyReport,
-    compare_probabilities,
+    compare_outputs,
     image_source,
-    onnxruntime_probabilities,
+    onnxruntime_outputs,
     pick_evenly,
     require_passed,
     verification_inputs,
@@ -221,19 +222,20 @@ def build_serialized_engine(
 
 def verify_engine(engine_data: bytes, meta: ModelMeta, onnx_path: Path, batch: InputBatch, precision: str) -> VerifyReport | None:
     """Run the engine through TensorRTBackend (what `edge serve` runs) and the ONNX file in onnxruntime (CPU) on
-    `batch`; compare. None when onnxruntime is missing."""
+    `batch`; compare probabilities, and novelty when the model has it. None when onnxruntime is missing."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         log.warning("engine not verified: onnxruntime is not installed (pip install onnxruntime)")
         return None
     tol, min_agree = ENGINE_TOLERANCES[precision]
-    reference = onnxruntime_probabilities(onnx_path, batch.data)
+    reference = onnxruntime_outputs(onnx_path, batch.data)
     with TensorRTBackend.from_engine_bytes(engine_data, meta, f"the {precision} engine just built") as engine:
-        got = engine.infer(batch.data)
-    return compare_probabilities(
+        got = engine.run(batch.data)
+    return compare_outputs(
         got,
         reference,
+        novelty_tolerance=ENGINE_NOVELTY_TOLERANCES[precision],
         subject=f"TensorRT {precision} engine",
         reference_name=f"{onnx_path.name} in onnxruntime",
         precision=precision,

@@ -1,8 +1,10 @@
 """Training checkpoint -> verified ONNX file with the model's metadata embedded.
 
 The graph: input `input` (Nx3xSxS float32, normalized RGB, dynamic batch) -> network -> softmax -> output
-`probabilities` (NxC float32). The FP16 variant keeps float32 input and output (a Cast in, the network in
-float16, softmax in float32), so every backend feeds both variants the same batch.
+`probabilities` (NxC float32). A checkpoint with a novelty bank adds a second output `novelty` (N float32,
+edge.core.novelty.ClassifierWithNovelty: the same backbone pass, the bank as a constant), so every runtime computes
+the score from this one file. The FP16 variant keeps float32 input and outputs (a Cast in, the network in
+float16, softmax and novelty in float32), so every backend feeds both variants the same batch.
 
 Opset: 11 by default. Every TensorRT that JetPack has shipped parses it (TensorRT 7.1 on JetPack 4.4, which needs
 opset <= 11, through 8.2 on the Nano's last JetPack 4.6, 8.5 on JetPack 5 and 10.x on JetPack 6), as do
@@ -33,7 +35,8 @@ from torch import nn
 from edge.core.errors import EdgeError, brief
 from edge.core.fsutil import TEMP_PREFIX, make_readable
 from edge.core.metadata import ONNX_META_KEY, ModelMeta, load_model, sha256_file
-from edge.core.model_files import EXPORT_INFO_KEY, INPUT_NAME, OUTPUT_NAME
+from edge.core.model_files import EXPORT_INFO_KEY, INPUT_NAME, NOVELTY_OUTPUT, OUTPUT_NAME
+from edge.core.novelty import ClassifierWithNovelty
 
 from .cache import is_dir_arg, prepare_output
 from .verify import (
@@ -41,7 +44,7 @@ from .verify import (
     InputBatch,
     VerifyReport,
     require_passed,
-    torch_probabilities,
+    torch_outputs,
     verification_inputs,
     verify_onnx,
 )
@@ -111,11 +114,18 @@ class ProbabilityModel(nn.Module):
         return torch.softmax(self.net(x).float(), dim=1)
 
 
-def _torch_export(module, example, path: Path, opset: int) -> None:
+def exported_module(model: nn.Module, fp16: bool) -> nn.Module:
+    """What goes into the graph: ProbabilityModel, or for a model with novelty the same wrapper in `fp16`."""
+    if isinstance(model, ClassifierWithNovelty):
+        return ClassifierWithNovelty(model.net, model.features_fn, model.head_fn, model.scorer, fp16).eval()
+    return ProbabilityModel(model, fp16).eval()
+
+
+def _torch_export(module, example, path: Path, opset: int, outputs: list[str]) -> None:
     kwargs = dict(
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        output_names=outputs,
+        dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
         opset_version=opset,
         do_constant_folding=True,
         export_params=True,
@@ -140,9 +150,11 @@ def _embed_metadata(path: Path, meta: ModelMeta, info: dict) -> None:
     from edge import __version__
 
     model.producer_version = __version__
+    novelty = f", {NOVELTY_OUTPUT} = novelty score (N)" if meta.novelty is not None else ""
     model.doc_string = (
         f"{meta.arch} image classifier ({', '.join(meta.class_names)}); input {INPUT_NAME} Nx3x{meta.preprocess.input_size}"
-        f"x{meta.preprocess.input_size} normalized RGB, output {OUTPUT_NAME} = softmax; metadata in {ONNX_META_KEY!r}"
+        f"x{meta.preprocess.input_size} normalized RGB, output {OUTPUT_NAME} = softmax{novelty}; metadata in "
+        f"{ONNX_META_KEY!r}"
     )
     onnx.checker.check_model(model)
     data = model.SerializeToString()
@@ -169,12 +181,13 @@ def export_onnx_verified(
     """
     check_opset(opset)
     checkpoint = Path(checkpoint)
-    model, meta = load_model(checkpoint, "cpu")
+    model, meta = load_model(checkpoint, "cpu", with_novelty=True)
     meta.source_sha256 = sha256_file(checkpoint)
     out = resolve_output(checkpoint, output, fp16)
     precision = "fp16" if fp16 else "fp32"
     batch = inputs if inputs is not None else verification_inputs(meta, calib_data, verify_images)
-    reference = torch_probabilities(model, batch.data)
+    reference = torch_outputs(model, batch.data)
+    outputs = [OUTPUT_NAME, NOVELTY_OUTPUT] if isinstance(model, ClassifierWithNovelty) else [OUTPUT_NAME]
 
     size = meta.preprocess.input_size
     info = {
@@ -182,6 +195,7 @@ def export_onnx_verified(
         "opset": opset,
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
+        "outputs": outputs,
         "output_kind": "softmax",
         "io_dtype": "float32",
         "input_shape": ["batch", 3, size, size],
@@ -196,11 +210,11 @@ def export_onnx_verified(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        module = ProbabilityModel(model, fp16).eval()
+        module = exported_module(model, fp16)
         example = torch.from_numpy(batch.data[:2].copy()) if len(batch.data) >= 2 else torch.zeros(2, 3, size, size)
         log.info("exporting %s (%s, opset %d) to %s", meta.arch, precision, opset, out)
         try:
-            _torch_export(module, example, tmp, opset)
+            _torch_export(module, example, tmp, opset, outputs)
             _embed_metadata(tmp, meta, info)
         except EdgeError:
             raise

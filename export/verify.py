@@ -1,4 +1,4 @@
-"""Verification of exported models: run the export and a reference on the same inputs and compare probabilities.
+"""Verification of exported models: run the export and a reference on the same inputs and compare their outputs.
 
 Inputs are real images when there are any (`--calib-data DIR`, else the training data recorded in the checkpoint if
 it still exists), preprocessed with the model's own spec (`edge.core.preprocess.preprocess_image`); otherwise seeded random
@@ -10,6 +10,10 @@ Tolerances (on softmax probabilities, which lie in [0, 1]):
   logits move by ~1e-2 in deep nets, which moves a probability by at most a quarter of that).
 - TensorRT engines vs the FP32 ONNX in onnxruntime: fp32 1e-3 / 100% (TensorRT picks other kernels), fp16 2e-2 /
   99%, int8 no bound on the difference / >= 95% agreement (quantization changes probabilities; the label must hold).
+
+A model with a novelty score (a cosine distance in [0, 2], thresholds around 0.1-0.5) also has its `novelty`
+output compared, as the largest absolute difference: ONNX fp32 1e-4, fp16 5e-3 (fp16 features move the cosine by
+a few 1e-4 to 1e-3); engines fp32 1e-3, fp16 1e-2, int8 no bound (reported).
 """
 
 from __future__ import annotations
@@ -29,12 +33,17 @@ from edge.core.preprocess import PreprocessSpec, preprocess_image
 
 log = logging.getLogger(__name__)
 
+Outputs = tuple[np.ndarray, "np.ndarray | None"]  # (NxC probabilities, N novelty scores or None)
+
 DEFAULT_VERIFY_IMAGES = 32
 RANDOM_SEED = 0
 
 # precision -> (max abs diff on probabilities or None for no bound, minimum top-1 agreement)
 ONNX_TOLERANCES: dict[str, tuple[float | None, float]] = {"fp32": (1e-4, 1.0), "fp16": (2e-2, 0.99)}
 ENGINE_TOLERANCES: dict[str, tuple[float | None, float]] = {"fp32": (1e-3, 1.0), "fp16": (2e-2, 0.99), "int8": (None, 0.95)}
+# precision -> max abs diff on novelty scores (None: reported, not bounded)
+ONNX_NOVELTY_TOLERANCES: dict[str, float | None] = {"fp32": 1e-4, "fp16": 5e-3}
+ENGINE_NOVELTY_TOLERANCES: dict[str, float | None] = {"fp32": 1e-3, "fp16": 1e-2, "int8": None}
 
 
 class ExportVerificationError(EdgeError):
@@ -68,15 +77,22 @@ class VerifyReport:
     agree: int  # inputs whose top-1 class matches the reference's
     tolerance: float | None
     min_agreement: float
+    novelty_max_abs_diff: float | None = None  # None: the model has no novelty score
+    novelty_tolerance: float | None = None
 
     @property
     def top1_agreement(self) -> float:
         return self.agree / self.count if self.count else 0.0
 
     @property
+    def novelty_ok(self) -> bool:
+        bound = self.novelty_tolerance
+        return self.novelty_max_abs_diff is None or bound is None or self.novelty_max_abs_diff <= bound
+
+    @property
     def passed(self) -> bool:
         ok_diff = self.tolerance is None or self.max_abs_diff <= self.tolerance
-        return ok_diff and self.top1_agreement >= self.min_agreement
+        return ok_diff and self.top1_agreement >= self.min_agreement and self.novelty_ok
 
     def failures(self) -> list[str]:
         out = []
@@ -84,16 +100,22 @@ class VerifyReport:
             out.append(f"max abs diff {self.max_abs_diff:.3g} > tolerance {self.tolerance:g}")
         if self.top1_agreement < self.min_agreement:
             out.append(f"top-1 agreement {100 * self.top1_agreement:.1f}% < {100 * self.min_agreement:g}%")
+        if not self.novelty_ok:
+            out.append(f"novelty max abs diff {self.novelty_max_abs_diff:.3g} > tolerance {self.novelty_tolerance:g}")
         return out
 
     def summary(self) -> str:
-        """One line: what was compared on what, the two figures against their bounds, and PASS/FAIL."""
+        """One line: what was compared on what, the figures against their bounds, and PASS/FAIL."""
         tol = f"tolerance {self.tolerance:g}" if self.tolerance is not None else "no bound"
+        novelty = ""
+        if self.novelty_max_abs_diff is not None:
+            bound = f"tolerance {self.novelty_tolerance:g}" if self.novelty_tolerance is not None else "no bound"
+            novelty = f", novelty max abs diff {self.novelty_max_abs_diff:.3g} ({bound})"
         return (
             f"verify {self.subject} vs {self.reference} on {self.inputs}: "
             f"max abs diff {self.max_abs_diff:.3g} ({tol}), "
             f"top-1 agreement {100 * self.top1_agreement:.1f}% ({self.agree}/{self.count}, "
-            f"need {100 * self.min_agreement:g}%): {'PASS' if self.passed else 'FAIL'}"
+            f"need {100 * self.min_agreement:g}%){novelty}: {'PASS' if self.passed else 'FAIL'}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,6 +162,24 @@ def compare_probabilities(
         tolerance=tolerance,
         min_agreement=min_agreement,
     )
+
+
+def compare_outputs(test: Outputs, reference: Outputs, *, novelty_tolerance: float | None, **kw: Any) -> VerifyReport:
+    """compare_probabilities on the probabilities (same keywords), plus the novelty scores when the reference has
+    them: the largest absolute difference against `novelty_tolerance`."""
+    report = compare_probabilities(test[0], reference[0], **kw)
+    if reference[1] is None:
+        return report
+    if test[1] is None:
+        raise EdgeError(f"verification: {kw.get('subject', 'the export')} has no novelty output, but the model has a "
+                        "novelty score; re-export it")
+    got, want = np.asarray(test[1], np.float64).reshape(-1), np.asarray(reference[1], np.float64).reshape(-1)
+    if got.shape != want.shape:
+        raise EdgeError(f"verification: novelty shape {got.shape} does not match the reference's {want.shape}")
+    diff = np.abs(got - want)
+    report.novelty_max_abs_diff = float(diff.max()) if np.isfinite(diff).all() else float("inf")
+    report.novelty_tolerance = novelty_tolerance
+    return report
 
 
 def find_images(root: str | os.PathLike) -> list[Path]:
@@ -221,31 +261,50 @@ def verification_inputs(
     return InputBatch(data, f"{count} seeded random inputs (seed {seed}; {why})", False)
 
 
-def onnxruntime_probabilities(onnx_path: str | os.PathLike, batch: np.ndarray, providers: Sequence[str] | None = None) -> np.ndarray:
-    """Run an exported ONNX file in onnxruntime (CPU by default) -> NxC probabilities."""
+def onnxruntime_outputs(onnx_path: str | os.PathLike, batch: np.ndarray, providers: Sequence[str] | None = None) -> Outputs:
+    """Run an exported ONNX file in onnxruntime (CPU by default) -> (NxC probabilities, N novelty or None)."""
     import onnxruntime as ort
 
-    from edge.core.model_files import INPUT_NAME
+    from edge.core.model_files import INPUT_NAME, NOVELTY_OUTPUT, OUTPUT_NAME
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
         sess = ort.InferenceSession(str(onnx_path), opts, providers=list(providers or ["CPUExecutionProvider"]))
-        return np.asarray(sess.run(None, {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})[0])
+        names = [o.name for o in sess.get_outputs()]
+        ys = dict(zip(names, sess.run(None, {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise EdgeError(f"onnxruntime cannot run {Path(onnx_path).name}: {brief(e, 300)}") from e
+    novelty = ys.get(NOVELTY_OUTPUT)
+    return np.asarray(ys.get(OUTPUT_NAME, ys[names[0]])), None if novelty is None else np.asarray(novelty)
+
+
+def onnxruntime_probabilities(onnx_path: str | os.PathLike, batch: np.ndarray, providers: Sequence[str] | None = None) -> np.ndarray:
+    """Run an exported ONNX file in onnxruntime (CPU by default) -> NxC probabilities."""
+    return onnxruntime_outputs(onnx_path, batch, providers)[0]
+
+
+def torch_outputs(model: Any, batch: np.ndarray, chunk: int = 16) -> Outputs:
+    """(softmax probabilities, novelty or None) of an eval-mode PyTorch model on CPU, in chunks to bound memory.
+
+    `model` maps x -> logits, or x -> (probabilities, novelty) (edge.core.novelty.ClassifierWithNovelty)."""
+    import torch
+
+    probs, novelty = [], []
+    with torch.inference_mode():
+        for i in range(0, len(batch), chunk):
+            y = model(torch.from_numpy(np.ascontiguousarray(batch[i:i + chunk])))
+            if isinstance(y, tuple):
+                probs.append(y[0].float().numpy())
+                novelty.append(y[1].float().numpy())
+            else:
+                probs.append(torch.softmax(y.float(), dim=1).numpy())
+    return np.concatenate(probs), np.concatenate(novelty) if novelty else None
 
 
 def torch_probabilities(model: Any, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
     """Softmax probabilities of an eval-mode PyTorch model on CPU, in chunks to bound memory."""
-    import torch
-
-    outs = []
-    with torch.inference_mode():
-        for i in range(0, len(batch), chunk):
-            x = torch.from_numpy(np.ascontiguousarray(batch[i:i + chunk]))
-            outs.append(torch.softmax(model(x).float(), dim=1).numpy())
-    return np.concatenate(outs)
+    return torch_outputs(model, batch, chunk)[0]
 
 
 def verify_onnx(
@@ -254,23 +313,25 @@ def verify_onnx(
     batch: InputBatch,
     precision: str = "fp32",
     *,
-    reference: np.ndarray | None = None,
-    run_onnx: Callable[[str | os.PathLike, np.ndarray], np.ndarray] | None = None,
+    reference: Outputs | None = None,
+    run_onnx: Callable[[str | os.PathLike, np.ndarray], Outputs] | None = None,
     name: str | None = None,
 ) -> VerifyReport:
     """Run the ONNX file in onnxruntime (CPU) and `model` in PyTorch (FP32, CPU) on `batch`; compare.
 
     Returns the report; the caller decides what a failure means (export deletes the file and fails).
-    `reference` may hold the PyTorch probabilities already computed for this batch; `run_onnx` replaces onnxruntime.
+    `reference` may hold the PyTorch outputs (torch_outputs) already computed for this batch; `run_onnx`
+    replaces onnxruntime (returning outputs like onnxruntime_outputs).
     """
     if precision not in ONNX_TOLERANCES:
         raise EdgeError(f"unknown ONNX precision {precision!r}; choose one of: {', '.join(ONNX_TOLERANCES)}")
     tol, min_agree = ONNX_TOLERANCES[precision]
-    ref = torch_probabilities(model, batch.data) if reference is None else reference
-    got = (run_onnx or onnxruntime_probabilities)(onnx_path, batch.data)
-    return compare_probabilities(
+    ref = torch_outputs(model, batch.data) if reference is None else reference
+    got = (run_onnx or onnxruntime_outputs)(onnx_path, batch.data)
+    return compare_outputs(
         got,
         ref,
+        novelty_tolerance=ONNX_NOVELTY_TOLERANCES[precision],
         subject=f"{name or Path(onnx_path).name} ({precision}, onnxruntime CPU)",
         reference_name="PyTorch fp32",
         precision=precision,

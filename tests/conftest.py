@@ -104,6 +104,41 @@ def squeezenet_models(tmp_path_factory):
     return pt, export_onnx(pt, d / "model.onnx", verify_images=4)
 
 
+def _write_novelty_checkpoint(path: Path, arch: str = "squeezenet1_1", classes=("up", "down"), seed: int = 0) -> Path:
+    """A random-init `arch` checkpoint with a novelty score fitted on synthetic arrows (bank: 8 images, threshold
+    from 4 others), as `train` writes it."""
+    import torch
+
+    from edge.core.metadata import ModelMeta, save_checkpoint
+    from edge.core.preprocess import preprocess_batch
+    from edge.core.registry import create_model, get_arch
+    from edge.core.synthetic import render_sample
+    from train.novelty import fit_novelty
+
+    torch.manual_seed(seed)
+    spec = get_arch(arch)
+    model = create_model(arch, len(classes), "none").eval()
+    rng = np.random.default_rng(seed)
+    images = [render_sample(classes[i % len(classes)], rng, 120, 100) for i in range(12)]
+    with torch.inference_mode():
+        feats = spec.features(model, torch.from_numpy(preprocess_batch(images, spec.preprocess)))
+    scorer, report = fit_novelty(feats[:8], feats[8:])
+    meta = ModelMeta(arch=arch, class_names=list(classes), preprocess=spec.preprocess, novelty=report.to_dict())
+    save_checkpoint(path, model.state_dict(), meta, novelty_bank=scorer.bank)
+    return path
+
+
+@pytest.fixture(scope="session")
+def novelty_models(tmp_path_factory):
+    """A random-init SqueezeNet 1.1 checkpoint (up, down) with a novelty bank and its verified ONNX export (two
+    outputs): (pt, onnx)."""
+    from export.onnx_export import export_onnx
+
+    d = tmp_path_factory.mktemp("novelty")
+    pt = _write_novelty_checkpoint(d / "model.pt")
+    return pt, export_onnx(pt, d / "model.onnx", verify_images=4)
+
+
 @pytest.fixture(scope="session")
 def onnx_classifier():
     """Factory: `make(path, weights, class_names, softmax=True, batch="N", meta=True, size=8)` -> path of a

@@ -191,3 +191,76 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path, onnx_classifier):
     with load_backend(engine_path) as t, load_backend(onnx_path, device="cpu") as o:
         assert t.name == "tensorrt" and t.max_batch == 4
         np.testing.assert_allclose(t.infer(x), o.infer(x), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ novelty
+
+def arrow_batch(meta, labels=("up", "down", "none", "none"), seed=7) -> np.ndarray:
+    """Rendered images (arrows and empty clutter) through the model's own preprocessing."""
+    from edge.core.preprocess import preprocess_batch
+    from edge.core.synthetic import render_sample
+
+    rng = np.random.default_rng(seed)
+    return preprocess_batch([render_sample(label, rng, 150, 120) for label in labels], meta.preprocess)
+
+
+def test_torch_and_onnxruntime_compute_the_same_novelty(novelty_models):
+    pt, onnx_path = novelty_models
+    with load_backend(pt, "torch", "cpu") as t, load_backend(onnx_path, device="cpu") as o:
+        assert t.has_novelty and o.has_novelty
+        assert t.novelty_threshold == o.novelty_threshold == t.meta.novelty["threshold"] > 0
+        x = arrow_batch(t.meta)
+        (tp, tn), (op, on) = t.run(x), o.run(x)
+        assert np.array_equal(t.infer(x), tp)  # infer is run's probabilities
+    assert tn.shape == on.shape == (4,) and tn.dtype == on.dtype == np.float32
+    np.testing.assert_allclose(on, tn, atol=1e-4)
+    np.testing.assert_allclose(op, tp, atol=1e-4)
+    assert (tn > 0).all() and (tn <= 2).all()  # cosine distances, not all zero
+
+
+def test_fixed_batch_onnx_novelty_is_chunked_like_probabilities(novelty_models, tmp_path):
+    """An ONNX file with batch 1 (re-saved by another tool) still gives N novelty scores for N images."""
+    import onnx
+
+    _, onnx_path = novelty_models
+    proto = onnx.load(str(onnx_path))
+    for value in [*proto.graph.input, *proto.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    fixed = tmp_path / "b1.onnx"
+    onnx.save(proto, str(fixed))
+    with load_backend(fixed, device="cpu") as b1, load_backend(onnx_path, device="cpu") as dyn:
+        x = arrow_batch(dyn.meta, seed=3)
+        assert b1.max_batch == 1
+        np.testing.assert_allclose(b1.run(x)[1], dyn.run(x)[1], atol=1e-6)
+
+
+def test_old_model_without_novelty_runs_everywhere_and_ignores_a_threshold(squeezenet_models, caplog):
+    pt, onnx_path = squeezenet_models
+    for path in (pt, onnx_path):
+        with caplog.at_level(logging.INFO, logger="edge.runtime.backends"):
+            caplog.clear()
+            be = load_backend(path, device="cpu", novelty_threshold=0.3)
+        with be:
+            assert not be.has_novelty and be.novelty_threshold is None and be.meta.novelty is None
+            probs, novelty = be.run(batch_of(2))
+            assert novelty is None and probs.shape == (2, 3)
+        assert sum("novelty threshold 0.3 ignored" in r.message for r in caplog.records) == 1
+
+
+def test_novelty_threshold_override(novelty_models):
+    pt, _ = novelty_models
+    with load_backend(pt, device="cpu", novelty_threshold=0.5) as be:
+        assert be.novelty_threshold == 0.5 and be.meta.novelty_threshold != 0.5
+        be.set_novelty_threshold(None)
+        assert be.novelty_threshold == be.meta.novelty_threshold
+
+
+@pytest.mark.gpu
+def test_torch_backend_cuda_fp16_novelty_matches_cpu(novelty_models):
+    pt, _ = novelty_models
+    with load_backend(pt, "torch", "cuda") as g, load_backend(pt, "torch", "cpu") as c:
+        x = arrow_batch(c.meta, seed=9)
+        (gp, gn), (cp, cn) = g.run(x), c.run(x)
+    assert g.fp16 and gn.dtype == np.float32
+    np.testing.assert_allclose(gn, cn, atol=1e-2)
+    np.testing.assert_allclose(gp, cp, atol=2e-2)

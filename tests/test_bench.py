@@ -21,13 +21,13 @@ def slow_model(monkeypatch):
 
     def load(*args, **kwargs):
         be = real_load(*args, **kwargs)
-        infer = be.infer
+        run = be.run  # what the pipeline calls (infer is run's probabilities)
 
-        def slow_infer(batch):
+        def slow_run(batch):
             time.sleep(0.02)
-            return infer(batch)
+            return run(batch)
 
-        be.infer = slow_infer
+        be.run = slow_run
         return be
 
     monkeypatch.setattr(backends, "load_backend", load)

@@ -211,6 +211,46 @@ def test_read_latest_times_out_and_returns_none_when_stopped():
         assert time.monotonic() - t0 < 0.3
 
 
+def test_poll_latest_never_waits_and_frame_callbacks_wake_a_consumer():
+    opened: list[FakeSource] = []
+    cam = make_camera(lambda: FakeSource(opened, period=0.01, end_after=20, is_live=False))
+    assert cam.poll_latest() is None  # nothing captured yet, and no waiting for it
+    rang = threading.Event()
+    calls = []
+
+    def ring():
+        calls.append(cam.state)
+        rang.set()
+
+    cam.add_frame_callback(ring)
+    with cam:
+        assert rang.wait(5)
+        frame, fid, _ = cam.poll_latest()
+        assert index_of(frame) == fid
+        t = time.monotonic()
+        assert cam.poll_latest(after_id=fid + 1000) is None and time.monotonic() - t < 0.05
+        assert wait_until(lambda: cam.state == "ended")
+    assert len(calls) >= 21 and "ended" in calls  # one per frame, and the end wakes the consumer too
+    cam.remove_frame_callback(ring)
+    seen = len(calls)
+    with cam:  # restarted: callbacks removed are not called again
+        assert cam.read_latest(timeout=5) is not None
+    assert len(calls) == seen
+
+
+def test_a_failing_frame_callback_does_not_stop_capture(caplog):
+    cam = make_camera(lambda: FakeSource([]))
+
+    def broken():
+        raise RuntimeError("consumer bug")
+
+    cam.add_frame_callback(broken)
+    with cam:
+        assert wait_until(lambda: cam.frame_id >= 10)
+        assert cam.state == "streaming"
+    assert caplog.text.count("a frame callback raised") == 1
+
+
 def test_a_failing_value_observer_does_not_stop_capture():
     def bad(change):
         raise ValueError("observer bug")
@@ -221,6 +261,27 @@ def test_a_failing_value_observer_does_not_stop_capture():
         first = cam.read_latest(timeout=5)
         assert cam.read_latest(first[1] + 5, timeout=5) is not None
         assert cam.state == "streaming"
+
+
+def test_stop_returns_with_capture_stopped_while_frames_are_being_published():
+    """stop() must not hand its work to the notifier thread (traitlets' hold_trait_notifications captures the
+    `running` change of every thread while it holds): when it returns, capture has stopped, whatever the timing."""
+
+    class Full(FrameSource):  # full-size frames: setting `value` takes long enough to be caught in the act
+        uri, is_live = "full://", True
+
+        def read(self):
+            time.sleep(0.0005)
+            return np.zeros((480, 640, 3), np.uint8)
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        cam = make_camera(Full)
+        cam.start()
+        assert cam.read_latest(timeout=5) is not None
+        time.sleep(rng.uniform(0, 0.01))
+        cam.stop()
+        assert cam.state == "stopped" and not cam._reader.is_alive() and not cam._notifier.is_alive()
 
 
 def test_slow_observer_does_not_slow_capture():

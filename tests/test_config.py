@@ -188,3 +188,47 @@ def test_bad_allowed_hosts_name_the_entry(value):
 def test_allowed_hosts_needs_http():
     with pytest.raises(EdgeError, match="--allowed-hosts is set but --http is not"):
         _cfg(["--model", "m", "--source", "0", "--allowed-hosts", "jetson.local"])
+
+
+def test_several_sources_from_flags_and_file(tmp_path):
+    cfg = _cfg(["--model", "m", "--source", "0", "--source", "rtsp://cam.local/live"])
+    assert cfg.sources == ("0", "rtsp://cam.local/live") and cfg.max_batch is None
+    f = tmp_path / "serve.toml"
+    f.write_text('model = "m"\nsource = [0, "test://?seed=2"]\nmax_batch = 1\n')
+    cfg = _cfg(["--config", str(f)])
+    assert cfg.sources == ("0", "test://?seed=2") and cfg.max_batch == 1  # `0` in a list means camera 0 too
+    assert _cfg(["--config", str(f), "--source", "csi://0"]).sources == ("csi://0",)  # flags replace the list
+    f.write_text('model = "m"\nsource = ["test://"]\n')
+    assert _cfg(["--config", str(f)]).source == "test://"  # a list of one is a single camera, as before
+    assert _cfg(["--model", "m", "--source", "test://"]).sources == ("test://",)
+    out = json.loads(subprocess.run([sys.executable, "-m", "edge", "serve", "--model", "m", "--source", "0",
+                                     "--source", "1", "--print-config"], capture_output=True, text=True,
+                                    timeout=60).stdout)
+    assert out["source"] == ["0", "1"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--source", "0", "--source", "/dev/video0"], "--source: cameras 0 and 1 have the same source '/dev/video0'"),
+    (["--source", "a.mp4", "--source", "b.mp4", "--source", " a.mp4"], "cameras 0 and 2 have the same source"),
+    (["--source", "test://", "--source", "test://", "--display"], "have the same source 'test://'"),
+    (["--source", "0", "--source", "1", "--display"], "--display shows one camera"),
+    (["--source", "0", "--max-batch", "0"], "--max-batch: max_batch must be in [1, inf]; got 0"),
+])
+def test_several_sources_mistakes_are_one_line(argv, needle):
+    with pytest.raises(EdgeError) as e:
+        _cfg(["--model", "m", *argv])
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_duplicate_source_with_credentials_is_not_echoed(tmp_path):
+    f = tmp_path / "serve.toml"
+    f.write_text('model = "m"\nsource = ["rtsp://u:pw@cam/live", "rtsp://u:pw@cam/live"]\n')
+    with pytest.raises(EdgeError, match="cameras 0 and 1 have the same source;") as e:
+        _cfg(["--config", str(f)])
+    assert "pw" not in str(e.value) and str(f) in str(e.value)
+    f.write_text('model = "m"\nsource = []\n')
+    with pytest.raises(EdgeError, match="source must not be an empty list"):
+        _cfg(["--config", str(f)])
+    f.write_text('model = "m"\nsource = ["0", true]\n')
+    with pytest.raises(EdgeError, match="source must be a string, got True"):
+        _cfg(["--config", str(f)])

@@ -23,9 +23,10 @@ import pytest
 import torch
 
 from edge.core.errors import EdgeError
-from edge.core.metadata import ModelMeta, load_model, save_checkpoint, sha256_file
+from edge.core.metadata import ModelMeta, load_checkpoint, load_model, save_checkpoint, sha256_file
 from edge.core.model_files import (
     INPUT_NAME,
+    NOVELTY_OUTPUT,
     OUTPUT_NAME,
     EngineKey,
     meta_from_metadata_props,
@@ -53,7 +54,8 @@ from export.verify import (
 CLASSES = ["up", "down", "none"]
 SUMMARY = re.compile(
     r"max abs diff (?P<diff>\S+) \(tolerance (?P<tol>\S+)\), top-1 agreement (?P<agree>[\d.]+)% "
-    r"\((?P<n_ok>\d+)/(?P<n>\d+), need (?P<need>[\d.]+)%\): (?P<verdict>PASS|FAIL)"
+    r"\((?P<n_ok>\d+)/(?P<n>\d+), need (?P<need>[\d.]+)%\)"
+    r"(?:, novelty max abs diff (?P<ndiff>\S+) \((?:tolerance (?P<ntol>\S+)|no bound)\))?: (?P<verdict>PASS|FAIL)"
 )
 
 
@@ -210,8 +212,13 @@ def test_opset_option(squeeze, tmp_path, capsys):
 def test_failed_verification_exits_nonzero_and_leaves_no_file(squeeze, tmp_path, capsys, monkeypatch):
     import export.verify as verify
 
-    real = verify.onnxruntime_probabilities
-    monkeypatch.setattr(verify, "onnxruntime_probabilities", lambda path, batch: np.roll(real(path, batch), 1, axis=1))
+    real = verify.onnxruntime_outputs
+
+    def rolled(path, batch):
+        probs, novelty = real(path, batch)
+        return np.roll(probs, 1, axis=1), novelty
+
+    monkeypatch.setattr(verify, "onnxruntime_outputs", rolled)
     target = tmp_path / "out" / "model.onnx"
     rc, out, err = run_cli(capsys, squeeze, "--output", target, "--verify-images", "6")
     assert rc == 3
@@ -458,7 +465,7 @@ def _fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.builds = []
-    trt.engines = {}  # serialized engine -> (input name, profile min/opt/max shapes, output name and shape)
+    trt.engines = {}  # serialized engine -> (input name, profile min/opt/max shapes, {output name: shape})
     trt.deserialized = []
 
     class ILogger:
@@ -500,8 +507,9 @@ def _fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             inp = model.graph.input[0]
             dims = [d.dim_value if d.dim_value else -1 for d in inp.type.tensor_type.shape.dim]
             self.network.inputs.append(Tensor(inp.name, dims))
-            out = model.graph.output[0]
-            self.network.outputs.append(Tensor(out.name, [d.dim_value or -1 for d in out.type.tensor_type.shape.dim]))
+            for out in model.graph.output:
+                shape = [d.dim_value or -1 for d in out.type.tensor_type.shape.dim]
+                self.network.outputs.append(Tensor(out.name, shape))
             return True
 
     class Profile:
@@ -583,18 +591,16 @@ def _fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             time.sleep(0.05)
             trt.builds.append(dict(config=config, network=network, **calls))
             data = f"ENGINE {sorted(config.flags)} {config.profiles[0].shapes}".encode()
-            out = network.outputs[0]
-            trt.engines[data] = (*config.profiles[0].shapes, out.name, tuple(out.shape))
+            trt.engines[data] = (*config.profiles[0].shapes, {o.name: tuple(o.shape) for o in network.outputs})
             return data
 
     class Engine:
         """A deserialized engine, as far as TensorRTBackend's named-tensor I/O setup looks at it."""
 
-        num_io_tensors = 2
-
-        def __init__(self, in_name, lo, opt, hi, out_name, out_shape):
-            self.names, self.profile = [in_name, out_name], (lo, opt, hi)
-            self.shapes = {in_name: (-1, *hi[1:]), out_name: out_shape}
+        def __init__(self, in_name, lo, opt, hi, outputs):
+            self.names, self.profile = [in_name, *outputs], (lo, opt, hi)
+            self.shapes = {in_name: (-1, *hi[1:]), **outputs}
+            self.num_io_tensors = len(self.names)
 
         def get_tensor_name(self, i):
             return self.names[i]
@@ -728,8 +734,9 @@ def test_int8_calibrates_on_real_images_and_caches_the_table(fake_trt, squeeze_o
 def engine_runs_onnx(fake_trt, monkeypatch):
     """TensorRTBackend on a CPU box: the fake TensorRT deserializes the engine and TensorRTBackend sets up its I/O
     as on a device; only the CUDA parts are replaced: no buffers to allocate, and executing a chunk runs the ONNX
-    file the engine was built from in onnxruntime (through `transform`, to model a bad engine)."""
-    from export.verify import onnxruntime_probabilities
+    file the engine was built from in onnxruntime (through `transform`, which gets and returns (probabilities,
+    novelty or None), to model a bad engine)."""
+    from export.verify import onnxruntime_outputs
 
     state = types.SimpleNamespace(onnx=None, transform=lambda y: y, chunks=[], loaded=[])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -737,9 +744,10 @@ def engine_runs_onnx(fake_trt, monkeypatch):
     def allocate(self):
         state.loaded.append(self)
 
-    def run(self, chunk):
+    def run(self, chunk):  # TensorRTBackend._run: one (n, ...) array per engine output, in self._out_names order
         state.chunks.append(chunk.shape[0])
-        return state.transform(onnxruntime_probabilities(state.onnx, chunk))
+        probs, novelty = state.transform(onnxruntime_outputs(state.onnx, chunk))
+        return [probs] if novelty is None else [probs, novelty.reshape(-1, 1)]
 
     monkeypatch.setattr(TensorRTBackend, "_allocate", allocate)
     monkeypatch.setattr(TensorRTBackend, "_run", run)
@@ -769,7 +777,7 @@ def test_engine_that_disagrees_with_onnx_is_not_written(engine_runs_onnx, fake_t
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(squeeze_onnx.read_bytes())
     engine_runs_onnx.onnx = onnx_path
-    engine_runs_onnx.transform = lambda y: np.roll(y, 1, axis=1)  # every label moves: top-1 agreement 0%
+    engine_runs_onnx.transform = lambda y: (np.roll(y[0], 1, axis=1), y[1])  # every label moves: agreement 0%
     rc, out, err = run_cli(capsys, onnx_path, "--format", "engine", "--fp16", "--calib-data", dataset)
     assert rc == 3 and len(fake_trt.builds) == 1 and len(engine_runs_onnx.chunks) == 1
     assert err.startswith("error: engine verification failed, model.fp16.engine not written") and err.count("\n") == 1
@@ -789,6 +797,80 @@ def test_engine_output_path_must_be_one_serve_reads(engine_runs_onnx, fake_trt, 
     assert rc == 0, err
     assert f"wrote {plan}" in out and read_engine_sidecar(plan).key.precision == "fp32"
     assert parse_summary(out)["verdict"] == "PASS"
+
+
+# ------------------------------------------------------------------------------ novelty: the second output
+
+def test_novelty_checkpoint_exports_both_outputs_verified_with_its_threshold(novelty_models, dataset, tmp_path, capsys):
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(novelty_models[0].read_bytes())
+    rc, out, err = run_cli(capsys, ckpt, "--calib-data", dataset)
+    assert rc == 0, err
+    s = parse_summary(out)
+    assert s["verdict"] == "PASS" and float(s["ntol"]) == 1e-4 and float(s["ndiff"]) <= 1e-4
+    onnx_path = tmp_path / "model.onnx"
+    proto = onnx.load(str(onnx_path))
+    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME, NOVELTY_OUTPUT]
+    assert all(o.type.tensor_type.shape.dim[0].dim_param for o in proto.graph.output)  # dynamic batch, both
+    assert read_onnx_export_info(onnx_path)["outputs"] == [OUTPUT_NAME, NOVELTY_OUTPUT]
+    _, ckpt_meta, _ = load_checkpoint(ckpt)
+    assert read_onnx_meta(onnx_path).novelty == ckpt_meta.novelty and ckpt_meta.novelty_threshold > 0
+    # the novelty computed by the file equals PyTorch's on batch 1 and 3
+    batch, _ = load_image_batch(find_images(dataset)[:3], ckpt_meta.preprocess)
+    model, _ = load_model(ckpt, with_novelty=True)
+    with torch.no_grad():
+        ref_probs, ref_novelty = model(torch.from_numpy(batch))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    probs3, novelty3 = sess.run(None, {INPUT_NAME: batch})
+    np.testing.assert_allclose(probs3, ref_probs.numpy(), atol=1e-5)
+    np.testing.assert_allclose(novelty3, ref_novelty.numpy(), atol=1e-5)
+    np.testing.assert_allclose(sess.run(None, {INPUT_NAME: batch[:1]})[1], ref_novelty.numpy()[:1], atol=1e-5)
+
+    if half_precision_runs_on_cpu():
+        rc, out, err = run_cli(capsys, ckpt, "--fp16", "--calib-data", dataset)
+        s = parse_summary(out)
+        assert rc == 0 and s["verdict"] == "PASS", err
+        assert float(s["ntol"]) == 5e-3 and float(s["ndiff"]) <= 5e-3
+        assert [o.name for o in onnx.load(str(tmp_path / "model.fp16.onnx")).graph.output] == [OUTPUT_NAME, NOVELTY_OUTPUT]
+
+
+def test_novelty_that_disagrees_fails_verification_and_writes_nothing(novelty_models, tmp_path, capsys, monkeypatch):
+    import export.verify as verify
+
+    real = verify.onnxruntime_outputs
+    monkeypatch.setattr(verify, "onnxruntime_outputs", lambda path, batch: (real(path, batch)[0], real(path, batch)[1] + 1e-3))
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(novelty_models[0].read_bytes())
+    rc, out, err = run_cli(capsys, ckpt, "--verify-images", "3")
+    assert rc == 3 and err.count("\n") == 1 and "novelty max abs diff 0.001 > tolerance 0.0001" in err
+    assert leftovers(tmp_path) == []
+
+
+def test_engine_of_a_novelty_model_verifies_novelty_and_serves_the_threshold(engine_runs_onnx, fake_trt, novelty_models,
+                                                                             dataset, tmp_path, capsys):
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(novelty_models[1].read_bytes())
+    engine_runs_onnx.onnx = onnx_path
+    engine_runs_onnx.transform = lambda y: (y[0], y[1] + 0.02)  # an engine whose novelty is off by 0.02
+    rc, out, err = run_cli(capsys, onnx_path, "--format", "engine", "--fp16", "--calib-data", dataset)
+    assert rc == 3 and "novelty max abs diff 0.02 > tolerance 0.01" in err and leftovers(tmp_path) == ["model.onnx"]
+
+    engine_runs_onnx.transform = lambda y: y
+    rc, out, err = run_cli(capsys, onnx_path, "--format", "engine", "--fp16", "--calib-data", dataset)
+    s = parse_summary(out)
+    assert rc == 0 and s["verdict"] == "PASS" and float(s["ndiff"]) == 0.0 and float(s["ntol"]) == 1e-2, err
+    engine = tmp_path / "model.fp16.engine"
+    threshold = load_checkpoint(novelty_models[0])[1].novelty_threshold
+    assert read_engine_sidecar(engine).meta.novelty_threshold == threshold  # checkpoint -> ONNX -> sidecar
+
+    from edge.runtime.backends import load_backend
+
+    x = verification_inputs(read_onnx_meta(onnx_path), dataset, 5).data
+    with load_backend(engine) as trt_backend, load_backend(onnx_path, device="cpu") as ort_backend:
+        assert trt_backend.name == "tensorrt" and trt_backend._out_names == [OUTPUT_NAME, NOVELTY_OUTPUT]
+        assert trt_backend.has_novelty and trt_backend.novelty_threshold == threshold
+        (p_trt, n_trt), (p_ort, n_ort) = trt_backend.run(x), ort_backend.run(x)
+    assert n_trt.shape == (5,) and np.array_equal(n_trt, n_ort) and np.array_equal(p_trt, p_ort)
 
 
 def test_calibration_batches_skip_unreadable_and_yield_full_batches(dataset, tmp_path):

@@ -21,15 +21,28 @@ from edge.service.metrics import ServiceMetrics
 
 
 class FakeApp:
-    def __init__(self) -> None:
-        self.stream = StreamOutput(quality=70)
+    """The service as HTTP sees it; `cameras` StreamOutputs (`stream` is camera 0's). Camera N's prediction is
+    `pred` with its label followed by N (`up`, `up1`, ...)."""
+
+    def __init__(self, cameras: int = 1) -> None:
+        self.streams = [StreamOutput(quality=70) for _ in range(cameras)]
+        self.stream = self.streams[0]
         self.ok = True
         self.pred: dict | None = {"label": "up", "confidence": 0.9, "probabilities": {"up": 0.9, "down": 0.1},
                                   "frame": 7, "timestamp": time.time(), "fps": 12.5}
-        self.prom = ServiceMetrics(lambda: {"frames_processed": 3, "healthy": 1})
+        self.prom = ServiceMetrics(lambda: {"healthy": 1, "cameras": [{"camera": 0, "frames_processed": 3}]})
 
-    def prediction_json(self):
-        return self.pred
+    def prediction_json(self, camera: int = 0):
+        if self.pred is None or camera == 0:
+            return self.pred
+        return {**self.pred, "label": f"up{camera}", "camera": camera}
+
+    def cameras_json(self):
+        return [{"camera": i, "source": f"test://?seed={i}", "state": "streaming"} for i in range(len(self.streams))]
+
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.close()
 
     def health(self):
         return self.ok, {"status": "ok" if self.ok else "stale"}
@@ -114,7 +127,7 @@ def test_routes(server):
     assert get(base + "healthz")[0] == 503
     status, headers, body = get(base + "metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    assert b"edge_frames_processed_total 3.0" in body and b"edge_inference_seconds_bucket" in body
+    assert b'edge_frames_processed_total{camera="0"} 3.0' in body and b"edge_inference_seconds_bucket" in body
     status, _, body = get(base + "nope")
     assert status == 404 and b"/api/prediction" in body
     app.pred = None
@@ -391,3 +404,59 @@ def test_page_links_are_readable_on_the_dark_background():
         assert color, f"no color for {selector} in the page's stylesheet (browser default: unreadable)"
         light, dark = sorted((_luminance(color), background), reverse=True)
         assert (light + 0.05) / (dark + 0.05) >= 4.5, (selector, color)
+
+
+def test_camera_parameter_picks_the_camera_and_an_unknown_one_is_404():
+    """Two cameras: ?camera=N picks /snapshot.jpg, /stream.mjpg and /api/prediction of camera N; no parameter is
+    camera 0 (single-camera clients keep working); a camera the service lacks (or no number) is a JSON 404."""
+    import cv2
+
+    app = FakeApp(cameras=2)
+    srv = HttpServer("127.0.0.1", 0, app, token="s3cret")
+    srv.start()
+    stop = threading.Event()
+
+    def feed_both() -> None:  # camera 0 dark, camera 1 bright
+        while not stop.is_set():
+            app.streams[0].write(np.full((48, 64, 3), 20, np.uint8), None)
+            app.streams[1].write(np.full((48, 64, 3), 230, np.uint8), None)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=feed_both, daemon=True)
+    t.start()
+    auth = {"Authorization": "Bearer s3cret"}
+    host, port = srv.server_address[:2]
+    try:
+        def brightness(path: str) -> float:
+            status, headers, body = get(srv.url + path, auth)
+            assert status == 200 and headers["Content-Type"] == "image/jpeg", (path, status, body[:200])
+            return cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_GRAYSCALE).mean()
+
+        assert brightness("snapshot.jpg") < 50 and brightness("snapshot.jpg?camera=0") < 50
+        assert brightness("snapshot.jpg?camera=1") > 200
+        s, f, status = open_stream(host, port, "/stream.mjpg?camera=1&token=s3cret")
+        try:
+            assert b"200" in status
+            frame = read_mjpeg_frames(f, 1)[0]
+            assert cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE).mean() > 200
+        finally:
+            f.close()
+            s.close()
+        assert json.loads(get(srv.url + "api/prediction", auth)[2])["label"] == "up"
+        assert json.loads(get(srv.url + "api/prediction?camera=1", auth)[2])["label"] == "up1"
+        status, _, body = get(srv.url + "api/cameras", auth)
+        assert status == 200 and [c["camera"] for c in json.loads(body)] == [0, 1]
+
+        for path in ("api/prediction", "snapshot.jpg", "stream.mjpg"):
+            for bad in ("2", "x", "-1", "1.0", "%C2%B3"):  # "³" is a digit to str.isdigit
+                status, headers, body = get(srv.url + f"{path}?camera={bad}", auth)
+                assert status == 404 and headers["Content-Type"] == "application/json", (path, bad, status)
+                answer = json.loads(body)
+                assert "no camera" in answer["error"] and answer["cameras"] == [0, 1], answer
+            assert get(srv.url + f"{path}?camera=5")[0] == 401  # without the token: not even the camera count
+        assert get(srv.url + "nope", auth)[0] == 404 and b"/api/cameras" in get(srv.url + "nope", auth)[2]
+    finally:
+        stop.set()
+        t.join()
+        srv.stop()
+        app.close()

@@ -21,7 +21,7 @@ from edge.runtime.sources.adapters import PrefetchSource
 
 
 class FakeBackend:
-    """Probabilities from the frame's mean brightness (bright -> first class); optional fixed latency."""
+    """Probabilities from each frame's mean brightness (bright -> first class); optional fixed latency."""
 
     name = "fake"
 
@@ -35,7 +35,7 @@ class FakeBackend:
         self.calls += 1
         if self.delay:
             time.sleep(self.delay)
-        b = float(np.clip(batch.mean() * 0.5 + 0.5, 0, 1))  # input normalised to [-1, 1]
+        b = np.clip(batch.mean(axis=(1, 2, 3)) * 0.5 + 0.5, 0, 1)  # per frame; input normalised to [-1, 1]
         p = np.zeros((batch.shape[0], len(self.meta.class_names)), np.float32)
         p[:, 0], p[:, 1] = b, 1 - b
         return p
@@ -365,6 +365,20 @@ def test_timing_window_keeps_the_last_values_and_is_json_friendly_when_empty():
     for ms in (100.0, 1.0, 2.0, 3.0):  # the 100 ms outlier falls out of the window
         window.add({"infer_ms": ms, "drops": 2.0, "e2e_ms": 9.0})
     assert len(window) == 3 and window.percentiles("infer_ms", (50,)) == [2.0] and window.total("drops") == 6.0
+
+
+def test_rate_meter_follows_the_rate_and_averages_the_run():
+    from edge.runtime.timings import RateMeter
+
+    meter = RateMeter(alpha=0.5)
+    meter.tick(10.0)
+    assert meter.fps == meter.fps_avg == 0.0  # one tick is no rate yet
+    for t in (10.1, 10.2, 10.3):
+        meter.tick(t)
+    assert meter.fps == pytest.approx(10.0) and meter.fps_avg == pytest.approx(10.0)
+    for t in (10.8, 11.3):  # slows down to 2 fps: the smoothed rate follows, the average lags
+        meter.tick(t)
+    assert 2.0 < meter.fps < 4.0 and meter.fps_avg == pytest.approx(5 / 1.3) and meter.count == 6
 
 
 def test_stats_report_recent_latency_percentiles():

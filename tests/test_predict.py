@@ -91,3 +91,51 @@ def test_backend_flag_runs_that_runtime(squeezenet_models, images, capsys, caplo
     with pytest.raises(SystemExit) as e:
         main(["--model", str(pt), "--backend", "tflite", image])
     assert e.value.code == 2 and "'tflite'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ novelty
+
+@pytest.fixture
+def arrows_and_clutter(tmp_path):
+    from edge.core.synthetic import render_sample
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "mixed"
+    root.mkdir()
+    for i, label in enumerate(["up", "down", "none", "none"]):
+        cv2.imwrite(str(root / f"{i}_{label}.png"), render_sample(label, rng, 140, 120))
+    return root
+
+
+def test_novelty_model_adds_novelty_and_says_unknown_above_the_threshold(novelty_models, arrows_and_clutter, capsys):
+    pt, onnx_path = novelty_models
+    assert main(["--model", str(pt), "-q", "--top-k", "2", str(arrows_and_clutter)]) == 0
+    stored = lines(capsys)
+    assert len(stored) == 4
+    for r in stored:
+        assert set(r) == {"path", "label", "confidence", "top", "novelty", "top_label"}
+        assert r["top_label"] == r["top"][0][0] and r["confidence"] == r["top"][0][1]
+        assert 0 < r["novelty"] <= 2
+    from edge.core.metadata import load_checkpoint
+
+    threshold = load_checkpoint(pt)[1].novelty_threshold
+    assert [r["label"] for r in stored] == ["unknown" if r["novelty"] > threshold else r["top_label"] for r in stored]
+
+    main(["--model", str(pt), "-q", "--novelty-threshold", "0", str(arrows_and_clutter)])
+    assert {r["label"] for r in lines(capsys)} == {"unknown"}  # nothing is identical to a training image
+    main(["--model", str(onnx_path), "-q", "--novelty-threshold", "2", str(arrows_and_clutter)])
+    from_onnx = lines(capsys)
+    assert all(r["label"] == r["top_label"] for r in from_onnx)  # 2 = the largest cosine distance: never unknown
+    for a, b in zip(stored, from_onnx):
+        assert a["novelty"] == pytest.approx(b["novelty"], abs=1e-4) and a["top_label"] == b["top_label"]
+
+
+def test_old_model_ignores_novelty_threshold_with_one_line(color_model, images, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="edge.runtime.backends"):
+        assert main(["--model", str(color_model), "--novelty-threshold", "0.2", str(images / "a_red.png")]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert set(json.loads(line)) == {"path", "label", "confidence"}
+    assert caplog.text.count("novelty threshold 0.2 ignored") == 1
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(color_model), "--novelty-threshold", "3", str(images)])
+    assert e.value.code == 2 and "between 0 and 2" in capsys.readouterr().err

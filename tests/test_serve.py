@@ -205,8 +205,10 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def metric(text: str, name: str) -> float | None:
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name{labels}` with exactly these labels (none: the unlabelled sample)."""
+    selector = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    m = re.search(rf"^{re.escape(name + (f'{{{selector}}}' if selector else ''))} ([0-9.e+-]+)$", text, re.M)
     return float(m.group(1)) if m else None
 
 
@@ -329,14 +331,16 @@ def test_metrics(svc):
     status, headers, body = svc.get("metrics")
     text = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    assert metric(text, "edge_frames_captured_total") > 0
-    assert metric(text, "edge_frames_processed_total") > 0
-    assert metric(text, "edge_frames_dropped_total") is not None
-    assert metric(text, "edge_source_reconnects_total") == 0
+    # per-camera series carry camera="0" with one camera, so one- and several-camera devices are queried alike
+    assert metric(text, "edge_frames_captured_total", camera="0") > 0
+    assert metric(text, "edge_frames_processed_total", camera="0") > 0
+    assert metric(text, "edge_frames_dropped_total", camera="0") is not None
+    assert metric(text, "edge_source_reconnects_total", camera="0") == 0
     assert metric(text, "edge_inference_seconds_count") > 0
     assert 'edge_inference_seconds_bucket{le="0.01"}' in text
     assert metric(text, "edge_healthy") == 1
-    assert 'edge_output_alive{output="record"} 1.0' in text
+    assert 'edge_output_alive{camera="0",output="record"} 1.0' in text
+    assert metric(text, "edge_camera_healthy", camera="0") == 1
     assert 'edge_model_info{arch="squeezenet1_1"' in text
 
 
@@ -384,7 +388,7 @@ def test_disconnecting_clients_do_not_hurt(svc):
     frame0 = svc.json("api/prediction")[1]["frame"]
     svc.wait_for("frames keep coming", lambda: svc.json("api/prediction")[1]["frame"] > frame0 + 5, 10)
     svc.wait_for("clients unregistered", lambda: metric(svc.get("metrics")[2].decode(),
-                                                        "edge_http_stream_clients") == 0, 15)
+                                                        "edge_http_stream_clients", camera="0") == 0, 15)
 
 
 @pytest.mark.slow
@@ -405,9 +409,9 @@ def test_label_changes_metric_counts_what_events_record(svc, assets):
     path = assets.dir / "events.jsonl"
 
     def agree():
-        before = metric(svc.get("metrics")[2].decode(), "edge_label_changes_total")
+        before = metric(svc.get("metrics")[2].decode(), "edge_label_changes_total", camera="0")
         n = len(read_events(path))
-        after = metric(svc.get("metrics")[2].decode(), "edge_label_changes_total")
+        after = metric(svc.get("metrics")[2].decode(), "edge_label_changes_total", camera="0")
         return n >= 2 and before == after == n  # between two changes (2 s apart) nothing moves
 
     svc.wait_for("edge_label_changes_total == events lines", agree, 30, 0.3)
@@ -421,23 +425,29 @@ def find_chromium() -> str | None:
     return None
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(find_chromium() is None, reason="no Chromium binary (apt-get install chromium) for the live-page test")
-def test_live_page_in_headless_chromium(svc, tmp_path):
-    """The page, in a real browser: it fetches /api/prediction and shows the label and FPS, and plays the MJPEG."""
+def rendered_page(url: str, tmp_path: Path, budget_ms: int = 4000):
+    """(DOM, text_of(id)) of the page at `url` after `budget_ms` of its scripts' time in headless Chromium."""
     cmd = [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-           "--virtual-time-budget=4000", "--dump-dom", f"{svc.url}?token={TOKEN}"]
+           f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     dom = r.stdout
     assert r.returncode == 0 and "<html" in dom, r.stderr[-2000:]
 
     def text_of(id_: str) -> str:
         m = re.search(rf'id="{id_}"[^>]*>([^<]*)<', dom)
-        assert m, f"#{id_} missing from the rendered page:\n{dom[:3000]}"
+        assert m, f"#{id_} missing from the rendered page:\n{dom[:4000]}"
         return m.group(1).strip()
 
+    return dom, text_of
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium binary (apt-get install chromium) for the live-page test")
+def test_live_page_in_headless_chromium(svc, tmp_path):
+    """The page, in a real browser: it fetches /api/prediction and shows the label and FPS, and plays the MJPEG."""
+    _, text_of = rendered_page(f"{svc.url}?token={TOKEN}", tmp_path)
     assert text_of("label") in ("up", "down", "unknown")
     assert 1.0 <= float(text_of("fps")) <= 20.0
     assert text_of("status") == "live"
@@ -546,7 +556,7 @@ def test_smoothing_and_recovery_from_a_vanishing_stream(assets, tmp_path):
         downstream.wait_for("frames after recovery", lambda: downstream.json("api/prediction", None)[1]["frame"] >
                             frame0 + 5, 20)
         text = downstream.get("metrics", None)[2].decode()
-        assert metric(text, "edge_source_reconnects_total") >= 1
+        assert metric(text, "edge_source_reconnects_total", camera="0") >= 1
         assert metric(text, "edge_healthy") == 1
         assert downstream.proc.pid == pid and "healthy again" in downstream.log()
 
@@ -805,5 +815,5 @@ def test_label_change_is_decided_once_for_events_on_change_and_metric(monkeypatc
         out.close()
     events = read_events(tmp_path / "ev.jsonl")
     assert [(e["label"], e["previous"]) for e in events] == [("up", None), ("down", "up")]
-    assert metric(svc.prom.render().decode(), "edge_label_changes_total") == 2
+    assert metric(svc.prom.render().decode(), "edge_label_changes_total", camera="0") == 2
     assert (tmp_path / "runs.txt").read_text().split() == ["up", "down"]

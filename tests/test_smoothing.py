@@ -100,3 +100,61 @@ def test_reset_with_new_class_names():
 def test_bad_parameters_are_one_line_errors(kw, match):
     with pytest.raises(EdgeError, match=match):
         Smoother(NAMES, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ novelty
+
+SURE_UP = np.array([0.95, 0.05])
+
+
+def feed_novelty(s: Smoother, novelties, threshold=0.3, probs=SURE_UP) -> list[str]:
+    return [s.update(probs, n, threshold)[0] for n in novelties]
+
+
+def test_above_the_novelty_threshold_is_unknown_however_sure_the_classifier_is():
+    s = Smoother(NAMES)
+    label, conf = s.update(SURE_UP, 0.5, 0.3)
+    assert (label, conf) == (UNKNOWN, pytest.approx(0.95))  # confidence stays the top class's
+    assert s.update(SURE_UP, 0.2, 0.3)[0] == "up"
+    assert s.update(SURE_UP, 0.3, 0.3)[0] == "up"  # at the threshold: still known (unknown is strictly above)
+
+
+def test_novelty_without_threshold_or_threshold_without_novelty_changes_nothing():
+    assert feed_novelty(Smoother(NAMES), [0.9, 0.9], threshold=None) == ["up", "up"]
+    assert feed_novelty(Smoother(NAMES), [None, None]) == ["up", "up"]
+
+
+def test_min_dwell_applies_to_unknown_like_any_label():
+    s = Smoother(NAMES, min_dwell=3)
+    assert feed_novelty(s, [0.1, 0.6, 0.1, 0.6, 0.6]) == ["up"] * 5  # a one- or two-frame blip of novelty
+    assert feed_novelty(s, [0.6]) == [UNKNOWN]  # third novel frame in a row
+    assert feed_novelty(s, [0.1, 0.1, 0.1]) == [UNKNOWN, UNKNOWN, "up"]  # and back after three familiar ones
+
+
+def test_novelty_is_smoothed_with_the_probabilities():
+    s = Smoother(NAMES, smoothing=0.5)
+    assert feed_novelty(s, [0.1, 0.5]) == ["up", "up"]  # smoothed novelty 0.3: not above 0.3 yet
+    assert s.novelty == pytest.approx(0.3)
+    assert feed_novelty(s, [0.5]) == [UNKNOWN]  # 0.4
+    assert feed_novelty(s, [0.25, 0.1]) == [UNKNOWN, "up"]  # 0.325 (a familiar frame alone does not end it), 0.21
+
+
+def test_unknown_from_novelty_holds_until_familiar_and_confident():
+    s = Smoother(NAMES, threshold=0.8)
+    assert s.update(SURE_UP, 0.6, 0.3)[0] == UNKNOWN
+    assert s.update(np.array([0.6, 0.4]), 0.1, 0.3)[0] == UNKNOWN  # familiar, but under the probability threshold
+    assert s.update(SURE_UP, 0.1, 0.3)[0] == "up"
+
+
+def test_hysteresis_does_not_keep_a_label_on_a_novel_frame():
+    s = Smoother(NAMES, threshold=0.6, hysteresis=0.3)
+    assert s.update(SURE_UP, 0.1, 0.3)[0] == "up"
+    assert s.update(np.array([0.5, 0.5]), 0.1, 0.3)[0] == "up"  # the probability band holds it...
+    assert s.update(np.array([0.5, 0.5]), 0.4, 0.3)[0] == UNKNOWN  # ...but not against novelty
+
+
+def test_reset_forgets_novelty():
+    s = Smoother(NAMES, smoothing=0.9)
+    s.update(SURE_UP, 0.9, 0.3)
+    s.reset()
+    assert s.novelty is None and s.update(SURE_UP, 0.1, 0.3)[0] == "up"

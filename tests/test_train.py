@@ -357,3 +357,97 @@ def test_confusion_matrix_draws_cjk_labels(tmp_path):
         plot_confusion_matrix([[3, 1], [0, 4]], labels, tmp_path / "cm.png", "猫 / 犬 val acc 0.875")
     assert not [str(w.message) for w in caught if "missing from font" in str(w.message)]
     assert cv2.imread(str(tmp_path / "cm.png")) is not None
+
+
+# ------------------------------------------------------------------------------------------------ novelty + pictures
+
+def test_novelty_is_fitted_on_the_cached_features_and_reported(trained, arrows):
+    from edge.core.novelty import CHECKPOINT_BANK_KEY, ClassifierWithNovelty
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    novelty = metrics["novelty"]
+    assert novelty["calibration"] == "val" and novelty["val_images"] == 32 and novelty["keep"] == 0.95
+    assert novelty["bank_size"] == metrics["train_images"] == 128 and novelty["threshold"] > 0
+    assert 0 <= novelty["val_unknown"] <= 3 and novelty["val_unknown_fraction"] == novelty["val_unknown"] / 32
+    state, meta, raw = load_checkpoint(trained / "model.pt")
+    assert meta.novelty["threshold"] == novelty["threshold"] == meta.novelty_threshold
+    assert raw[CHECKPOINT_BANK_KEY].shape == (128, 1280)
+    model, _ = load_model(trained / "model.pt", with_novelty=True)
+    assert isinstance(model, ClassifierWithNovelty)
+    plain, _ = load_model(trained / "model.pt")  # without asking: logits, as before
+    assert not isinstance(plain, ClassifierWithNovelty)
+    # the val images the threshold was calibrated on: the stored model scores them as metrics.json says (give or
+    # take an image on the threshold: the bank and threshold come from the float16 feature cache)
+    from train.dataset import eval_batch
+
+    info = scan_dataset(arrows, 0.2, 0)
+    with torch.inference_mode():
+        _, val_novelty = model(torch.from_numpy(eval_batch(info.val, meta.preprocess)))
+    assert abs(int((val_novelty > meta.novelty_threshold).sum()) - novelty["val_unknown"]) <= 1
+    assert float(val_novelty.median()) == pytest.approx(novelty["val_novelty_median"], abs=2e-3)
+
+
+def test_training_curves_and_mistakes_pictures(trained, tmp_path):
+    for name in ("training_curves.png", "mistakes.png"):
+        png = cv2.imread(str(trained / name))
+        assert png is not None and png.shape[0] > 100 and png.shape[1] > 300, name
+
+    from train.report import Mistake, plot_mistakes
+
+    none, some = tmp_path / "none.png", tmp_path / "some.png"
+    plot_mistakes([], 40, none)
+    img = next((trained.parent.parent).glob("**/up_*.jpg"))
+    plot_mistakes([Mistake(str(img), "up", "down", 0.8, 0.41), Mistake(str(tmp_path / "gone.jpg"), "down", "up", 0.6)],
+                  40, some, novelty_threshold=0.3)
+    a, b = cv2.imread(str(none)), cv2.imread(str(some))
+    assert a is not None and b is not None and b.shape[1] > a.shape[1]  # a grid, not the "no mistakes" card
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_finetune_refits_novelty_on_the_final_weights(synthetic_dataset, tmp_path):
+    from edge.core.novelty import normalize_rows
+    from edge.core.registry import get_arch
+    from train.dataset import load_rgb
+    from train.presets import EvalTransform
+
+    result = train_model(TrainConfig(data=synthetic_dataset, output=tmp_path / "ft", arch="squeezenet1_1", weights="none",
+                                     mode="finetune", epochs=1, batch_size=8), progress=False)
+    model, meta = load_model(tmp_path / "ft" / "model.pt", with_novelty=True)
+    spec = get_arch("squeezenet1_1")
+    info = scan_dataset(synthetic_dataset, 0.2, 0)
+    x = torch.stack([EvalTransform(spec.preprocess)(load_rgb(s.path)) for s in info.train])
+    with torch.inference_mode():
+        final = normalize_rows(spec.features(model.net, x))
+        fresh = normalize_rows(spec.features(create_model_like(meta), x))
+    bank = model.scorer.bank.float()
+    assert bank.shape == final.shape == (32, 512)
+    assert (bank - final).abs().max() < 5e-3  # the bank holds the final weights' features (cached in fp16)...
+    assert (bank - fresh).abs().max() > 5e-2  # ...not those of the weights training started from
+    assert result.metrics["novelty"]["bank_size"] == 32
+
+
+def create_model_like(meta):
+    from edge.core.registry import create_model
+
+    torch.manual_seed(0)  # train_model seeds the same way before building the model
+    return create_model(meta.arch, meta.num_classes, "none").eval()
+
+
+def test_no_novelty_flag_and_reserved_class_name(synthetic_dataset, tmp_path, capsys):
+    from edge.core.novelty import CHECKPOINT_BANK_KEY
+
+    out = tmp_path / "plain"
+    assert train_main(["--data", str(synthetic_dataset), "--arch", "squeezenet1_1", "--weights", "none", "--epochs", "1",
+                       "--output", str(out), "--no-progress", "--cache-views", "1", "--no-novelty"]) == 0
+    _, meta, raw = load_checkpoint(out / "model.pt")
+    assert meta.novelty is None and CHECKPOINT_BANK_KEY not in raw
+    assert json.loads((out / "metrics.json").read_text())["novelty"] is None
+    assert "would be called 'unknown'" not in capsys.readouterr().out
+
+    data = tmp_path / "reserved"
+    shutil.copytree(synthetic_dataset / "up", data / "up")
+    shutil.copytree(synthetic_dataset / "down", data / "Unknown")
+    rc = train_main(["--data", str(data), "--weights", "none", "--output", str(tmp_path / "x"), "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "'Unknown' uses the reserved label 'unknown'" in err[0]
+    assert not (tmp_path / "x").exists()

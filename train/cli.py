@@ -12,8 +12,9 @@ from edge.core.memory import keep_freed_memory
 from edge.core.registry import list_models
 
 from .config import BOUNDS, MODES, TrainConfig
+from .distributed import FailedOnMain, env_rank, process_group
 from .presets import AugmentSpec
-from .trainer import train_model
+from .trainer import resolve_device, train_model
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="train",
         description="Fine-tune a pretrained CNN on DATA/<label>/*.jpg (or DATA/train + DATA/val) and write "
-        "model.pt, labels.txt, metrics.json and confusion_matrix.png to --output.",
+        "model.pt, labels.txt, metrics.json, confusion_matrix.png, training_curves.png and mistakes.png to --output. "
+        "The model also learns what its classes look like (a novelty score): images unlike all of them are "
+        "labelled 'unknown' (a reserved label: no class folder may be called so). Started by "
+        "`torchrun --nproc-per-node N -m train ...`, it trains data-parallel on N GPUs (or N CPU processes).",
     )
     p.add_argument("--data", required=True, type=Path, help="ImageFolder dataset directory")
     p.add_argument("--arch", default="squeezenet1_1", help=f"model architecture: {', '.join(list_models())}")
@@ -56,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_number("epochs"), default=20, help="epochs (per stage in two-stage mode)")
     p.add_argument("--finetune-epochs", type=_number("finetune_epochs"), default=None,
                    help="two-stage: epochs of the finetune stage")
-    p.add_argument("--batch-size", type=_number("batch_size"), default=None, help="default: 32 (16 on 4 GB Jetsons)")
+    p.add_argument("--batch-size", type=_number("batch_size"), default=None,
+                   help="per process (under torchrun, N processes step on N x this); default: 32 (16 on 4 GB Jetsons)")
     p.add_argument("--lr", type=_number("lr"), default=None,
                    help="learning rate of the head (default 1e-2 on cached features, 1e-3 when fine-tuning; "
                         "the backbone gets x0.1)")
@@ -72,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hflip", dest="hflip", action="store_false",
                    help="disable horizontal-flip augmentation (when left vs right is the label)")
     p.add_argument("--workers", type=_number("workers"), default=None, help="data-loader workers for finetune")
+    p.add_argument("--novelty-keep", type=_number("novelty_keep"), default=0.95,
+                   help="fraction of val images that must stay under the novelty threshold (the rest would be "
+                        "called 'unknown'); higher = fewer false 'unknown', more unfamiliar images let through")
+    p.add_argument("--no-novelty", dest="novelty", action="store_false",
+                   help="do not fit the novelty score: the model never says 'unknown' for unfamiliar images")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -82,15 +92,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     keep_freed_memory()
-    logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s", stream=sys.stdout)
+    main_rank = env_rank() == 0  # under torchrun, rank 0 alone logs and prints
+    logging.basicConfig(level=logging.INFO if main_rank and not a.quiet else logging.WARNING, format="%(message)s",
+                        stream=sys.stdout)
     cfg = TrainConfig(
         data=a.data, output=a.output, arch=a.arch, weights=a.weights, mode=a.mode, epochs=a.epochs,
         finetune_epochs=a.finetune_epochs, batch_size=a.batch_size, lr=a.lr, device=a.device,
         val_fraction=a.val_fraction, seed=a.seed, patience=a.patience, cache_views=a.cache_views,
-        augment=AugmentSpec(hflip=a.hflip), workers=a.workers, resume=a.resume,
+        augment=AugmentSpec(hflip=a.hflip), workers=a.workers, resume=a.resume, novelty=a.novelty,
+        novelty_keep=a.novelty_keep,
     )
-    result = train_model(cfg, progress=False if a.no_progress else None)
+    cfg.validate()
+    try:
+        with process_group(resolve_device(cfg.device)):
+            result = train_model(cfg, progress=False if a.no_progress else None)
+    except FailedOnMain:
+        # rank 0 prints the one error line and exits non-zero, which is what torchrun reports; failing here too
+        # would have torchrun stop rank 0 before it has printed
+        return 0
+    if not main_rank:
+        return 0
     print(f"val accuracy {result.metrics['val_accuracy']:.3f}; model written to {result.output / 'model.pt'}")
+    novelty = result.metrics.get("novelty")
+    if novelty:
+        print(f"novelty: {novelty['val_unknown']} of {novelty['val_images']} val images would be called 'unknown' "
+              f"(threshold {novelty['threshold']:.4f})")
     return 0
 
 

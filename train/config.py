@@ -10,6 +10,7 @@ from pathlib import Path
 from edge.core.errors import EdgeError
 from edge.core.registry import get_arch
 
+from .novelty import DEFAULT_KEEP
 from .presets import AugmentSpec
 
 MODES = ("head", "finetune", "two-stage")
@@ -57,6 +58,7 @@ BOUNDS: dict[str, Bounds] = {
     "patience": Bounds(int, 1),
     "cache_views": Bounds(int, 1),
     "workers": Bounds(int, 0),
+    "novelty_keep": Bounds(float, 0.5, 1),  # below half, most known images would be called unknown
 }
 
 
@@ -85,6 +87,8 @@ class TrainConfig:
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     workers: int | None = None
     resume: bool = False
+    novelty: bool = True  # fit the novelty score (edge.core.novelty) after training
+    novelty_keep: float = DEFAULT_KEEP  # fraction of val images whose novelty stays under the threshold
 
     def validate(self) -> None:
         get_arch(self.arch)

@@ -26,14 +26,24 @@ def autocast(device: torch.device, enabled: bool = True):
 
 
 class TensorBatches:
-    """(inputs, targets) batches over in-memory tensors; a fresh seeded permutation each pass when `generator`."""
+    """(inputs, targets) batches over in-memory tensors; a fresh seeded permutation each pass when `generator`.
+
+    With `world_size` > 1 (and a generator seeded alike on every rank), rank `rank` takes every world_size-th
+    index of the shared permutation, padded by wrapping around as DistributedSampler does: every rank gets
+    the same number of batches, which DistributedDataParallel needs. Without a generator every rank gets all rows
+    in order (evaluation sets are split by the caller).
+    """
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1):
         self.inputs, self.targets, self.batch_size, self.generator = inputs, targets, batch_size, generator
+        self.rank, self.world_size = rank, (world_size if generator is not None else 1)
+
+    def _rows(self) -> int:
+        return math.ceil(len(self.inputs) / self.world_size)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.inputs) / self.batch_size)
+        return math.ceil(self._rows() / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.inputs)
@@ -41,8 +51,12 @@ class TensorBatches:
             for i in range(0, n, self.batch_size):
                 yield self.inputs[i:i + self.batch_size], self.targets[i:i + self.batch_size]
             return
-        order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
-        for i in range(0, n, self.batch_size):
+        order = torch.randperm(n, generator=self.generator)
+        if self.world_size > 1:
+            total = self._rows() * self.world_size
+            order = order.repeat(math.ceil(total / max(n, 1)))[:total][self.rank::self.world_size]
+        order = order.to(self.inputs.device)
+        for i in range(0, len(order), self.batch_size):
             idx = order[i:i + self.batch_size]
             yield self.inputs[idx], self.targets[idx]
 
@@ -93,6 +107,12 @@ class Evaluation:
     def predictions(self) -> list[int]:
         return self.logits.argmax(1).tolist()
 
+    @classmethod
+    def of(cls, logits: torch.Tensor, targets: torch.Tensor) -> Evaluation:
+        """Loss and accuracy of `logits` (float32, CPU) against `targets`."""
+        loss = nn.functional.cross_entropy(logits, targets).item()
+        return cls(logits, targets, loss, (logits.argmax(1) == targets).float().mean().item())
+
 
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool = False) -> Evaluation:
     """Logits, cross-entropy loss and accuracy of `model` over every batch of `loader` (eval mode, no grad)."""
@@ -102,9 +122,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool
         for x, y in loader:
             outs.append(model(x.to(device, non_blocking=True)).float().cpu())
             targets.append(y.cpu())
-    logits, y = torch.cat(outs), torch.cat(targets)
-    loss = nn.functional.cross_entropy(logits, y).item()
-    return Evaluation(logits, y, loss, (logits.argmax(1) == y).float().mean().item())
+    return Evaluation.of(torch.cat(outs), torch.cat(targets))
 
 
 class EarlyStopper:

@@ -7,14 +7,18 @@ quantile of the novelty of images that are not in the bank: the validation image
 the last slice of each class's training images (held out of the bank while calibrating, then added back).
 
 The features must come from the backbone the model ships with: after full fine-tuning, extract them again with
-the final weights (head mode's cached features already are).
+the final weights (head mode's cached features already are). `calibrate` is what the trainer calls: the fit,
+plus the novelty of every val image for metrics.json and mistakes.png.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -180,3 +184,65 @@ def fit_novelty(
     if note:
         log.info("novelty: %s (above the threshold a prediction is %r)", note, UNKNOWN_LABEL)
     return scorer, report
+
+
+def check_class_names(class_names: Sequence[str]) -> None:
+    """Refuse a class named like the label the runtime shows for unfamiliar inputs (one line: what to do)."""
+    for name in class_names:
+        if name.strip().lower() == UNKNOWN_LABEL:
+            raise EdgeError(f"class folder {name!r} uses the reserved label {UNKNOWN_LABEL!r} (what the model says for "
+                            "things unlike its training images); rename the folder, e.g. to 'none' or 'background'")
+
+
+@dataclass
+class NoveltyFit:
+    """A trained model's novelty score: the scorer (on the CPU), its report, and the val images' novelty."""
+
+    scorer: NoveltyScorer
+    report: NoveltyReport
+    val_novelty: Tensor  # [M] float32, CPU, in val order
+    seconds: float = 0.0
+
+    @property
+    def val_unknown(self) -> int:
+        return int((self.val_novelty > self.report.threshold).sum())
+
+    def metrics(self) -> dict[str, Any]:
+        """What metrics.json says about it."""
+        r, n = self.report, len(self.val_novelty)
+        return {
+            "threshold": r.threshold, "keep": r.keep, "val_unknown": self.val_unknown,
+            "val_unknown_fraction": self.val_unknown / n if n else 0.0, "val_images": n,
+            "val_novelty_median": float(self.val_novelty.median()) if n else 0.0, "k": r.k, "bank_size": r.bank_size,
+            "feature_dim": r.feature_dim, "calibration": r.calibration, "method": r.method, "note": r.note,
+            "seconds": round(self.seconds, 2),
+        }
+
+    def summary(self) -> str:
+        n = len(self.val_novelty)
+        return (f"novelty: {self.val_unknown} of {n} val images ({self.val_unknown / max(n, 1):.1%}) would be called "
+                f"{UNKNOWN_LABEL!r} (threshold {self.report.threshold:.4f}, keep {self.report.keep:g}; bank "
+                f"{self.report.bank_size} x {self.report.feature_dim})")
+
+
+def calibrate(train_features: Tensor, val_features: Tensor, keep: float = DEFAULT_KEEP,
+              train_labels: Sequence[int] | None = None) -> NoveltyFit:
+    """fit_novelty on the clean training features (bank) and the val features (threshold) -> NoveltyFit."""
+    scorer, report = fit_novelty(train_features, val_features, keep, train_labels=train_labels)
+    scorer = scorer.cpu()
+    val = _scores(scorer, val_features.cpu()).float() if len(val_features) else torch.empty(0)
+    return NoveltyFit(scorer, report, val)
+
+
+def fit_model_novelty(enabled: bool, keep: float, features: Callable[[], tuple[Tensor, Tensor]],
+                      train_labels: Sequence[int] | None = None) -> NoveltyFit | None:
+    """The trainer's hook: the trained model's novelty score from `features()` -> (clean train, val) backbone
+    features of its final weights, logged in one line; None (also logged) when not `enabled` (--no-novelty)."""
+    if not enabled:
+        log.info("novelty: not fitted (--no-novelty); this model will never say %r for unfamiliar images",
+                 UNKNOWN_LABEL)
+        return None
+    t = time.perf_counter()
+    fit = calibrate(*features(), keep=keep, train_labels=train_labels)
+    fit.seconds = time.perf_counter() - t
+    return fit

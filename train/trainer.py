@@ -5,7 +5,8 @@ view plus a few augmented views) and the head trains on that cache, so a few hun
 2-core CPU. Fine-tuning trains every layer, the backbone at a lower learning rate, with AMP on CUDA.
 Each stage is described by a `Stage` (what to train, on which batches) and run by the one `fit_stage` loop:
 AdamW, a per-step warm-up/cosine schedule, keep the best epoch by validation accuracy, stop early when it stops
-improving, and checkpoint to last.pt for `--resume`.
+improving, and checkpoint to last.pt for `--resume`. After training, the model's novelty score is fitted on the
+clean training and val features of the final weights (train.novelty) and stored in model.pt.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from edge.core.registry import ArchSpec, create_model, get_arch
 
 from .config import FINETUNE_LR, HEAD_LR, TrainConfig
 from .dataset import DatasetInfo, InMemoryImages, eval_batch, load_samples, scan_dataset
+from .distributed import DistContext
 from .engine import (
     EarlyStopper,
     Evaluation,
@@ -44,8 +46,9 @@ from .engine import (
     train_one_epoch,
     warmup_cosine,
 )
+from .novelty import check_class_names, fit_model_novelty
 from .presets import EvalTransform, train_transform
-from .report import classification_metrics, plot_confusion_matrix
+from .report import classification_metrics, mistakes_from, plot_confusion_matrix, plot_mistakes, plot_training_curves
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,8 @@ class Job:
     val_y: torch.Tensor
     no_bar: bool | None  # tqdm's `disable`: None = bars on a terminal only
     feature_seconds: float = 0.0  # head stage: time spent caching backbone features
+    dist: DistContext = field(default_factory=DistContext)  # torchrun's process group, or a single process
+    clean_features: tuple[torch.Tensor, torch.Tensor] | None = None  # head stage: (clean train, val) features
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -180,24 +185,30 @@ def head_stage(job: Job, epochs: int) -> Stage:
     t = time.perf_counter()
     clean, augment = EvalTransform(job.spec), train_transform(job.spec, cfg.augment)
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # the augmented views' randomness
-    images, n = job.train_images, len(job.train_images)
-    n_batches = len(range(0, n, bs))
+    torch.manual_seed(cfg.seed + job.dist.rank)  # the augmented views' randomness (each process its own)
+    # each process extracts its share of the images; the gathered cache is in the single-process order
+    dist, images = job.dist, job.dist.shard(job.train_images)
+    n_batches = len(range(0, len(images), bs))
     views = []
     for v in range(cfg.cache_views):
         tf = clean if v == 0 else augment
-        batches = (torch.stack([tf(img) for img in images[i:i + bs]]) for i in range(0, n, bs))
-        views.append(extract_features(job, batches, n_batches, f"features view {v + 1}/{cfg.cache_views}"))
+        batches = (torch.stack([tf(img) for img in images[i:i + bs]]) for i in range(0, len(images), bs))
+        views.append(dist.gather_rows(
+            extract_features(job, batches, n_batches, f"features view {v + 1}/{cfg.cache_views}")))
     train_f = torch.cat(views)
     train_y = torch.tensor(job.train_targets * cfg.cache_views, device=job.device)
-    val_f = extract_features(job, (job.val_x[i:i + bs] for i in range(0, len(job.val_x), bs)),
-                             len(range(0, len(job.val_x), bs)), "features val")
+    val_x = dist.shard(job.val_x)
+    val_f = dist.gather_rows(extract_features(job, (val_x[i:i + bs] for i in range(0, len(val_x), bs)),
+                                              len(range(0, len(val_x), bs)), "features val"))
+    job.clean_features = (views[0], val_f)  # the frozen backbone's: what the novelty bank is made of
     job.feature_seconds = dt = time.perf_counter() - t
+    n = len(job.train_images)
     log.info("cached features of %d train images x %d views + %d val images in %.1fs (%.0f img/s)",
              n, cfg.cache_views, len(val_f), dt, (n * cfg.cache_views + len(val_f)) / max(dt, 1e-9))
     return Stage(
         "head", epochs, head, [{"params": list(head.parameters()), "lr": cfg.lr or HEAD_LR}],
-        TensorBatches(train_f, train_y, bs, shuffle), TensorBatches(val_f, job.val_y, HEAD_EVAL_BATCH),
+        TensorBatches(train_f, train_y, bs, shuffle, dist.rank, dist.world_size),
+        TensorBatches(dist.shard(val_f), dist.shard(job.val_y), HEAD_EVAL_BATCH),
         # head epochs take milliseconds: one resume point when the stage ends is enough
         warmup=False, amp=False, slow_epochs=False,
     )
@@ -213,15 +224,16 @@ def finetune_stage(job: Job, epochs: int) -> Stage:
     lr = cfg.lr or FINETUNE_LR
     ds = InMemoryImages(job.train_images, job.train_targets, train_transform(job.spec, cfg.augment))
     workers = cfg.workers if cfg.workers is not None else (min(4, (os.cpu_count() or 2) - 1) if cuda else 0)
+    sampler = job.dist.sampler(ds, seed=cfg.seed + 1)  # None in a single process
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=bs, shuffle=True, num_workers=workers, pin_memory=cuda,
-        drop_last=len(ds) > bs,  # a batch of one breaks BatchNorm in train mode
+        ds, batch_size=bs, shuffle=sampler is None, sampler=sampler, num_workers=workers, pin_memory=cuda,
+        drop_last=len(ds if sampler is None else sampler) > bs,  # a batch of one breaks BatchNorm in train mode
         generator=torch.Generator().manual_seed(cfg.seed + 1), persistent_workers=workers > 0,
     )
     return Stage(
         "finetune", epochs, job.model,
         [{"params": backbone, "lr": lr * cfg.backbone_lr_factor}, {"params": list(head.parameters()), "lr": lr}],
-        loader, TensorBatches(job.val_x, job.val_y, bs),
+        loader, TensorBatches(job.dist.shard(job.val_x), job.dist.shard(job.val_y), bs),
         warmup=True, amp=True, slow_epochs=True, oom_hint=" or --mode head",
     )
 
@@ -254,7 +266,10 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
     warmup = min(steps, max(1, total // 10)) if stage.warmup else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s + done, total, warmup))
     progress.stopper.stale = 0
+    dist = job.dist
+    trained = dist.wrap(stage.model)  # DistributedDataParallel under torchrun
     for epoch in range(first, stage.epochs + 1):
+        dist.set_epoch(stage.train_batches, epoch)
         bar = None
         if stage.slow_epochs:
             from tqdm import tqdm
@@ -263,11 +278,13 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
                                     disable=job.no_bar, leave=False)
         t = time.perf_counter()
         try:
-            train = train_one_epoch(stage.model, optimizer, scheduler, stage.train_batches, job.device, scaler, bar)
+            train = train_one_epoch(trained, optimizer, scheduler, stage.train_batches, job.device, scaler, bar)
         except torch.cuda.OutOfMemoryError as e:
             raise EdgeError(f"out of GPU memory at --batch-size {job.batch_size}; retry with --batch-size "
                             f"{max(1, job.batch_size // 2)}{stage.oom_hint}") from e
-        val = evaluate(stage.model, stage.val_batches, job.device, amp=stage.amp)
+        train = dist.reduce_train_stats(train)
+        dist.sync_buffers(stage.model)  # evaluate and keep rank 0's BatchNorm statistics everywhere
+        val = dist.gather_evaluation(evaluate(stage.model, stage.val_batches, job.device, amp=stage.amp))
         secs = time.perf_counter() - t
         stats = {"stage": stage.name, "epoch": epoch, "train_loss": train["train_loss"],
                  "train_accuracy": train["train_accuracy"], "val_loss": val.loss, "val_accuracy": val.accuracy,
@@ -278,7 +295,7 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
             progress.best_state = {k: v.detach().to("cpu", copy=True) for k, v in job.model.state_dict().items()}
             progress.best_epoch = stats
         log.info(_fmt_epoch(stats, stage.epochs) + ("  *best" if improved else ""))
-        stop = progress.stopper.should_stop and epoch < stage.epochs
+        stop = dist.broadcast(progress.stopper.should_stop and epoch < stage.epochs)  # rank 0 decides
         if stage.slow_epochs or stop or epoch == stage.epochs:
             save_last(job, progress, stage.name, epoch, stop, optimizer, scaler)
         if stop:
@@ -288,6 +305,8 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
 
 def save_last(job: Job, progress: Progress, stage: str, epoch: int, stopped_early: bool,
               optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler") -> None:
+    if not job.dist.is_main:  # one writer
+        return
     buf = io.BytesIO()
     torch.save({
         "arch": job.cfg.arch, "class_names": job.info.classes, "stage": stage, "epoch": epoch,
@@ -315,22 +334,33 @@ def read_resume(cfg: TrainConfig, classes: list[str]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- the job
 
+def scan_checked(cfg: TrainConfig) -> DatasetInfo:
+    """The dataset's files and classes, refusing a class named like the runtime's `unknown` label."""
+    info = scan_dataset(cfg.data, cfg.val_fraction, cfg.seed)
+    check_class_names(info.classes)
+    return info
+
+
 def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[Job, dict[str, Any] | None]:
     """Scan and decode the dataset, build the model (fresh, from --weights, or from last.pt) and the output dir."""
-    info = scan_dataset(cfg.data, cfg.val_fraction, cfg.seed)
+    # under torchrun, rank 0 reads what all need (and fails alone, with one message)
+    dist = DistContext.current()
+    info = dist.on_main(lambda: scan_checked(cfg))
     for line in info.summary_lines():
         log.info(line)
-    device = resolve_device(cfg.device)
+    device = dist.train_device(resolve_device(cfg.device))
     batch_size = cfg.batch_size or default_batch_size(device, cfg.arch)
-    resume = read_resume(cfg, info.classes) if cfg.resume else None
+    resume = dist.on_main(lambda: read_resume(cfg, info.classes)) if cfg.resume else None
     model = create_model(cfg.arch, len(info.classes), "none" if resume else cfg.weights).to(device)
     report = getattr(model, "load_report", None)
     if report is not None:
         log.info(report.summary())
-    out = ensure_writable_dir(cfg.output)
+    out = dist.on_main(lambda: ensure_writable_dir(cfg.output))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     log.info("device %s, batch size %d, mode %s", device, batch_size, cfg.mode)
+    if dist.enabled:
+        log.info("data-parallel over %d processes: %d images per step", dist.world_size, batch_size * dist.world_size)
     t = time.perf_counter()
     arch = get_arch(cfg.arch)
     train_images, train_targets = load_samples(info.train)
@@ -338,7 +368,10 @@ def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[Job, dict[str
     val_y = torch.tensor([s.target for s in info.val])
     log.info("decoded %d train + %d val images in %.1fs", len(train_images), len(val_y), time.perf_counter() - t)
     no_bar = None if progress_bars is None else not progress_bars
-    job = Job(cfg, arch, info, device, batch_size, model, out, train_images, train_targets, val_x, val_y, no_bar)
+    if not dist.is_main:
+        no_bar = True  # rank 0's bars only
+    job = Job(cfg, arch, info, device, batch_size, model, out, train_images, train_targets, val_x, val_y, no_bar,
+              dist=dist)
     return job, resume
 
 
@@ -371,12 +404,29 @@ def train_model(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     return write_outputs(job, state, time.perf_counter() - t0)
 
 
+def clean_features(job: Job) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backbone features of the clean training images and of the val images, with the model's final weights:
+    head mode's cache when the backbone never changed, else one more pass over both."""
+    if job.clean_features is not None and job.cfg.mode == "head":
+        return job.clean_features
+    job.model.eval()
+    bs, clean, images = job.batch_size, EvalTransform(job.spec), job.train_images
+    batches = (torch.stack([clean(img) for img in images[i:i + bs]]) for i in range(0, len(images), bs))
+    train_f = extract_features(job, batches, len(range(0, len(images), bs)), "features for novelty")
+    val_f = extract_features(job, (job.val_x[i:i + bs] for i in range(0, len(job.val_x), bs)),
+                             len(range(0, len(job.val_x), bs)), "features for novelty (val)")
+    return train_f, val_f
+
+
 def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
-    """Evaluate the best epoch's weights and write model.pt, labels.txt, metrics.json, confusion_matrix.png."""
+    """Evaluate the best epoch's weights, fit the novelty score and write model.pt, labels.txt, metrics.json,
+    confusion_matrix.png, training_curves.png and mistakes.png."""
     cfg, info = job.cfg, job.info
     if progress.best_state is not None:
         job.model.load_state_dict(progress.best_state)
-    final: Evaluation = evaluate(job.model, TensorBatches(job.val_x, job.val_y, job.batch_size), job.device)
+    dist = job.dist
+    final: Evaluation = dist.gather_evaluation(
+        evaluate(job.model, TensorBatches(dist.shard(job.val_x), dist.shard(job.val_y), job.batch_size), job.device))
     metrics = classification_metrics(final.targets.tolist(), final.predictions, info.classes)
     metrics.update({
         "val_loss": final.loss,
@@ -391,6 +441,7 @@ def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
         "skipped_images": len(info.skipped),
         "warnings": info.warnings,
         "device": str(job.device),
+        "world_size": dist.world_size,  # processes trained data-parallel (torchrun), each on --batch-size images
     })
     training = {
         "data": str(Path(cfg.data).resolve()), "mode": cfg.mode, "weights": str(cfg.weights),
@@ -398,16 +449,28 @@ def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
         "lr": cfg.lr, "backbone_lr_factor": cfg.backbone_lr_factor, "seed": cfg.seed,
         "val_fraction": cfg.val_fraction, "cache_views": cfg.cache_views, "augment": cfg.augment.to_dict(),
     }
+    novelty = fit_model_novelty(cfg.novelty, cfg.novelty_keep, lambda: clean_features(job), job.train_targets)
+    metrics["novelty"] = novelty.metrics() if novelty is not None else None
+    training["novelty_keep"] = cfg.novelty_keep if novelty is not None else None
     meta = ModelMeta(
         arch=cfg.arch, class_names=list(info.classes), preprocess=job.spec,
         metrics={"val_accuracy": metrics["val_accuracy"], "val_loss": final.loss}, training=training,
+        novelty=novelty.report.to_dict() if novelty is not None else None,
     )
-    save_checkpoint(job.out / "model.pt", job.model.state_dict(), meta)
+    if not dist.is_main:  # rank 0 writes the files
+        return TrainResult(job.out, metrics, job.model, meta)
+    save_checkpoint(job.out / "model.pt", job.model.state_dict(), meta,
+                    novelty_bank=novelty.scorer.bank if novelty is not None else None)
     atomic_write_text(job.out / "labels.txt", "\n".join(info.classes) + "\n")
     atomic_write_text(job.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    plot_confusion_matrix(metrics["confusion_matrix"], info.classes, job.out / "confusion_matrix.png",
-                          f"{cfg.arch} val acc {metrics['val_accuracy']:.3f}")
+    title = f"{cfg.arch} val acc {metrics['val_accuracy']:.3f}"
+    plot_confusion_matrix(metrics["confusion_matrix"], info.classes, job.out / "confusion_matrix.png", title)
+    plot_training_curves(progress.history, job.out / "training_curves.png", title, progress.best_epoch)
+    wrong = mistakes_from([s.path for s in info.val], final.targets.tolist(), final.logits, info.classes,
+                          None if novelty is None else novelty.val_novelty.tolist())
+    plot_mistakes(wrong, len(info.val), job.out / "mistakes.png", meta.novelty_threshold)
     log.info("val accuracy %.3f (best epoch %s) in %.1fs", metrics["val_accuracy"],
              (progress.best_epoch or {}).get("epoch"), seconds)
-    log.info("wrote %s/{model.pt,labels.txt,metrics.json,confusion_matrix.png}", job.out)
+    log.info("wrote %s/{model.pt,labels.txt,metrics.json,confusion_matrix.png,training_curves.png,mistakes.png}",
+             job.out)
     return TrainResult(job.out, metrics, job.model, meta)

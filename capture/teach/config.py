@@ -93,6 +93,9 @@ def config_from_args(ns: argparse.Namespace, env: dict[str, str] | None = None) 
     cli["model"] = initial or str(output / "model.pt")
     where = f"config file {ns.config!r}" if getattr(ns, "config", None) else "config file"
     serve = build_config(file_values, cli, env, where_file=where)
+    if len(serve.sources) > 1:
+        raise EdgeError(f"edge teach takes one --source (got {len(serve.sources)}): you teach with one camera; "
+                        "serve the trained model on several with `edge serve`")
     if serve.http is None:
         raise EdgeError("edge teach needs --http [HOST:]PORT: the page is where you teach (e.g. --http 8080, "
                         "then open http://127.0.0.1:8080/)")

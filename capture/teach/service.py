@@ -52,8 +52,8 @@ class NullBackend(Backend):
     def __init__(self) -> None:
         super().__init__(ModelMeta("none", [NO_MODEL], PreprocessSpec(8, 8)))
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return np.ones((len(batch), 1), np.float32)
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, None]:
+        return np.ones((len(batch), 1), np.float32), None
 
     def describe(self) -> str:
         return "no model yet (train one on the page)"
@@ -97,7 +97,7 @@ class TeachService(Service):
 
     def _serving_status(self) -> str:
         if not self._have_model:
-            return f"teaching on {redact_uri(self.cfg.source)}: no model yet"
+            return f"teaching on {redact_uri(self.cfg.sources[0])}: no model yet"
         return super()._serving_status()
 
     def _build_outputs(self) -> None:
@@ -118,8 +118,8 @@ class TeachService(Service):
             self._live_at[pending[0]] = time.monotonic()
             self._pending_live = None
 
-    def prediction_json(self) -> dict[str, Any] | None:
-        out = super().prediction_json()
+    def prediction_json(self, camera: int = 0) -> dict[str, Any] | None:
+        out = super().prediction_json(camera)
         if out is not None and out["raw_label"] == NO_MODEL:
             out.update(label=None, confidence=None, probabilities={}, raw_label=None, model=None)
         return out
@@ -196,7 +196,8 @@ class TeachService(Service):
 
 def teach(cfg: TeachConfig) -> int:
     """Run `edge teach` (or `capture --web`) until a stop signal; 0 on a clean stop."""
-    validate_source_uri(cfg.serve.source)  # before anything is created: a wrong source is one line, exit 2
+    for uri in cfg.serve.sources:
+        validate_source_uri(uri)  # before anything is created: a wrong source is one line, exit 2
     if cfg.first_label:
         check_label(cfg.first_label)
     root = ensure_writable_dir(cfg.data, "data folder")

@@ -13,8 +13,12 @@ from edge.service.config import add_arguments, config_from_args
 
 EPILOG = """\
 outputs (any combination): --display, --record FILE, --http [HOST:]PORT, --events FILE|-, --on-change CMD.
-HTTP endpoints: / (live page), /stream.mjpg, /snapshot.jpg, /api/prediction, /healthz, /metrics; requests whose
-Host is not an IP address, localhost, the --http host or one of --allowed-hosts get 403 (DNS rebinding).
+HTTP endpoints: / (live page), /stream.mjpg, /snapshot.jpg, /api/prediction, /api/cameras, /healthz, /metrics;
+requests whose Host is not an IP address, localhost, the --http host or one of --allowed-hosts get 403 (DNS rebinding).
+Several cameras: --source A --source B (camera 0, 1; `source = ["A", "B"]` in the file), one model batching the
+newest frame of each; ?camera=N on /stream.mjpg, /snapshot.jpg and /api/prediction (default 0); --record run.mp4
+writes run.cam0.mp4, run.cam1.mp4...; events and --on-change ($EDGE_CAMERA) say which camera; /healthz is 503
+while any camera is down. On CPU onnxruntime add --max-batch 1 (batching does not pay there).
 A wrong --source (scheme, option, missing file, csi:// without GStreamer) exits 2 at start; a camera or stream
 that is absent is waited for (READY=1 to systemd anyway; its state in STATUS= and /healthz).
 Signals: SIGTERM/SIGINT stop cleanly (exit 0), SIGHUP reloads the model file (a bad file keeps the old model).

@@ -1,8 +1,10 @@
-"""One model metadata format (arch, class names, preprocessing, metrics), read by export and the runtime.
+"""One model metadata format (arch, class names, preprocessing, metrics, novelty), read by export and the runtime.
 
 `model.pt` (written by `train`) is a plain dict loadable with `torch.load(weights_only=True)`:
-    {"format": "jetson-edge-classifier/model", "format_version": 1, "meta": {...}, "state_dict": {...}}
-The same `meta` travels as JSON in an ONNX file's `metadata_props` (key ONNX_META_KEY) and beside engines.
+    {"format": "jetson-edge-classifier/model", "format_version": 1, "meta": {...}, "state_dict": {...},
+     "novelty_bank": [N, D] float tensor}     # the last entry only for models with a novelty score
+The same `meta` travels as JSON in an ONNX file's `metadata_props` (key ONNX_META_KEY) and beside engines;
+`meta.novelty` (edge.core.novelty.NoveltyReport as a dict: k, threshold, ...) is None for models without one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +39,16 @@ class ModelMeta:
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     tool_version: str = __version__
     source_sha256: str = ""  # of the checkpoint an exported file came from
+    novelty: dict[str, Any] | None = None  # NoveltyReport.to_dict() of the model's novelty score; None: it has none
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def novelty_threshold(self) -> float | None:
+        """Above this novelty a prediction is `unknown`; None for a model without a novelty score."""
+        return None if self.novelty is None else float(self.novelty["threshold"])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +60,7 @@ class ModelMeta:
             "created": self.created,
             "tool_version": self.tool_version,
             "source_sha256": self.source_sha256,
+            **({"novelty": dict(self.novelty)} if self.novelty is not None else {}),
         }
 
     @classmethod
@@ -68,6 +78,7 @@ class ModelMeta:
                 created=str(d.get("created", "")),
                 tool_version=str(d.get("tool_version", "")),
                 source_sha256=str(d.get("source_sha256", "")),
+                novelty=_novelty_dict(d.get("novelty")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise EdgeError(f"model metadata is incomplete or invalid ({type(e).__name__}: {e})") from e
@@ -83,6 +94,18 @@ class ModelMeta:
             raise EdgeError(f"model metadata is not valid JSON: {e}") from e
 
 
+def _novelty_dict(value: Any) -> dict[str, Any] | None:
+    """The `novelty` entry checked just enough for the runtime: a dict with a finite numeric threshold, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"novelty must be an object, got {type(value).__name__}")
+    threshold = value.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ValueError(f"novelty threshold must be a finite number, got {threshold!r}")
+    return dict(value)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -91,22 +114,29 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Any], meta: ModelMeta) -> None:
-    """Write model.pt atomically (temporary name + os.replace): a killed run never leaves half a checkpoint."""
+def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Any], meta: ModelMeta, novelty_bank: Any = None) -> None:
+    """Write model.pt atomically (temporary name + os.replace): a killed run never leaves half a checkpoint.
+
+    novelty_bank: the NoveltyScorer's bank ([N, D] tensor), stored under CHECKPOINT_BANK_KEY; `meta.novelty`
+    must describe it (both or neither).
+    """
     import torch
 
     from edge.core.fsutil import atomic_write_bytes
+    from edge.core.novelty import CHECKPOINT_BANK_KEY
 
+    if (novelty_bank is None) != (meta.novelty is None):
+        raise EdgeError("a novelty bank needs its report in meta.novelty, and a report needs its bank")
+    obj = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": meta.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+    }
+    if novelty_bank is not None:
+        obj[CHECKPOINT_BANK_KEY] = novelty_bank.detach().cpu().contiguous()
     buf = io.BytesIO()
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": FORMAT_VERSION,
-            "meta": meta.to_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-        },
-        buf,
-    )
+    torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -134,14 +164,25 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], ModelMeta,
     return strip_wrappers(state), meta, obj
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu"):
-    """Build the model a checkpoint describes and load its weights -> (model in eval mode, meta)."""
+def load_model(path: str | os.PathLike, device: str = "cpu", with_novelty: bool = False):
+    """Build the model a checkpoint describes and load its weights -> (model in eval mode, meta).
+
+    The model maps x -> logits. with_novelty: when the checkpoint has a novelty score, the model is instead an
+    `edge.core.novelty.ClassifierWithNovelty`, x -> (probabilities, novelty); checkpoints without one (trained
+    before novelty existed, or with `train --no-novelty`) still give the plain model: test
+    `meta.novelty is not None` (or isinstance) to tell which.
+    """
     from edge.core.registry import create_model
 
-    state, meta, _ = load_checkpoint(path)
+    state, meta, raw = load_checkpoint(path)
     model = create_model(meta.arch, meta.num_classes, weights="none")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise EdgeError(f"{str(path)!r} does not match its declared arch {meta.arch!r}: {brief(e, 300)}") from e
-    return model.to(device).eval(), meta
+    model = model.eval()
+    if with_novelty and meta.novelty is not None:
+        from edge.core.novelty import ClassifierWithNovelty, scorer_from_checkpoint
+
+        model = ClassifierWithNovelty.for_arch(model, meta.arch, scorer_from_checkpoint(raw, meta, str(path))).eval()
+    return model.to(device), meta

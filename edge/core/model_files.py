@@ -20,9 +20,11 @@ from typing import Any, Mapping
 from edge.core.errors import EdgeError
 from edge.core.metadata import ONNX_META_KEY, ModelMeta
 
-# Names of the exported graph's single input (Nx3xSxS float32, normalized RGB) and output (NxC float32 softmax).
+# Names of the exported graph's single input (Nx3xSxS float32, normalized RGB) and outputs: NxC float32 softmax,
+# and for models with a novelty score (edge.core.novelty) a second one, N float32.
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
+NOVELTY_OUTPUT = "novelty"
 # metadata_props key holding how the file was exported: {"precision", "opset", "input", "output", "output_kind", ...}
 EXPORT_INFO_KEY = "jetson_edge_export"
 

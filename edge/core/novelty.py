@@ -10,7 +10,8 @@ nearest neighbors"):
 0 means "identical to a training image", 1 means "orthogonal to all of them". Above the calibrated threshold
 (`NoveltyReport.threshold`, fitted by `train.novelty.fit_novelty`) the prediction becomes UNKNOWN_LABEL.
 
-The score is part of the model graph (`ClassifierWithNovelty`: input -> (probabilities, novelty)) and uses only
+The score is part of the model graph (`ClassifierWithNovelty`: input -> (probabilities, novelty), the exported
+outputs `probabilities` and edge.core.model_files.NOVELTY_OUTPUT) and uses only
 MatMul, ReduceMax (k=1) or TopK, ReduceMean, ReduceSum, Sqrt, Clip, Div and element-wise ops, which the ONNX
 exporter writes at opset 9..20 and TensorRT's ONNX parser supports, so torch, the ONNX file and an engine built
 from it compute the same number from one file (checked against onnxruntime; no TensorRT on the dev machines).
@@ -37,7 +38,6 @@ Tensor = torch.Tensor
 UNKNOWN_LABEL = "unknown"  # what a prediction says when novelty > threshold
 METHOD = "knn-cosine"
 DEFAULT_K = 1
-NOVELTY_OUTPUT = "novelty"  # name of the exported graph's second output: [N] float32
 CHECKPOINT_BANK_KEY = "novelty_bank"  # model.pt entry holding NoveltyScorer.bank
 _EPS = 1e-6  # representable in FP16, where an engine may run this
 
@@ -204,8 +204,23 @@ class NoveltyReport:
             raise EdgeError(f"novelty report is not a JSON object ({e})") from e
 
     def summary(self) -> str:
+        """One line: method, bank, threshold and how many calibration images it calls unknown."""
         return (
             f"novelty: {self.method} k={self.k}, bank {self.bank_size} x {self.feature_dim} {self.bank_dtype}, "
             f"threshold {self.threshold:.4f} ({self.calibration}: {self.calibration_unknown}/"
             f"{self.calibration_images} calibration images would be '{UNKNOWN_LABEL}')"
         )
+
+
+def scorer_from_checkpoint(checkpoint: dict[str, Any], meta: Any, source: str = "checkpoint") -> NoveltyScorer:
+    """The NoveltyScorer a model.pt holds (its CHECKPOINT_BANK_KEY bank, `meta.novelty`'s k); EdgeError when the
+    report is there but the bank is missing or does not fit the report."""
+    bank = checkpoint.get(CHECKPOINT_BANK_KEY)
+    if not isinstance(bank, Tensor):
+        raise EdgeError(f"{source} has a novelty report but no {CHECKPOINT_BANK_KEY!r}; retrain it (or train with "
+                        "--no-novelty)")
+    report = NoveltyReport.from_dict(meta.novelty)
+    if bank.dim() < 2 or int(bank.shape[1]) != report.feature_dim:
+        raise EdgeError(f"{source}: novelty bank of shape {tuple(bank.shape)} does not fit its report "
+                        f"({report.feature_dim} features); retrain it")
+    return NoveltyScorer(bank, report.k)

@@ -21,6 +21,7 @@ import numpy as np
 import traitlets
 
 from edge.runtime.sources import FrameSource, open_source
+from edge.runtime.sources.base import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class Camera(traitlets.HasTraits):
     `state` ("stopped", "starting", "streaming", "reconnecting", "ended"), `frame_id`, `frame_time`
     (time.monotonic() when read), `errors` (failed opens/reads and stalls), `reconnects` (reopen attempts after
     the first open), `last_error`. `value`, `frame_id` and `frame_time` are set on a notifier thread, and may
-    skip frames when observers are slow; `read_latest` is the exact, blocking way to get frames.
+    skip frames when observers are slow; `read_latest` is the exact, blocking way to get frames, `poll_latest`
+    the non-blocking one, and `add_frame_callback` wakes a consumer that waits on several cameras at once.
     """
 
     value = traitlets.Any(None, allow_none=True)
@@ -64,6 +66,7 @@ class Camera(traitlets.HasTraits):
                  *, opener: Callable[[], FrameSource] | None = None):
         super().__init__()
         self.uri = str(uri)
+        self._log_name = redact_uri(self.uri)  # logs and thread names never carry a password or ?token=
         self.stall_timeout = float(stall_timeout)
         self.max_backoff = float(max_backoff)
         kwargs = dict(width=width, height=height, fps=fps, loop=loop, realtime=realtime)
@@ -86,6 +89,8 @@ class Camera(traitlets.HasTraits):
         self._outage_since: float | None = None
         self._last_outage_log = 0.0
         self._observer_failed = False
+        self._frame_callbacks: tuple[Callable[[], None], ...] = ()
+        self._callback_failed = False
 
     @classmethod
     def from_source(cls, source: FrameSource, uri: str | None = None, **kwargs) -> Camera:
@@ -136,11 +141,11 @@ class Camera(traitlets.HasTraits):
         self.state = "starting"
         _LIVE.add(self)
         self._reader = self._spawn_reader(gen)
-        self._notifier = threading.Thread(target=self._notify_loop, name=f"camera-notify {self.uri}", daemon=True)
+        self._notifier = threading.Thread(target=self._notify_loop, name=f"camera-notify {self._log_name}", daemon=True)
         self._notifier.start()
 
     def _spawn_reader(self, gen: int) -> threading.Thread:
-        t = threading.Thread(target=self._read_loop, args=(gen,), name=f"camera-read {self.uri}", daemon=True)
+        t = threading.Thread(target=self._read_loop, args=(gen,), name=f"camera-read {self._log_name}", daemon=True)
         self._reader_started = time.monotonic()
         t.start()
         return t
@@ -159,10 +164,11 @@ class Camera(traitlets.HasTraits):
                 t.join(timeout)
                 if t.is_alive():
                     log.warning("%s: capture thread is blocked in the driver; it releases the device when that "
-                                "call returns", self.uri)
+                                "call returns", self._log_name)
         _LIVE.discard(self)
         if self.state != "ended":
             self.state = "stopped"
+        self._wake_callbacks()
 
     # ---- frames ---------------------------------------------------------------------------------------------
 
@@ -182,14 +188,42 @@ class Camera(traitlets.HasTraits):
                     return None
                 self._cond.wait(remaining)
 
+    def poll_latest(self, after_id: int = -1) -> tuple[np.ndarray, int, float] | None:
+        """The newest (frame, frame_id, frame_time) if it is newer than `after_id`, else None; never waits."""
+        latest = self._latest  # one reference read: the reader replaces the tuple whole
+        return latest if latest is not None and latest[1] > after_id else None
+
+    def add_frame_callback(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` after every new frame, and at end of stream and stop.
+
+        It runs on the capture thread, so it must be quick and must not block (e.g. `threading.Event.set`): a
+        consumer of several cameras waits on one event that all of them set, then polls each (`poll_latest`).
+        """
+        with self._cond:
+            self._frame_callbacks = (*self._frame_callbacks, callback)
+
+    def remove_frame_callback(self, callback: Callable[[], None]) -> None:
+        with self._cond:
+            self._frame_callbacks = tuple(c for c in self._frame_callbacks if c is not callback)
+
+    def _wake_callbacks(self) -> None:
+        for callback in self._frame_callbacks:
+            try:
+                callback()
+            except Exception:  # a consumer's bug must not stop capture
+                if not self._callback_failed:
+                    self._callback_failed = True
+                    log.exception("%s: a frame callback raised; capture goes on", self._log_name)
+
     def _publish(self, frame: np.ndarray) -> None:
         now = time.monotonic()
         with self._cond:
             self._latest = (frame, self._next_id, now)
             self._next_id += 1
             self._cond.notify_all()
+        self._wake_callbacks()
         if self._outage_since is not None:
-            log.warning("%s: frames are back after %.1f s", self.uri, now - self._outage_since)
+            log.warning("%s: frames are back after %.1f s", self._log_name, now - self._outage_since)
             self._outage_since = None
         if self.state != "streaming":
             self.state = "streaming"
@@ -257,7 +291,7 @@ class Camera(traitlets.HasTraits):
                 self._publish(frame)
                 backoff = min(INITIAL_BACKOFF_S, self.max_backoff)
         except Exception as e:  # a bug, not a camera problem: count it; the watchdog starts a new reader
-            log.debug("%s: capture thread crashed", self.uri, exc_info=True)
+            log.debug("%s: capture thread crashed", self._log_name, exc_info=True)
             self._failed(gen, f"capture thread crashed: {e!r}")
         finally:
             self._close(source)
@@ -267,7 +301,7 @@ class Camera(traitlets.HasTraits):
             try:
                 source.close()
             except Exception as e:
-                log.warning("%s: error while releasing the source: %s", self.uri, e)
+                log.warning("%s: error while releasing the source: %s", self._log_name, e)
 
     def _failed(self, gen: int, message: str) -> None:
         if gen != self._gen:  # a reader we gave up on; its news is stale
@@ -278,21 +312,22 @@ class Camera(traitlets.HasTraits):
         if self._outage_since is None:
             self._outage_since = now
             self._last_outage_log = now
-            log.warning("%s: %s; reconnecting (backoff up to %g s)", self.uri, message, self.max_backoff)
+            log.warning("%s: %s; reconnecting (backoff up to %g s)", self._log_name, message, self.max_backoff)
         elif now - self._last_outage_log >= REMIND_EVERY_S:
             self._last_outage_log = now
-            log.warning("%s: still reconnecting after %.0f s (%d errors): %s", self.uri, now - self._outage_since,
+            log.warning("%s: still reconnecting after %.0f s (%d errors): %s", self._log_name, now - self._outage_since,
                         self.errors, message)
         else:
-            log.debug("%s: %s", self.uri, message)
+            log.debug("%s: %s", self._log_name, message)
         self.state = "reconnecting"
 
     def _end(self) -> None:
         with self._cond:
             self._ended = True
             self._cond.notify_all()
-        log.info("%s: end of stream", self.uri)
+        log.info("%s: end of stream", self._log_name)
         self.state = "ended"
+        self._wake_callbacks()
         self.running = False  # the observer sees it is on the reader thread and does not join itself
 
     # ---- notifier thread: traits and the stall watchdog -----------------------------------------------------
@@ -315,15 +350,17 @@ class Camera(traitlets.HasTraits):
             self._watchdog()
 
     def _set_frame_traits(self, latest: tuple[np.ndarray, int, float]) -> None:
+        # one by one, not under hold_trait_notifications(): that swaps the instance's notify_change for every
+        # thread, so a `running = False` set by stop() meanwhile would be run later on this thread, and stop()
+        # would return with capture still going
         try:
-            with self.hold_trait_notifications():
-                self.frame_id = latest[1]
-                self.frame_time = latest[2]
-                self.value = latest[0]
+            self.frame_id = latest[1]
+            self.frame_time = latest[2]
+            self.value = latest[0]  # last: a `value` observer reads the matching frame_id and frame_time
         except Exception:
             if not self._observer_failed:  # once: a broken callback must not flood the log
                 self._observer_failed = True
-                log.exception("%s: a `value` observer raised; capture goes on", self.uri)
+                log.exception("%s: a `value` observer raised; capture goes on", self._log_name)
 
     def _stall_limit(self, what: str) -> float:
         limit = self.stall_timeout

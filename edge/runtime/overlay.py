@@ -1,4 +1,4 @@
-"""The on-frame overlay: top label, confidence bar, optional top-k, FPS, inference ms and frame age.
+"""The on-frame overlay: top label, confidence bar, novelty, optional top-k, FPS, inference ms and frame age.
 
 Drawn with a handful of OpenCV primitives into a canvas the caller reuses (no per-frame allocation), on a solid
 panel (no alpha blending: blending a region costs more than all the text together).
@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from edge.runtime.prediction import Prediction
+from edge.runtime.smoothing import UNKNOWN
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _PANEL = (32, 32, 32)
@@ -27,8 +28,8 @@ def _bar_color(conf: float) -> tuple[int, int, int]:
 def draw_overlay(img: np.ndarray, pred: Prediction, top_k: int = 0) -> np.ndarray:
     """Draw `pred` onto the BGR image `img` in place and return it.
 
-    Scales with the frame height (readable from 240p to 1080p). `top_k` > 0 adds that many lines of
-    "label probability" under the bar.
+    Scales with the frame height (readable from 240p to 1080p). A model with a novelty score adds a line
+    "novelty 0.41" (red while the label is `unknown`). `top_k` > 0 adds that many lines of "label probability".
     """
     h, w = img.shape[:2]
     s = max(0.45, h / 480.0)
@@ -36,7 +37,8 @@ def draw_overlay(img: np.ndarray, pred: Prediction, top_k: int = 0) -> np.ndarra
     line = int(22 * s)
     k = min(top_k, len(pred.probabilities)) if top_k > 0 else 0
     panel_w = min(w, int(300 * s))
-    panel_h = pad * 2 + int(30 * s) + int(14 * s) + line * (1 + k)
+    novelty = getattr(pred, "novelty", None)
+    panel_h = pad * 2 + int(30 * s) + int(14 * s) + line * (1 + k + (novelty is not None))
     cv2.rectangle(img, (0, 0), (panel_w, min(h, panel_h)), _PANEL, -1)
 
     # label (big) and confidence
@@ -53,6 +55,10 @@ def draw_overlay(img: np.ndarray, pred: Prediction, top_k: int = 0) -> np.ndarra
     if fill > 0:
         cv2.rectangle(img, (pad, y), (pad + fill, y + bar_h), _bar_color(pred.confidence), -1)
     y += bar_h + line - int(4 * s)
+    if novelty is not None:  # how unlike the training images this frame is (above the threshold: unknown)
+        color = _BAD if pred.label == UNKNOWN else _GREY
+        cv2.putText(img, f"novelty {novelty:.2f}", (pad, y), _FONT, 0.5 * s, color, 1, cv2.LINE_AA)
+        y += line
     # top-k
     if k:
         items = sorted(pred.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:k]

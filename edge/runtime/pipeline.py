@@ -1,9 +1,15 @@
-"""The real-time pipeline: newest frame -> preprocess -> infer -> smooth -> overlay -> outputs.
+"""The real-time pipeline: newest frame(s) -> preprocess -> infer (one batch) -> smooth -> overlay -> outputs.
 
 The camera's capture thread keeps only the latest frame (`edge.runtime.camera.Camera`); the inference loop here always
 takes the newest one, so latency never builds up: when inference is slower than the camera, the frames it never
 saw are counted as drops, not queued. Per frame nothing large is allocated: the input tensor and the overlay
 canvas are reused buffers.
+
+Several cameras (a door and a conveyor; a robot's two) share one model and one inference thread, batched the way
+DeepStream batches streams: the thread sleeps on one event that every camera sets when it has a new frame, takes
+the newest frame of each camera that has one, and runs them all as one Nx3xSxS batch; smoothing, overlay, outputs
+and stats are per camera (`CameraSlot`). A camera that is reconnecting or silent is simply not in the batch, so
+it never holds the others up. With one camera the loop blocks on that camera's `read_latest`, as it always did.
 
 Used by `edge serve` (start/stop on a thread, listeners for metrics/events, `swap_backend` on SIGHUP) and by
 `edge bench` (`run(max_frames=N)` on the calling thread).
@@ -11,22 +17,28 @@ Used by `edge serve` (start/stop on a thread, listeners for metrics/events, `swa
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
+from edge.core.errors import EdgeError
 from edge.core.preprocess import preprocess_image
+from edge.runtime.backends.base import run_model
 from edge.runtime.outputs.base import Output
 from edge.runtime.overlay import draw_overlay
 from edge.runtime.prediction import Prediction
+from edge.runtime.slots import CameraSlot
 from edge.runtime.smoothing import Smoother
-from edge.runtime.sources.adapters import SyncSource
+from edge.runtime.sources.adapters import PrefetchSource, SyncSource
 from edge.runtime.timings import TimingWindow
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CameraSlot", "Listener", "Pipeline"]
 
 Listener = Callable[["Prediction", dict[str, float]], None]
 
@@ -34,17 +46,41 @@ Listener = Callable[["Prediction", dict[str, float]], None]
 class _CameraLike(Protocol):  # what the pipeline needs from edge.runtime.camera.Camera
     def read_latest(self, after_id: int = -1, timeout: float | None = None): ...
 
+    # and, for a pipeline of several cameras:
+    def poll_latest(self, after_id: int = -1): ...
+
+    def add_frame_callback(self, callback: Callable[[], None]) -> None: ...
+
+    def remove_frame_callback(self, callback: Callable[[], None]) -> None: ...
+
+
+def _ended(camera: Any) -> bool:
+    return getattr(camera, "state", None) == "ended" or not getattr(camera, "running", True)
+
+
+class _Taken(NamedTuple):  # one frame taken from a camera for the next batch
+    slot: CameraSlot
+    frame: np.ndarray
+    fid: int
+    ftime: float
+    drops: int
+
 
 class Pipeline:
-    """Classify the newest camera frame, forever (or `max_frames`), fanning results out to outputs and listeners.
+    """Classify the newest frame of each camera, forever (or `max_frames`), fanning results out to outputs and
+    listeners.
 
     camera: an `edge.runtime.camera.Camera` (anything with `read_latest(after_id, timeout)`), or a plain FrameSource
-    (wrapped in `SyncSource`). backend: an `edge.runtime.backends.Backend`. smoother: an `edge.runtime.smoothing.Smoother`
-    (default: plain argmax). outputs: `edge.runtime.outputs.Output`s, given the overlaid frame. listeners: callables
-    `(prediction, timings)` called after each frame (timings in ms: preprocess, infer, overlay, outputs,
-    latency, e2e, frame_age; and drops: frames skipped before this one).
+    (wrapped in `SyncSource`); or a list of cameras and/or `CameraSlot`s, classified together in batches (each
+    needs `poll_latest` and `add_frame_callback`, as Camera has; a plain FrameSource is wrapped in `PrefetchSource`).
+    backend: an `edge.runtime.backends.Backend`. smoother: an `edge.runtime.smoothing.Smoother` (default: plain
+    argmax); with several cameras each gets its own copy. outputs: `edge.runtime.outputs.Output`s, given every
+    camera's overlaid frame (`CameraSlot.outputs` get one camera's). listeners: callables `(prediction, timings)`
+    called after each frame (timings in ms: preprocess, infer (the whole batch), overlay, outputs, latency, e2e,
+    frame_age; drops: frames of that camera skipped before this one; batch: frames in the inference call).
+    max_batch: at most this many frames per inference call (default: one per camera).
 
-    `stop()` ends the loop, stops the camera if the pipeline started it, and closes the outputs; the backend is
+    `stop()` ends the loop, stops the cameras the pipeline started, and closes the outputs; the backend is
     the caller's to close (except backends replaced by `swap_backend`, which the pipeline closes).
     """
 
@@ -60,25 +96,30 @@ class Pipeline:
         top_k: int = 0,
         poll_s: float = 0.5,
         window: int = 512,
+        max_batch: int | None = None,
     ) -> None:
-        if not hasattr(camera, "read_latest") and hasattr(camera, "read"):
-            camera = SyncSource(camera)
-        self.camera = camera
+        cameras = list(camera) if isinstance(camera, (list, tuple)) else [camera]
+        if not cameras:
+            raise EdgeError("a pipeline needs at least one camera; got an empty list")
+        if max_batch is not None and max_batch < 1:
+            raise EdgeError(f"max_batch must be >= 1 (frames per inference call), got {max_batch}")
+        self.slots: list[CameraSlot] = [self._slot(c, i, len(cameras), window) for i, c in enumerate(cameras)]
         self._backend = backend
-        self.smoother = smoother or Smoother(backend.meta.class_names)
+        self._share_smoother(smoother or Smoother(backend.meta.class_names))
         self.outputs: list[Output] = list(outputs)
         self.overlay = overlay
         self.listeners: list[Listener] = list(listeners)
         self.top_k = top_k
         self.poll_s = poll_s
-        self.latest: Prediction | None = None
+        self.max_batch = max_batch
+        self.latest: Prediction | None = None  # the newest prediction, of any camera
         self.heartbeat: float = time.monotonic()
         self._lock = threading.Lock()  # held while the backend is in use; swap_backend waits on it
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by every camera on a new frame (several cameras) and by stop()
         self._thread: threading.Thread | None = None
-        self._started_camera = False
         self._running = False
-        self._canvas: np.ndarray | None = None
+        self._next_slot = 0  # round robin when more cameras have a frame than a batch takes
         self._alloc_input(backend)
         self._frames = 0
         self._drops = 0
@@ -86,33 +127,69 @@ class Pipeline:
         self._failures = 0  # consecutive ones; at max_failures the loop gives up (the watchdog restarts us)
         self.max_failures = 50
         self._swaps = 0
-        self._t_first: float | None = None
-        self._t_last: float | None = None
-        self._interval_ema: float | None = None
+        self._batches = 0
         self._last_infer_ms = 0.0
-        self._last_latency_ms = 0.0
-        self._last_age_ms = 0.0
         self._recent = TimingWindow(("e2e_ms", "infer_ms"), size=window)  # for stats' percentiles
         self._dead_listeners: set[int] = set()
 
     # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _slot(camera: Any, index: int, count: int, window: int) -> CameraSlot:
+        slot = camera if isinstance(camera, CameraSlot) else CameraSlot(camera)
+        cam = slot.camera
+        if not hasattr(cam, "read_latest") and hasattr(cam, "read"):  # a plain FrameSource
+            slot.camera = cam = SyncSource(cam) if count == 1 else PrefetchSource(cam)
+        if count > 1 and not (hasattr(cam, "poll_latest") and hasattr(cam, "add_frame_callback")):
+            raise EdgeError(f"camera {index} ({slot.name or type(cam).__name__}) cannot be polled: a pipeline of "
+                            f"several cameras needs edge.runtime.camera.Camera objects (or plain FrameSources)")
+        slot.index = index
+        slot.recent = TimingWindow(("latency_ms", "e2e_ms"), size=window)
+        return slot
+
+    def _share_smoother(self, template: Smoother) -> None:
+        """Every camera its own smoother: a camera's history must not move another camera's label."""
+        used: set[int] = set()
+        for slot in self.slots:
+            if slot.smoother is None and slot.index == 0:
+                slot.smoother = template
+            elif slot.smoother is None or id(slot.smoother) in used:
+                slot.smoother = copy.deepcopy(template)
+                slot.smoother.reset()
+            used.add(id(slot.smoother))
+
     def _alloc_input(self, backend: Any) -> None:
         spec = backend.meta.preprocess
         self._spec = spec
         self._names = list(backend.meta.class_names)
-        self._batch = np.zeros((1, 3, spec.input_size, spec.input_size), np.float32)
+        capacity = min(len(self.slots), self.max_batch or len(self.slots))
+        self._batch = np.zeros((capacity, 3, spec.input_size, spec.input_size), np.float32)
 
     @property
     def backend(self) -> Any:
         return self._backend
 
+    @property
+    def camera(self) -> Any:
+        """The first (or only) camera."""
+        return self.slots[0].camera
+
+    @property
+    def cameras(self) -> list[Any]:
+        return [s.camera for s in self.slots]
+
+    @property
+    def smoother(self) -> Smoother:
+        """The first (or only) camera's smoother."""
+        return self.slots[0].smoother  # type: ignore[return-value]
+
     def swap_backend(self, new: Any) -> None:
-        """Replace the model between two frames (SIGHUP reload); the old backend is closed, smoothing restarts."""
+        """Replace the model between two batches (SIGHUP reload); the old backend is closed, smoothing restarts."""
         with self._lock:
             old = self._backend
             self._backend = new
             self._alloc_input(new)
-            self.smoother.reset(new.meta.class_names)
+            for slot in self.slots:
+                slot.smoother.reset(new.meta.class_names)  # type: ignore[union-attr]
             self._swaps += 1
         log.info("model swapped: %s -> %s (%s)", getattr(old, "name", "?"), new.name,
                  ", ".join(new.meta.class_names))
@@ -124,20 +201,21 @@ class Pipeline:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Pipeline":
-        """Start the camera (if it is not running) and the inference loop on a daemon thread."""
+        """Start the cameras (those not running) and the inference loop on a daemon thread."""
         if self._thread is not None and self._thread.is_alive():
             return self
         self._stop.clear()
-        self._start_camera()
+        self._start_cameras()
         self._running = True  # until the loop ends (stop, end of stream, crash)
         self._thread = threading.Thread(target=self._run_safe, name="edge-inference", daemon=True)
         self._thread.start()
         return self
 
-    def _start_camera(self) -> None:
-        if not getattr(self.camera, "running", False) and hasattr(self.camera, "start"):
-            self.camera.start()
-            self._started_camera = True
+    def _start_cameras(self) -> None:
+        for slot in self.slots:
+            if not getattr(slot.camera, "running", False) and hasattr(slot.camera, "start"):
+                slot.camera.start()
+                slot.started_camera = True
 
     def _run_safe(self) -> None:
         try:
@@ -146,20 +224,22 @@ class Pipeline:
             log.exception("inference loop crashed")
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the loop, the camera (if started here) and close the outputs. Safe to call twice."""
+        """Stop the loop, the cameras (those started here) and close the outputs. Safe to call twice."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("inference thread did not stop within %.1f s", timeout)
         self._thread = None
-        if self._started_camera:
-            try:
-                self.camera.stop()
-            except Exception:  # noqa: BLE001
-                log.warning("stopping the camera failed", exc_info=True)
-            self._started_camera = False
-        for o in self.outputs:
+        for slot in self.slots:
+            if slot.started_camera:
+                try:
+                    slot.camera.stop()
+                except Exception:  # noqa: BLE001
+                    log.warning("stopping camera %d failed", slot.index, exc_info=True)
+                slot.started_camera = False
+        for o in [*self.outputs, *(o for s in self.slots for o in s.outputs)]:
             try:
                 o.close()
             except Exception:  # noqa: BLE001 - one output's failure must not keep the others open
@@ -175,113 +255,190 @@ class Pipeline:
     def running(self) -> bool:
         return self._running
 
-    def _camera_ended(self) -> bool:
-        state = getattr(self.camera, "state", None)
-        return state == "ended" or not getattr(self.camera, "running", True)
-
     def run(self, max_frames: int | None = None) -> None:
-        """Run the loop on this thread until `stop()`, the end of the stream, or `max_frames` processed frames."""
-        self._start_camera()
+        """Run the loop on this thread until `stop()`, the end of every stream, or `max_frames` processed frames
+        (of all cameras together)."""
+        self._start_cameras()
         self._running = True
-        last_id = -1
+        for slot in self.slots:
+            slot.last_id = -1
         target = None if max_frames is None else self._frames + max_frames
         try:
-            while not self._stop.is_set():
-                self.heartbeat = time.monotonic()
-                got = self.camera.read_latest(after_id=last_id, timeout=self.poll_s)
-                if got is None:
-                    if self._camera_ended():
-                        log.info("source ended after %d frames", self._frames)
-                        break
-                    continue
-                frame, fid, ftime = got
-                drops = fid - last_id - 1 if last_id >= 0 and fid > last_id else 0
-                self._drops += drops
-                last_id = fid
-                try:
-                    self._process(frame, fid, ftime, drops)
-                    self._failures = 0
-                except Exception as e:  # noqa: BLE001 - one bad frame must not end the service
-                    self._errors += 1
-                    self._failures += 1
-                    if self._failures == 1:
-                        log.error("frame %d failed: %s: %s (further failures counted in stats['errors'])",
-                                  fid, type(e).__name__, e)
-                    if self._failures >= self.max_failures:
-                        raise RuntimeError(f"{self._failures} frames in a row failed; last: {e}") from e
-                    continue
-                if target is not None and self._frames >= target:
-                    break
+            if len(self.slots) == 1:
+                self._run_one(target)
+            else:
+                self._run_many(target)
         finally:
             self._running = False
             self.heartbeat = time.monotonic()
 
-    # ------------------------------------------------------------------ one frame
-    def _process(self, frame: np.ndarray, fid: int, ftime: float, drops: int) -> Prediction:
+    def _run_one(self, target: int | None) -> None:
+        slot = self.slots[0]
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            got = slot.camera.read_latest(after_id=slot.last_id, timeout=self.poll_s)
+            if got is None:
+                if _ended(slot.camera):
+                    log.info("source ended after %d frames", self._frames)
+                    break
+                continue
+            self._process([self._take(slot, got)])
+            if target is not None and self._frames >= target:
+                break
+
+    def _run_many(self, target: int | None) -> None:
+        wake = self._wake.set  # one bound method, so that remove_frame_callback finds it again
+        for slot in self.slots:
+            slot.camera.add_frame_callback(wake)
+        try:
+            while not self._stop.is_set():
+                self.heartbeat = time.monotonic()
+                self._wake.clear()  # before polling: a frame that lands after the poll sets it again
+                taken = self._gather()
+                if taken:
+                    self._process(taken)
+                    if target is not None and self._frames >= target:
+                        break
+                elif all(_ended(s.camera) for s in self.slots):
+                    log.info("all %d sources ended after %d frames", len(self.slots), self._frames)
+                    break
+                else:
+                    self._wake.wait(self.poll_s)
+        finally:
+            for slot in self.slots:
+                slot.camera.remove_frame_callback(wake)
+
+    def _gather(self) -> list[_Taken]:
+        """The newest frame of each camera that has a new one, at most a batch of them, fairly (round robin)."""
+        n, capacity = len(self.slots), len(self._batch)
+        taken: list[_Taken] = []
+        for k in range(n):
+            slot = self.slots[(self._next_slot + k) % n]
+            got = slot.camera.poll_latest(slot.last_id)
+            if got is None:
+                continue
+            taken.append(self._take(slot, got))
+            if len(taken) == capacity:
+                self._next_slot = (slot.index + 1) % n
+                break
+        return taken
+
+    def _take(self, slot: CameraSlot, got: tuple[np.ndarray, int, float]) -> _Taken:
+        frame, fid, ftime = got
+        drops = fid - slot.last_id - 1 if slot.last_id >= 0 and fid > slot.last_id else 0
+        slot.drops += drops
+        self._drops += drops
+        slot.last_id = fid
+        return _Taken(slot, frame, fid, ftime, drops)
+
+    # ------------------------------------------------------------------ one batch
+    def _process(self, taken: Sequence[_Taken]) -> None:
+        """Preprocess the frames into the batch buffer, infer them in one call, then finish each frame."""
         t0 = time.monotonic()
         with self._lock:
             backend = self._backend
-            preprocess_image(frame, self._spec, "BGR", out=self._batch[0])
+            ready: list[tuple[_Taken, float]] = []  # (frame, its preprocess ms)
+            for item in taken:
+                t = time.monotonic()
+                try:
+                    preprocess_image(item.frame, self._spec, "BGR", out=self._batch[len(ready)])
+                except Exception as e:  # noqa: BLE001 - one bad frame must not sink the batch
+                    self._failed(item, e)
+                    continue
+                ready.append((item, (time.monotonic() - t) * 1e3))
+            if not ready:
+                return
             t1 = time.monotonic()
-            probs = backend.infer(self._batch)[0]
+            try:
+                probs, novelty = run_model(backend, self._batch[:len(ready)])
+            except Exception as e:  # noqa: BLE001 - a failed batch must not end the service
+                for item, _ in ready:
+                    self._failed(item, e)
+                return
             t2 = time.monotonic()
+            self._batches += 1
+            self._last_infer_ms = infer_ms = (t2 - t1) * 1e3
             names = self._names
-            label, conf = self.smoother.update(probs)
+            threshold = getattr(backend, "novelty_threshold", None)
+            smoothed = []
+            for i, ((item, prep_ms), p) in enumerate(zip(ready, probs)):
+                nov = None if novelty is None else float(novelty[i])
+                try:
+                    label_conf = item.slot.smoother.update(p, nov, threshold)  # type: ignore[union-attr]
+                    smoothed.append((item, prep_ms, p, nov, *label_conf))
+                except Exception as e:  # noqa: BLE001
+                    self._failed(item, e)
+        for item, prep_ms, p, nov, label, conf in smoothed:
+            self._finish(item, p, nov, names, label, conf, t0, prep_ms, infer_ms, len(ready))
+            self._failures = 0
+
+    def _failed(self, item: _Taken, e: Exception) -> None:
+        self._errors += 1
+        item.slot.errors += 1
+        self._failures += 1
+        if self._failures == 1:
+            where = f"camera {item.slot.index} " if len(self.slots) > 1 else ""
+            log.error("%sframe %d failed: %s: %s (further failures counted in stats['errors'])",
+                      where, item.fid, type(e).__name__, e)
+        if self._failures >= self.max_failures:
+            raise RuntimeError(f"{self._failures} frames in a row failed; last: {e}") from e
+
+    def _finish(self, item: _Taken, probs: np.ndarray, novelty: float | None, names: list[str], label: str,
+                conf: float, t0: float, prep_ms: float, infer_ms: float, batch: int) -> Prediction:
+        """One frame's prediction, overlay, outputs, stats and listeners."""
+        slot, frame, ftime = item.slot, item.frame, item.ftime
         top = int(np.argmax(probs))
         t3 = time.monotonic()
-        if self._t_last is not None:
-            dt = t3 - self._t_last
-            self._interval_ema = dt if self._interval_ema is None else 0.9 * self._interval_ema + 0.1 * dt
-        else:
-            self._t_first = t3
-        self._t_last = t3
-        fps = 1.0 / self._interval_ema if self._interval_ema else 0.0
-        infer_ms = (t2 - t1) * 1e3
+        slot.rate.tick(t3)
         pred = Prediction(
             label=label,
             confidence=conf,
             probabilities={n: float(p) for n, p in zip(names, probs)},
-            frame_id=fid,
+            frame_id=item.fid,
             timestamp=time.time(),
-            fps=fps,
+            fps=slot.rate.fps,
             infer_ms=infer_ms,
             latency_ms=(t3 - ftime) * 1e3,
             frame_age_ms=(t0 - ftime) * 1e3,
             raw_label=names[top],
+            camera=slot.index,
+            novelty=novelty,
         )
-        self.latest = pred
+        slot.latest = self.latest = pred
+        slot.frames += 1
         self._frames += 1
 
         out = frame
         if self.overlay:
-            canvas = self._canvas
+            canvas = slot.canvas
             if canvas is None or canvas.shape != frame.shape:
-                canvas = self._canvas = np.empty_like(frame)
+                canvas = slot.canvas = np.empty_like(frame)
             np.copyto(canvas, frame)
             out = draw_overlay(canvas, pred, self.top_k)
         t4 = time.monotonic()
-        for o in self.outputs:
-            if not o.alive:
-                continue
-            try:
-                o.write(out, pred)
-            except Exception as e:  # noqa: BLE001 - one broken output must not stop the others
-                o.alive = False
-                log.error("output %s failed and is disabled: %s: %s", o.name, type(e).__name__, e)
+        for outputs in (self.outputs, slot.outputs):
+            for o in outputs:
+                if not o.alive:
+                    continue
+                try:
+                    o.write(out, pred)
+                except Exception as e:  # noqa: BLE001 - one broken output must not stop the others
+                    o.alive = False
+                    log.error("output %s failed and is disabled: %s: %s", o.name, type(e).__name__, e)
         t5 = time.monotonic()
-        e2e = (t5 - ftime) * 1e3
-        self._last_infer_ms, self._last_latency_ms, self._last_age_ms = infer_ms, pred.latency_ms, pred.frame_age_ms
         timings = {
-            "preprocess_ms": (t1 - t0) * 1e3,
+            "preprocess_ms": prep_ms,
             "infer_ms": infer_ms,
             "overlay_ms": (t4 - t3) * 1e3,
             "outputs_ms": (t5 - t4) * 1e3,
             "latency_ms": pred.latency_ms,
-            "e2e_ms": e2e,
+            "e2e_ms": (t5 - ftime) * 1e3,
             "frame_age_ms": pred.frame_age_ms,
-            "drops": float(drops),
+            "drops": float(item.drops),
+            "batch": float(batch),
         }
         self._recent.add(timings)
+        slot.recent.add(timings)
         if self.listeners:
             for i, fn in enumerate(self.listeners):
                 if i in self._dead_listeners:
@@ -296,26 +453,30 @@ class Pipeline:
     # ------------------------------------------------------------------ stats
     @property
     def stats(self) -> dict[str, Any]:
-        """A JSON-friendly snapshot: frames, drops, fps (smoothed and average), recent latency percentiles..."""
-        elapsed = (self._t_last - self._t_first) if self._t_first is not None and self._t_last is not None else 0.0
+        """A JSON-friendly snapshot: frames, drops, fps (smoothed and average, all cameras together), recent
+        latency percentiles, batches..., and `cameras`: each camera's own (`CameraSlot.stats`)."""
         inf50, inf95 = self._recent.percentiles("infer_ms")
         e2e50, e2e95 = self._recent.percentiles("e2e_ms")
+        latest = self.latest
         return {
             "frames": self._frames,
             "drops": self._drops,
             "errors": self._errors,
-            "fps": round(1.0 / self._interval_ema, 3) if self._interval_ema else 0.0,
-            "fps_avg": round((self._frames - 1) / elapsed, 3) if elapsed > 0 else 0.0,
+            "fps": round(sum(s.rate.fps for s in self.slots), 3),
+            "fps_avg": round(sum(s.rate.fps_avg for s in self.slots), 3),
             "infer_ms": round(self._last_infer_ms, 3),
-            "latency_ms": round(self._last_latency_ms, 3),
-            "frame_age_ms": round(self._last_age_ms, 3),
+            "latency_ms": round(latest.latency_ms, 3) if latest else 0.0,
+            "frame_age_ms": round(latest.frame_age_ms, 3) if latest else 0.0,
             "infer_ms_p50": inf50,
             "infer_ms_p95": inf95,
             "e2e_ms_p50": e2e50,
             "e2e_ms_p95": e2e95,
+            "batches": self._batches,
+            "batch_avg": round(self._frames / self._batches, 3) if self._batches else 0.0,
             "backend": getattr(self._backend, "name", "?"),
             "swaps": self._swaps,
             "running": self._running,
             "outputs": {o.name: o.alive for o in self.outputs},
-            "label": self.latest.label if self.latest else None,
+            "label": latest.label if latest else None,
+            "cameras": [s.stats for s in self.slots],
         }

@@ -20,6 +20,8 @@ class Prediction:
     latency_ms: float  # frame arrival (capture) -> result
     frame_age_ms: float  # age of the frame when inference picked it up
     raw_label: str = ""  # this frame's argmax, before smoothing
+    camera: int = 0  # which of the pipeline's cameras the frame came from (its index, 0 for a single camera)
+    novelty: float | None = None  # this frame's novelty score (edge.core.novelty); None: the model has none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,7 +1,11 @@
 """Prediction smoothing: EMA over class probabilities, an `unknown` threshold, hysteresis and a minimum dwell.
 
-- EMA: `p = smoothing * p_prev + (1 - smoothing) * p_new` (smoothing 0 = off, 0.9 = heavy).
+- EMA: `p = smoothing * p_prev + (1 - smoothing) * p_new` (smoothing 0 = off, 0.9 = heavy); the novelty score,
+  when the model has one, is smoothed the same way.
 - threshold: when the smoothed top probability is below it, the candidate label is `unknown`.
+- novelty threshold: when the smoothed novelty is above it (the frame is unlike the training images), the
+  candidate label is `unknown` too, however sure the classifier is. It is crossed outright both ways (novelty is
+  not a probability, so `hysteresis` does not widen it); the EMA and `min_dwell` keep it from flickering.
 - hysteresis: the label on screen keeps its place while its probability stays >= threshold - hysteresis
   (and while no other class leads it by more than `hysteresis`); a new label must clear the threshold outright.
 - min_dwell: a different candidate must win `min_dwell` consecutive updates before it replaces the shown label,
@@ -22,8 +26,9 @@ UNKNOWN = "unknown"
 class Smoother:
     """Turns a stream of per-frame probability vectors into a stable label.
 
-    `update(probs) -> (label, confidence)`; `probs` (smoothed) and `label` stay readable as attributes.
-    `confidence` is the smoothed probability of the shown label (of the top class when the label is `unknown`).
+    `update(probs, novelty, novelty_threshold) -> (label, confidence)`; `probs` and `novelty` (smoothed) and
+    `label` stay readable as attributes. `confidence` is the smoothed probability of the shown label (of the top
+    class when the label is `unknown`).
     """
 
     def __init__(
@@ -56,40 +61,51 @@ class Smoother:
         if class_names is not None:
             self.class_names = [str(c) for c in class_names]
         self.probs = np.zeros(len(self.class_names), np.float32)
+        self.novelty: float | None = None  # smoothed novelty (None while the model gives none)
         self._have = False
         self.label: str | None = None  # shown label (None before the first update)
         self._index: int = -1  # class index of the shown label, -1 for unknown
         self._candidate: int | None = None
         self._streak = 0
 
-    def _smooth(self, p: np.ndarray) -> None:
-        if not self._have or self.smoothing == 0.0:
+    def _smooth(self, p: np.ndarray, novelty: float | None) -> None:
+        fresh = not self._have or self.smoothing == 0.0
+        if fresh:
             self.probs[:] = p
             self._have = True
         else:
             self.probs *= self.smoothing
             self.probs += (1.0 - self.smoothing) * p
+        if novelty is None or fresh or self.novelty is None:
+            self.novelty = None if novelty is None else float(novelty)
+        else:
+            self.novelty = self.smoothing * self.novelty + (1.0 - self.smoothing) * float(novelty)
 
-    def _keeps(self, idx: int, top: int) -> bool:
-        """Does the shown label (idx, -1 = unknown) hold its place given the smoothed probabilities?"""
+    def _keeps(self, idx: int, top: int, novel: bool) -> bool:
+        """Does the shown label (idx, -1 = unknown) hold its place given the smoothed probabilities and novelty?"""
         p = self.probs
-        if idx < 0:  # unknown holds until some class clears the threshold outright
-            return float(p[top]) < self.threshold
+        if idx < 0:  # unknown holds until the input is familiar and some class clears the threshold outright
+            return novel or float(p[top]) < self.threshold
+        if novel:
+            return False
         if float(p[idx]) < self.threshold - self.hysteresis:
             return False
         return top == idx or float(p[top]) - float(p[idx]) <= self.hysteresis
 
-    def update(self, probs: np.ndarray) -> tuple[str, float]:
-        """Feed one probability vector (C floats); return the (label, confidence) to show now."""
+    def update(self, probs: np.ndarray, novelty: float | None = None,
+               novelty_threshold: float | None = None) -> tuple[str, float]:
+        """Feed one probability vector (C floats) and, for models that have one, the frame's novelty score and
+        the threshold above which it is `unknown`; return the (label, confidence) to show now."""
         p = np.asarray(probs, np.float32).reshape(-1)
         if p.shape[0] != len(self.class_names):
             raise ValueError(f"expected {len(self.class_names)} probabilities, got {p.shape[0]}")
-        self._smooth(p)
+        self._smooth(p, novelty)
         top = int(np.argmax(self.probs))
-        want = top if float(self.probs[top]) >= self.threshold else -1
+        novel = self.novelty is not None and novelty_threshold is not None and self.novelty > novelty_threshold
+        want = top if float(self.probs[top]) >= self.threshold and not novel else -1
         if self.label is None:  # first frame: nothing to be stable against
             self._set(want)
-        elif want == self._index or self._keeps(self._index, top):
+        elif want == self._index or self._keeps(self._index, top, novel):
             self._candidate, self._streak = None, 0
         else:
             if want == self._candidate:

@@ -3,6 +3,9 @@
 Every option has one entry in `OPTIONS` (name, type, default, help, check); the argparse flags and the config
 file keys both come from it, so they cannot drift. Precedence: built-in defaults < config file < `EDGE_TOKEN`
 (token only) < command-line flags. Any unknown key or bad value is one `EdgeError` naming it and the valid choices.
+
+`source` is repeatable: `--source A --source B` (or `source = ["A", "B"]` in the file) serves several cameras with
+one model; flags given on the command line replace the file's list. `ServeConfig.sources` is always the list.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Option:
     check: Callable[[Any], str | None] | None = None  # returns what is wrong, or None
     metavar: str | None = None
     nullable: bool = False  # None allowed (optional value)
+    repeatable: bool = False  # the flag may be given several times; the file may hold a list
 
 
 def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
@@ -77,18 +81,27 @@ OPTIONS: tuple[Option, ...] = (
     Option("model", str, None, "model file: model.pt from `train`, an exported .onnx or a TensorRT .engine",
            check=_nonempty, metavar="PATH"),
     Option("source", str, None, "video source: 0, /dev/video0, csi://0, a video file, rtsp://..., http(s)://... "
-           "(e.g. another `edge serve`'s /stream.mjpg), an image folder or test://", check=_nonempty, metavar="SRC"),
+           "(e.g. another `edge serve`'s /stream.mjpg), an image folder or test://; repeat it for several cameras "
+           "(camera 0, 1, ... in that order), classified together by one model", check=_nonempty, metavar="SRC",
+           repeatable=True),
     Option("width", int, None, "capture width (cameras)", check=_range(1), nullable=True),
     Option("height", int, None, "capture height (cameras)", check=_range(1), nullable=True),
     Option("fps", float, None, "capture frame rate (cameras; files play at their own rate)", check=_range(0, lo_open=True),
            nullable=True),
     Option("loop", bool, False, "repeat a video file / image folder forever"),
+    Option("max_batch", int, None, "at most N frames per inference call (default: the newest frame of every camera "
+           "in one call); 1 = one call per frame, best for CPU onnxruntime, where batching does not pay",
+           check=_range(1), metavar="N", nullable=True),
     Option("backend", str, "auto", "inference backend", choices=BACKEND_CHOICES),
     Option("device", str, "auto", "where the torch/onnxruntime backends run (auto = the GPU when usable)",
            choices=DEVICE_CHOICES),
     Option("smoothing", float, 0.0, "EMA over class probabilities: 0 = off, 0.9 = heavy", check=_range(0, 1, hi_open=True)),
     Option("threshold", float, 0.0, "show `unknown` when the (smoothed) top probability is below this",
            check=_range(0, 1)),
+    Option("novelty_threshold", float, None, "show `unknown` when the frame's novelty (how unlike the training "
+           "images it is: 0 = identical, 1 = unlike all) is above this (default: the threshold `train` calibrated "
+           "into the model; ignored by models without a novelty score)", check=_range(0, 2), metavar="T",
+           nullable=True),
     Option("hysteresis", float, 0.0, "a shown label keeps its place down to threshold - hysteresis",
            check=_range(0, 1, hi_open=True)),
     Option("min_dwell", int, 1, "frames a new label must win in a row before it is shown", check=_range(1)),
@@ -130,15 +143,17 @@ class ServeConfig:
     """The validated configuration of one `edge serve` process."""
 
     model: str
-    source: str
+    source: str | tuple[str, ...]  # as written: one URI, or a tuple of several (see `sources`)
     width: int | None = None
     height: int | None = None
     fps: float | None = None
     loop: bool = False
+    max_batch: int | None = None
     backend: str = "auto"
     device: str = "auto"
     smoothing: float = 0.0
     threshold: float = 0.0
+    novelty_threshold: float | None = None
     hysteresis: float = 0.0
     min_dwell: int = 1
     top_k: int = 0
@@ -158,6 +173,11 @@ class ServeConfig:
     health_max_age: float = 3.0
     jpeg_quality: int = 80
     log_level: str = "info"
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every camera's source URI, camera 0 first (one for a single camera)."""
+        return (self.source,) if isinstance(self.source, str) else tuple(self.source)
 
     @property
     def http_address(self) -> tuple[str, int] | None:
@@ -215,7 +235,14 @@ def is_ip_address(text: str) -> bool:
 
 
 def _coerce(opt: Option, value: Any, where: str) -> Any:
-    """Type-check one value from a config file (strict: no silent str->int conversions, bools are not ints)."""
+    """Type-check one value from a config file (strict: no silent str->int conversions, bools are not ints); a list
+    for a repeatable option (`source = ["0", "rtsp://..."]`)."""
+    if opt.repeatable and isinstance(value, list):
+        return [_coerce_one(opt, v, where) for v in value]
+    return _coerce_one(opt, value, where)
+
+
+def _coerce_one(opt: Option, value: Any, where: str) -> Any:
     if value is None and opt.nullable:
         return None
     ok = (
@@ -236,6 +263,12 @@ def _coerce(opt: Option, value: Any, where: str) -> Any:
 
 def _check(opt: Option, value: Any, where: str) -> None:
     if value is None:
+        return
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise EdgeError(f"{where}: {opt.name} must not be an empty list")
+        for v in value:
+            _check(opt, v, where)
         return
     if opt.choices is not None and value not in opt.choices:
         raise EdgeError(f"{where}: {opt.name} must be one of {', '.join(opt.choices)}; got {value!r}")
@@ -306,7 +339,10 @@ def build_config(file_values: dict[str, Any], cli_values: dict[str, Any], env: d
     for required in ("model", "source"):
         if values[required] is None:
             raise EdgeError(f"no {required} given: pass --{required} or set `{required} = ...` in the --config file")
+    values["source"] = _one_or_several_sources(values["source"], origin["source"])
     cfg = ServeConfig(**values)
+    if cfg.display and len(cfg.sources) > 1:
+        raise EdgeError("--display shows one camera; with several --source use --http (its page shows every camera)")
     if cfg.http is not None:
         host, _ = parse_http_address(cfg.http)
         if not is_loopback(host) and not cfg.token and not cfg.allow_no_token:
@@ -321,6 +357,29 @@ def build_config(file_values: dict[str, Any], cli_values: dict[str, Any], env: d
     return cfg
 
 
+def _same_source_key(uri: str) -> str:
+    """What two spellings of one source have in common (`0` and `/dev/video0` are the same camera)."""
+    uri = uri.strip()
+    return f"/dev/video{int(uri)}" if uri.isdigit() else uri
+
+
+def _one_or_several_sources(value: Any, where: str) -> str | tuple[str, ...]:
+    """A list of one source is that source (a single camera, as before); several must all differ."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    if len(value) == 1:
+        return value[0]
+    first_camera: dict[str, int] = {}
+    for camera, uri in enumerate(value):
+        earlier = first_camera.setdefault(_same_source_key(uri), camera)
+        if earlier != camera:
+            # credentials (user:pw@, ?token=) must not reach the terminal: such a URI is not quoted
+            shown = "" if "@" in uri or "?" in uri else f" {uri.strip()!r}"
+            raise EdgeError(f"{where}: cameras {earlier} and {camera} have the same source{shown}; "
+                            f"each camera needs its own (or drop the duplicate)")
+    return tuple(value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per option; defaults are SUPPRESSed so only flags given on the command line override the file."""
     parser.add_argument("--config", metavar="FILE", help="read options from a TOML (or .json) file; flags override it")
@@ -330,6 +389,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if opt.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=opt.help + default_txt)
+        elif opt.repeatable:
+            parser.add_argument(flag, type=_flag_type(opt), action="append", default=argparse.SUPPRESS,
+                                metavar=opt.metavar, help=opt.help + default_txt)
         else:
             parser.add_argument(flag, type=_flag_type(opt), default=argparse.SUPPRESS, metavar=opt.metavar,
                                 choices=opt.choices, help=opt.help + default_txt)

@@ -1,5 +1,5 @@
-"""Is `edge serve` healthy? The one decision behind /healthz, `stale` in /api/prediction, `edge_healthy`, the
-systemd STATUS line and the health log lines, so that none of them can disagree with another.
+"""Is `edge serve` (each of its cameras) healthy? The one decision behind /healthz, `stale` in /api/prediction,
+`edge_healthy`, the systemd STATUS line and the health log lines, so that none of them can disagree with another.
 
 Ages come from time.monotonic() only: a Jetson without an RTC boots with a wrong wall clock and jumps when NTP
 syncs, which must neither fake a stall nor hide one.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from edge.runtime.sources import redact_uri
 
@@ -67,3 +67,61 @@ def assess(camera: Any, prediction_at: float | None, max_age: float, now: float 
     if prediction_age > max_age:
         return health("stale", f"no prediction for {prediction_age:.1f} s (inference stalled)", "inference stalled")
     return health("ok")
+
+
+_WORST_FIRST = ("stale", "starting", "ok")
+
+
+@dataclass(frozen=True)
+class ServiceHealth:
+    """The health of every camera of the service, and the overall answer: ok only while every camera is ok (an
+    unattended device must say when one of its cameras is down); else the worst camera's status, stale before
+    starting. With one camera everything reads exactly as that camera's `Health`."""
+
+    cameras: tuple[Health, ...]
+
+    def _prefixed(self, what: str) -> str:
+        if len(self.cameras) == 1:
+            return getattr(self.cameras[0], what)
+        return "; ".join(f"camera {i}: {getattr(h, what)}" for i, h in enumerate(self.cameras) if not h.ok)
+
+    @property
+    def status(self) -> str:
+        return min((h.status for h in self.cameras), key=_WORST_FIRST.index)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def reason(self) -> str:
+        """Why it is not ok, per unhealthy camera (`camera 1: no frame for 6.0 s (...)`), "" when ok."""
+        return self._prefixed("reason")
+
+    @property
+    def summary(self) -> str:
+        return self._prefixed("summary")
+
+    @property
+    def source_state(self) -> str:
+        if len(self.cameras) == 1:
+            return self.cameras[0].source_state
+        return ", ".join(f"camera {i} {h.source_state}" for i, h in enumerate(self.cameras))
+
+    def to_json(self) -> dict[str, Any]:
+        """The /healthz body: `status`, `reason` and `cameras` (each camera's own, with its id); with one camera also
+        that camera's fields at the top (`source_state`, `frame_age_s`...), as a single-camera service always had."""
+        out: dict[str, Any] = {"status": self.status}
+        if len(self.cameras) == 1:
+            out.update(self.cameras[0].to_json())
+        elif self.reason:
+            out["reason"] = self.reason
+        out["cameras"] = [{"camera": i, **h.to_json()} for i, h in enumerate(self.cameras)]
+        return out
+
+
+def assess_all(cameras: Sequence[Any], prediction_at: Sequence[float | None], max_age: float,
+               now: float | None = None) -> ServiceHealth:
+    """`assess` for each camera (with the time.monotonic() of its newest prediction), at one `now`."""
+    now = time.monotonic() if now is None else now
+    return ServiceHealth(tuple(assess(c, t, max_age, now) for c, t in zip(cameras, prediction_at)))

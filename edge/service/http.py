@@ -4,7 +4,9 @@
   one encoder thread turns it into a JPEG once per frame (and only while someone watches), and every client
   thread sends that same JPEG. A slow client only falls behind itself (it skips to the newest JPEG); a client that
   disconnects or stalls past the socket timeout just ends its own thread.
-- Endpoints: `/` (page), `/stream.mjpg`, `/snapshot.jpg`, `/api/prediction`, `/healthz`, `/metrics`.
+- Endpoints: `/` (page), `/stream.mjpg`, `/snapshot.jpg`, `/api/prediction`, `/api/cameras`, `/healthz`,
+  `/metrics`. One StreamOutput per camera: `?camera=N` picks the camera of /stream.mjpg, /snapshot.jpg and
+  /api/prediction (none: camera 0, so single-camera clients never change); a camera the service lacks is a 404.
 - Extension point: `HttpServer.extra_handler` (a `RouteHandler`) sees every GET, POST and DELETE after the Host
   check and the token, before the built-in routes, and answers with a `Response` or None (not mine); `page` is
   the HTML served at `/`. `edge teach` adds its JSON API and page this way. POST and DELETE exist only for it:
@@ -28,7 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from edge.core.errors import EdgeError
@@ -86,9 +88,11 @@ def host_of(header: str) -> str | None:
 class HttpApp(Protocol):
     """What the HTTP server needs from the service."""
 
-    stream: StreamOutput
+    streams: Sequence[StreamOutput]  # one per camera, camera 0 first
 
-    def prediction_json(self) -> dict[str, Any] | None: ...
+    def prediction_json(self, camera: int = 0) -> dict[str, Any] | None: ...
+
+    def cameras_json(self) -> list[dict[str, Any]]: ...
 
     def health(self) -> tuple[bool, dict[str, Any]]: ...
 
@@ -135,6 +139,16 @@ class _Handler(BaseHTTPRequestHandler):
         if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), want):
             return True
         return any(hmac.compare_digest(t.encode(), want) for t in query.get("token", []))
+
+    def _camera(self, query: dict[str, list[str]]) -> int | None:
+        """The request's `?camera=N` (camera 0 without one); None, after a 404, for a camera the service lacks."""
+        text = (query.get("camera") or ["0"])[0]
+        count = len(self.server.app.streams)
+        if text.isascii() and text.isdigit() and int(text) < count:
+            return int(text)
+        self._json(404, {"error": f"no camera {text[:40]!r}: this service has cameras 0..{count - 1}",
+                         "cameras": list(range(count))})
+        return None
 
     # --- routes ----------------------------------------------------------------------------------------------
     def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
@@ -191,26 +205,35 @@ class _Handler(BaseHTTPRequestHandler):
             if path in ("/", "/index.html"):
                 self._send(200, self.server.page, "text/html; charset=utf-8",
                            {"X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"})
-            elif path == "/api/prediction":
-                pred = app.prediction_json()
-                if pred is None:
-                    self._json(503, {"error": "no prediction yet", "label": None})
-                else:
-                    self._json(200, pred)
+            elif path in ("/api/prediction", "/stream.mjpg", "/snapshot.jpg"):
+                camera = self._camera(query)
+                if camera is not None:
+                    self._camera_route(path, camera)
+            elif path == "/api/cameras":
+                self._json(200, app.cameras_json())
             elif path == "/metrics":
                 body, ctype = app.metrics()
                 self._send(200, body, ctype)
-            elif path == "/stream.mjpg":
-                self._stream(app.stream)
-            elif path == "/snapshot.jpg":
-                self._snapshot(app.stream)
             else:
                 self._json(404, {"error": f"no such endpoint {path}",
-                                 "endpoints": ["/", "/stream.mjpg", "/snapshot.jpg", "/api/prediction", "/healthz",
-                                               "/metrics"]})
+                                 "endpoints": ["/", "/stream.mjpg", "/snapshot.jpg", "/api/prediction", "/api/cameras",
+                                               "/healthz", "/metrics"]})
         except (BrokenPipeError, ConnectionResetError, socket.timeout) as e:
             log.debug("client %s went away: %s", self.address_string(), e)
             self.close_connection = True
+
+    def _camera_route(self, path: str, camera: int) -> None:
+        app = self.server.app
+        if path == "/api/prediction":
+            pred = app.prediction_json(camera)
+            if pred is None:
+                self._json(503, {"error": "no prediction yet", "label": None, "camera": camera})
+            else:
+                self._json(200, pred)
+        elif path == "/stream.mjpg":
+            self._stream(app.streams[camera])
+        else:
+            self._snapshot(app.streams[camera])
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         self._change()

@@ -204,7 +204,8 @@ def _check_config(target: _Target, config_text: str, env_text: str, notes: list[
     token = read_env_var(env_text, TOKEN_ENV)
     try:
         cfg = build_config(values, {}, env={TOKEN_ENV: token} if token else {}, where_file=CONFIG_FILE)
-        _check_source(target, cfg.source, notes)
+        for uri in cfg.sources:
+            _check_source(target, uri, notes)
     except EdgeError as e:
         raise EdgeError(f"the service would not start: {e}") from e
 

@@ -7,8 +7,10 @@
 | `torch`       | `.pt` (`train`)   | CUDA in FP16 (channels_last) when a GPU exists, else CPU FP32 |
 
 `auto` picks by file type (the fastest runtime that can read that file): `.engine`/`.plan`/`.trt` -> tensorrt,
-`.onnx` -> onnxruntime, `.pt`/`.pth` -> torch, and logs its choice. Labels and preprocessing always come from the
-model file. Heavy imports (torch, onnxruntime, tensorrt) happen only inside each backend's module.
+`.onnx` -> onnxruntime, `.pt`/`.pth` -> torch, and logs its choice. Labels, preprocessing and the novelty
+threshold always come from the model file. `backend.run(batch)` gives (probabilities, novelty or None);
+`backend.infer(batch)` the probabilities alone. Heavy imports (torch, onnxruntime, tensorrt) happen only inside
+each backend's module.
 """
 
 from __future__ import annotations
@@ -17,19 +19,23 @@ import importlib
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edge.core.errors import EdgeError
 
+if TYPE_CHECKING:
+    from edge.runtime.backends.base import Backend
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "BACKENDS", "BACKEND_CHOICES", "DEVICE_CHOICES", "load_backend", "backend_for_file", "softmax"]
+__all__ = ["Backend", "BACKENDS", "BACKEND_CHOICES", "DEVICE_CHOICES", "load_backend", "backend_for_file", "softmax",
+           "run_model"]
 
 
 def __getattr__(name: str):
     # the interface module imports numpy and the model metadata: only when asked for, so `edge serve --help` and
     # the service's config (which takes BACKEND_CHOICES from here) stay light
-    if name in ("Backend", "softmax"):
+    if name in ("Backend", "softmax", "run_model"):
         from edge.runtime.backends import base
 
         return getattr(base, name)
@@ -74,13 +80,15 @@ def backend_for_file(path: str | os.PathLike) -> str:
 
 
 def load_backend(
-    model_path: str | os.PathLike, backend: str = "auto", device: str = "auto", **options
+    model_path: str | os.PathLike, backend: str = "auto", device: str = "auto", *,
+    novelty_threshold: float | None = None, **options
 ) -> Backend:
     """Load `model_path` with the named backend ("auto" picks by file type and logs its choice).
 
-    device: "auto" (GPU when one is usable), "cpu" or "cuda". options go to the backend (e.g. `threads` for
-    onnxruntime, `fp16` for torch). Raises EdgeError (one line) for a missing or unreadable file, an unknown
-    backend, or a backend that cannot read this kind of file.
+    device: "auto" (GPU when one is usable), "cpu" or "cuda". novelty_threshold: replaces the model's calibrated
+    one (a model without a novelty score ignores it, with one log line). options go to the backend (e.g.
+    `threads` for onnxruntime, `fp16` for torch). Raises EdgeError (one line) for a missing or unreadable file,
+    an unknown backend, or a backend that cannot read this kind of file.
     """
     path = Path(model_path)
     if backend not in BACKEND_CHOICES:
@@ -99,5 +107,6 @@ def load_backend(
         }[name]
         raise EdgeError(f"backend {name!r} cannot read {str(path)!r} (a {native} model file); {hint}, or use --backend auto")
     loaded = BACKENDS[name](path, device, **options)
+    loaded.set_novelty_threshold(novelty_threshold)
     log.info("%s %s: %s", "auto-selected backend" if backend == "auto" else "backend", name, loaded.describe())
     return loaded

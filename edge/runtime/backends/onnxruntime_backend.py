@@ -2,6 +2,7 @@
 
 Labels and preprocessing come from the file's metadata (`metadata_props[ONNX_META_KEY]`). The exporter ends the
 graph with a Softmax, so outputs are probabilities; a graph without one (exported elsewhere) gets softmax here.
+A model with a novelty score has a second output, `novelty` (N float32), computed inside the graph.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import numpy as np
 
 from edge.core.errors import EdgeError, brief
 from edge.core.metadata import ModelMeta
-from edge.core.model_files import meta_from_metadata_props
-from edge.runtime.backends.base import Backend, as_probabilities, check_batch, softmax
+from edge.core.model_files import NOVELTY_OUTPUT, OUTPUT_NAME, meta_from_metadata_props
+from edge.runtime.backends.base import Backend, Outputs, as_probabilities, check_batch, softmax
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,13 @@ class OnnxRuntimeBackend(Backend):
         dev = "cuda" if used[0] in GPU_PROVIDERS else "cpu"
         super().__init__(meta, device=dev, providers=used)
         inp = sess.get_inputs()[0]
-        out = sess.get_outputs()[0]
+        outputs = {o.name: o for o in sess.get_outputs()}
+        out = outputs.get(OUTPUT_NAME) or sess.get_outputs()[0]
         self._sess = sess
         self._input = inp.name
         self._output = out.name
+        self.has_novelty = NOVELTY_OUTPUT in outputs and meta.novelty is not None
+        self._outputs = [out.name, NOVELTY_OUTPUT] if self.has_novelty else [out.name]
         self._fp16_input = inp.type == "tensor(float16)"
         batch_dim = inp.shape[0] if inp.shape else None
         self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
@@ -146,23 +150,22 @@ class OnnxRuntimeBackend(Backend):
         self._has_softmax = _ends_in_softmax(path, out.name)
         self.threads = opts.intra_op_num_threads
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         x = batch.astype(np.float16) if self._fp16_input else batch
-        y = self._sess.run([self._output], {self._input: x})[0]
-        return np.asarray(y, np.float32).reshape(batch.shape[0], -1)
+        ys = self._sess.run(self._outputs, {self._input: x})
+        return [np.asarray(y, np.float32).reshape(batch.shape[0], -1) for y in ys]
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> Outputs:
         if self._sess is None:
             raise RuntimeError("backend is closed")
         batch = check_batch(batch, self.input_size)
-        if self.max_batch is not None and batch.shape[0] > self.max_batch:
-            y = np.concatenate([self._run(batch[i:i + self.max_batch])
-                                for i in range(0, batch.shape[0], self.max_batch)])
-        else:
-            y = self._run(batch)
+        step = self.max_batch or max(1, batch.shape[0])
+        chunks = [self._run(batch[i:i + step]) for i in range(0, batch.shape[0], step)] or [self._run(batch)]
+        y = np.concatenate([c[0] for c in chunks])
+        novelty = np.concatenate([c[1] for c in chunks]).reshape(-1) if self.has_novelty else None
         if self._has_softmax is False:
-            return softmax(y)
-        return as_probabilities(y) if self._has_softmax is None else y
+            return softmax(y), novelty
+        return (as_probabilities(y) if self._has_softmax is None else y), novelty
 
     def close(self) -> None:
         self._sess = None

@@ -1,6 +1,7 @@
 """TensorRT backend: a serialized engine (.engine/.plan) built on this device by `edge export`.
 
-Labels and preprocessing come from the engine's JSON sidecar `<engine>.json` (written by `edge export`). Works
+Labels and preprocessing come from the engine's JSON sidecar `<engine>.json` (written by `edge export`). An engine
+built from a model with a novelty score has a second output, `novelty`, computed in the engine. Works
 with TensorRT's named-tensor API (8.5+, 10.x: `set_tensor_address` + `execute_async_v3`) and falls back to the
 binding API of TensorRT 7/8.0-8.4 (`execute_async_v2`), as on JetPack 4.x. Device buffers are preallocated torch
 CUDA tensors (torch is the one CUDA binding) and the host input is page-locked, so a frame costs two copies and one
@@ -21,7 +22,8 @@ import numpy as np
 
 from edge.core.errors import EdgeError
 from edge.core.metadata import ModelMeta
-from edge.runtime.backends.base import Backend, as_probabilities, check_batch
+from edge.core.model_files import NOVELTY_OUTPUT, OUTPUT_NAME
+from edge.runtime.backends.base import Backend, Outputs, as_probabilities, check_batch
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,7 @@ class TensorRTBackend(Backend):
             raise EdgeError(f"{label} takes input {tuple(self._in_shape)} but its metadata says "
                             f"3x{size}x{size}; rebuild it")
         super().__init__(meta, device="cuda", providers=[f"TensorRT {trt.__version__}"])
+        self.has_novelty = NOVELTY_OUTPUT in self._out_names and meta.novelty is not None
         self._allocate()
 
     def _allocate(self) -> None:
@@ -152,12 +155,14 @@ class TensorRTBackend(Backend):
         torch, n, size = self._torch, self.max_batch, self.input_size
         self._stream = torch.cuda.Stream()
         self._d_in = torch.empty((n, 3, size, size), dtype=self._in_dtype, device="cuda")
-        self._d_out = torch.empty((n, *self._out_shape[1:]), dtype=self._out_dtype, device="cuda")
         self._h_in = torch.empty((n, 3, size, size), dtype=torch.float32, pin_memory=True)
-        self._h_out = torch.empty((n, *self._out_shape[1:]), dtype=torch.float32, pin_memory=True)
+        self._d_out = [torch.empty((n, *shape[1:]), dtype=dtype, device="cuda")
+                       for shape, dtype in zip(self._out_shapes, self._out_dtypes)]
+        self._h_out = [torch.empty((n, *shape[1:]), dtype=torch.float32, pin_memory=True) for shape in self._out_shapes]
         if self._named:
             self._context.set_tensor_address(self._in_name, self._d_in.data_ptr())
-            self._context.set_tensor_address(self._out_name, self._d_out.data_ptr())
+            for name, buf in zip(self._out_names, self._d_out):
+                self._context.set_tensor_address(name, buf.data_ptr())
 
     # ---------------------------------------------------------------- engine I/O description
     def _torch_dtype(self, trt_dtype):
@@ -180,22 +185,26 @@ class TensorRTBackend(Backend):
             shape = lambda n: tuple(e.get_binding_shape(e.get_binding_index(n)))  # noqa: E731
             dtype = lambda n: e.get_binding_dtype(e.get_binding_index(n))  # noqa: E731
             profile_max = lambda n: tuple(e.get_profile_shape(0, e.get_binding_index(n))[2])  # noqa: E731
-        if len(ins) != 1 or len(outs) != 1:
-            raise EdgeError(f"expected an engine with one input and one output, got inputs {ins} and outputs {outs}")
-        self._in_name, self._out_name = ins[0], outs[0]
+        if len(ins) != 1 or not outs or (len(outs) > 1 and set(outs) != {OUTPUT_NAME, NOVELTY_OUTPUT}):
+            raise EdgeError(f"expected an engine with one input and one output (or {OUTPUT_NAME!r} and "
+                            f"{NOVELTY_OUTPUT!r}), got inputs {ins} and outputs {outs}; rebuild it with `edge export`")
+        # probabilities first, then novelty (used when the sidecar's metadata has its threshold)
+        self._out_names = sorted(outs, key=lambda n: n == NOVELTY_OUTPUT)
+        self._in_name = ins[0]
         self._binding_order = names
-        in_shape, out_shape = shape(ins[0]), shape(outs[0])
+        in_shape = shape(ins[0])
         self._dynamic = in_shape[0] == -1
         self.max_batch = int(profile_max(ins[0])[0]) if self._dynamic else int(in_shape[0])
         self._in_shape = (self.max_batch, *in_shape[1:])
-        self._out_shape = (self.max_batch, *out_shape[1:])
+        self._out_shapes = [(self.max_batch, *shape(n)[1:]) for n in self._out_names]
         self._in_dtype = self._torch_dtype(dtype(ins[0]))
-        self._out_dtype = self._torch_dtype(dtype(outs[0]))
-        if self._in_dtype is None or self._out_dtype is None:
+        self._out_dtypes = [self._torch_dtype(dtype(n)) for n in self._out_names]
+        if self._in_dtype is None or None in self._out_dtypes:
             raise EdgeError("engine input/output must be float32 or float16; rebuild it with `edge export`")
 
     # ---------------------------------------------------------------- inference
-    def _run(self, chunk: np.ndarray) -> np.ndarray:
+    def _run(self, chunk: np.ndarray) -> list[np.ndarray]:
+        """Outputs of one chunk of at most max_batch inputs: [probabilities (n x C)] (+ [novelty (n x 1)])."""
         torch, ctx = self._torch, self._context
         n = chunk.shape[0]
         np.copyto(self._h_in.numpy()[:n], chunk)
@@ -208,24 +217,29 @@ class TensorRTBackend(Backend):
             else:
                 if self._dynamic:
                     ctx.set_binding_shape(self._engine.get_binding_index(self._in_name), (n, *self._in_shape[1:]))
-                ptrs = {self._in_name: self._d_in.data_ptr(), self._out_name: self._d_out.data_ptr()}
+                ptrs = {self._in_name: self._d_in.data_ptr(),
+                        **{name: buf.data_ptr() for name, buf in zip(self._out_names, self._d_out)}}
                 ok = ctx.execute_async_v2([ptrs[name] for name in self._binding_order], self._stream.cuda_stream)
             if not ok:
                 raise RuntimeError("TensorRT execution failed")
-            self._h_out[:n].copy_(self._d_out[:n], non_blocking=True)
+            for host, dev in zip(self._h_out, self._d_out):
+                host[:n].copy_(dev[:n], non_blocking=True)
         self._stream.synchronize()
-        return self._h_out.numpy()[:n].reshape(n, -1).copy()
+        return [host.numpy()[:n].reshape(n, -1).copy() for host in self._h_out]
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> Outputs:
         if self._context is None:
             raise RuntimeError("backend is closed")
         batch = check_batch(batch, self.input_size)
-        y = np.concatenate([self._run(batch[i:i + self.max_batch]) for i in range(0, batch.shape[0], self.max_batch)])
-        return as_probabilities(y, atol=1e-2)  # softmax for an engine built from a graph without Softmax
+        chunks = [self._run(batch[i:i + self.max_batch]) for i in range(0, batch.shape[0], self.max_batch)]
+        probs = as_probabilities(np.concatenate([c[0] for c in chunks]), atol=1e-2)  # softmax: graph without Softmax
+        novelty = np.concatenate([c[1] for c in chunks]).reshape(-1) if self.has_novelty else None
+        return probs, novelty
 
     def close(self) -> None:
         if self._context is not None:
             self._context = None
             self._engine = None
             self._runtime = None
-            self._d_in = self._d_out = None
+            self._d_in = None
+            self._d_out = []

@@ -1,4 +1,8 @@
-"""PyTorch backend: a `train` checkpoint (.pt), CUDA FP16 + channels_last when a GPU exists, else CPU FP32."""
+"""PyTorch backend: a `train` checkpoint (.pt), CUDA FP16 + channels_last when a GPU exists, else CPU FP32.
+
+A checkpoint with a novelty bank runs as `ClassifierWithNovelty` (probabilities and novelty from one backbone
+pass, the score in float32 whatever the network's precision); older checkpoints give probabilities only.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.core.errors import EdgeError
-from edge.runtime.backends.base import Backend, check_batch
+from edge.runtime.backends.base import Backend, Outputs, check_batch
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ class TorchBackend(Backend):
         dev = "cuda" if device in ("auto", "cuda") and cuda else "cpu"
         if threads:
             torch.set_num_threads(int(threads))
-        model, meta = load_model(Path(path), device="cpu")
+        model, meta = load_model(Path(path), device="cpu", with_novelty=True)
         self.fp16 = (dev == "cuda") if fp16 is None else bool(fp16 and dev == "cuda")
         model = model.to(dev, memory_format=torch.channels_last)
         if self.fp16:
@@ -39,17 +43,20 @@ class TorchBackend(Backend):
         self._model = model
         self._dtype = torch.float16 if self.fp16 else torch.float32
         self._dev = torch.device(dev)
+        self.has_novelty = meta.novelty is not None
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> Outputs:
         torch = self._torch
         if self._model is None:
             raise RuntimeError("backend is closed")
         batch = check_batch(batch, self.input_size)
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self._dev, dtype=self._dtype, memory_format=torch.channels_last)
-            logits = self._model(x)
-            probs = torch.softmax(logits.float(), dim=1)
-            return probs.cpu().numpy()
+            out = self._model(x)
+            if self.has_novelty:  # ClassifierWithNovelty: already (softmax, novelty) in float32
+                probs, novelty = out
+                return probs.float().cpu().numpy(), novelty.float().cpu().numpy()
+            return torch.softmax(out.float(), dim=1).cpu().numpy(), None
 
     def close(self) -> None:
         if self._model is not None:

@@ -2,7 +2,8 @@
 
 `--events`, `--on-change` and the `edge_label_changes_total` metric all ask one shared `LabelChanges`, so they
 always agree: the first label counts as a change (previous None), then every prediction whose label differs from
-the one before it.
+the one before it. With several cameras each camera has its own labels (`Prediction.camera`): a change on one
+camera is never a change of another.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class LabelChange:
     confidence: float
     timestamp: float  # the prediction's wall-clock time (for event lines; never used to measure ages)
     frame: int
+    camera: int = 0  # the camera whose label changed
 
 
 class LabelChanges:
@@ -27,8 +29,7 @@ class LabelChanges:
     same answer, whichever asks first. Called on the pipeline's inference thread (outputs and listeners)."""
 
     def __init__(self) -> None:
-        self._label: str | None = None
-        self._started = False
+        self._labels: dict[int, str] = {}  # camera -> its shown label (absent before its first prediction)
         self._decided: Any = None  # the prediction last decided on, and the answer given for it
         self._answer: LabelChange | None = None
 
@@ -36,11 +37,12 @@ class LabelChanges:
         """The change this prediction makes (label, previous, ...), or None when the label stays the same."""
         if prediction is self._decided:
             return self._answer
-        label = prediction.label
+        label, camera = prediction.label, int(getattr(prediction, "camera", 0))
         change = None
-        if not self._started or label != self._label:
-            change = LabelChange(label=label, previous=self._label, confidence=float(prediction.confidence),
-                                 timestamp=float(prediction.timestamp), frame=int(prediction.frame_id))
-        self._started, self._label = True, label
+        if camera not in self._labels or label != self._labels[camera]:
+            change = LabelChange(label=label, previous=self._labels.get(camera),
+                                 confidence=float(prediction.confidence), timestamp=float(prediction.timestamp),
+                                 frame=int(prediction.frame_id), camera=camera)
+        self._labels[camera] = label
         self._decided, self._answer = prediction, change
         return change

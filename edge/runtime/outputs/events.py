@@ -1,4 +1,4 @@
-"""`--events`: one JSON line per label change, written on its own thread."""
+"""`--events`: one JSON line per label change (with the `camera` it happened on), written on its own thread."""
 
 from __future__ import annotations
 
@@ -23,10 +23,16 @@ def _iso(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
 class EventsOutput(Output):
     """Appends one JSON line per change of the shown label to a file (or stdout for `-`).
 
-    Line: {"timestamp": epoch seconds, "time": ISO 8601 UTC, "label", "previous", "confidence", "frame"}.
+    Line: {"timestamp": epoch seconds, "time": ISO 8601 UTC, "label", "previous", "confidence", "frame",
+    "novelty"} (novelty: the frame's novelty score, null for a model without one; above the model's threshold
+    the label is "unknown").
     The first prediction is an event too (previous = null), so a reader always knows the current state.
     `changes`: the service's shared decider (so events, --on-change and the metric agree); default: its own.
     """
@@ -55,12 +61,14 @@ class EventsOutput(Output):
         if change is None:
             return
         event = {
+            "camera": change.camera,
             "timestamp": round(change.timestamp, 3),
             "time": _iso(change.timestamp),
             "label": change.label,
             "previous": change.previous,
             "confidence": round(change.confidence, 4),
             "frame": change.frame,
+            "novelty": _rounded(getattr(prediction, "novelty", None)),
         }
         try:
             self._q.put_nowait(json.dumps(event))

@@ -23,10 +23,11 @@ class OnChangeOutput(Output):
     """Runs a shell command when the shown label changes: rate-limited, one at a time, off the pipeline thread.
 
     The command runs as `/bin/sh -c CMD edge-on-change LABEL CONFIDENCE` (so `$1` is the label) with
-    EDGE_LABEL, EDGE_PREVIOUS, EDGE_CONFIDENCE, EDGE_TIMESTAMP and EDGE_FRAME in its environment. Changes that
-    happen while a command runs or within `interval` seconds of the last start are coalesced: when the next run is
-    due, it reports the label shown then (and nothing if that is the label it reported last). `changes`: the
-    service's shared decider (so --events, this and the metric agree); default: its own.
+    EDGE_LABEL, EDGE_PREVIOUS, EDGE_CONFIDENCE, EDGE_TIMESTAMP, EDGE_FRAME and EDGE_CAMERA in its environment.
+    Changes that happen while a command runs or within `interval` seconds of the last start are coalesced: when the
+    next run is due, it reports the label shown then (and nothing if that is the label it reported last). With
+    several cameras all of this is per camera (a busy camera never swallows another's change); commands still run
+    one at a time. `changes`: the service's shared decider (so --events, this and the metric agree); default: its own.
     """
 
     name = "on-change"
@@ -39,8 +40,8 @@ class OnChangeOutput(Output):
         self.interval = float(interval)
         self.timeout = float(timeout)
         self._cond = threading.Condition()
-        self._pending: LabelChange | None = None
-        self._reported: str | None = None  # label the command was last run for (worker thread)
+        self._pending: dict[int, LabelChange] = {}  # camera -> its newest change not reported yet
+        self._reported: dict[int, str] = {}  # camera -> label the command was last run for (worker thread)
         self._closed = False
         self.runs = 0
         self.failures = 0
@@ -54,29 +55,38 @@ class OnChangeOutput(Output):
         if change is None:
             return
         with self._cond:
-            self._pending = change
+            self._pending[change.camera] = change
             self._cond.notify()
 
+    def _next_due(self, last_start: dict[int, float]) -> LabelChange | None:
+        """Wait (holding the condition) for the pending change that is due first; None once closed. Rate limit: a
+        camera's change waits out `interval` since that camera's last run (newer changes just replace it)."""
+        while not self._closed:
+            due = [(last_start.get(cam, -float("inf")) + self.interval, cam) for cam in self._pending]
+            if not due:
+                self._cond.wait()
+                continue
+            when, cam = min(due)
+            delay = when - time.monotonic()
+            if delay <= 0:
+                return self._pending.pop(cam)
+            self._cond.wait(delay)
+        return None
+
     def _worker(self) -> None:
-        last_start = -float("inf")
+        last_start: dict[int, float] = {}
         while True:
             with self._cond:
-                while self._pending is None and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                # rate limit: wait out the interval (new changes just replace the pending one)
-                while not self._closed and (delay := last_start + self.interval - time.monotonic()) > 0:
-                    self._cond.wait(delay)
-                if self._closed:
-                    return
-                change, self._pending = self._pending, None
-            if change is None or change.label == self._reported:
+                change = self._next_due(last_start)
+            if change is None:
+                return
+            reported = self._reported.get(change.camera)
+            if change.label == reported:
                 continue
-            change = dataclasses.replace(change, previous=self._reported)  # coalesced: since the last report
-            last_start = time.monotonic()
+            change = dataclasses.replace(change, previous=reported)  # coalesced: since the last report
+            last_start[change.camera] = time.monotonic()
             self._run(change)
-            self._reported = change.label
+            self._reported[change.camera] = change.label
 
     def _run(self, change: LabelChange) -> None:
         env = dict(os.environ)
@@ -87,6 +97,7 @@ class OnChangeOutput(Output):
             EDGE_CONFIDENCE=f"{change.confidence:.4f}",
             EDGE_TIMESTAMP=f"{change.timestamp:.3f}",
             EDGE_FRAME=str(change.frame),
+            EDGE_CAMERA=str(change.camera),
         )
         argv = ["/bin/sh", "-c", self.command, "edge-on-change", str(change.label), f"{change.confidence:.4f}"]
         self.runs += 1

@@ -6,7 +6,7 @@ H.264 in `.mp4` where the OpenCV build has an H.264 encoder). When the encoder f
 and counted, never queued without bound. The file is written under a temporary name and moved into place on
 `close()`, so a crash never leaves a half-written video under the final name. With `realtime=True` (default)
 frames are repeated or skipped to keep the video's clock equal to the wall clock, so a 10 s run plays for 10 s
-whatever the inference rate was.
+whatever the inference rate was. With several cameras each records its own file (`camera_path`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 
 CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG", ".webm": "VP80"}
 _STOP = object()
+
+
+def camera_path(path: str | os.PathLike, camera: int, cameras: int) -> Path:
+    """The file camera `camera` of `cameras` records to: `path` itself for a single camera, else
+    `stem.camN.suffix` beside it (`run.mp4` -> `run.cam0.mp4`, `run.cam1.mp4`)."""
+    p = Path(path)
+    return p if cameras == 1 else p.with_name(f"{p.stem}.cam{camera}{p.suffix}")
 
 
 class RecordOutput(Output):

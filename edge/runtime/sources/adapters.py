@@ -58,6 +58,9 @@ class PrefetchSource(SyncSource):
 
     Nothing is decoded only to be dropped, unlike a latest-frame camera on an unpaced file, which decodes
     hundreds of frames per second that inference never sees and steals the CPU inference needs.
+
+    Like `Camera`, it can be polled (`poll_latest`) and wakes `add_frame_callback` callbacks, so several files
+    can feed one multi-camera pipeline.
     """
 
     def __init__(self, source) -> None:
@@ -66,7 +69,20 @@ class PrefetchSource(SyncSource):
         self._slot = threading.Semaphore(1)  # one frame decoded ahead at most
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._callbacks: list = []
         self.error: BaseException | None = None
+
+    def add_frame_callback(self, callback) -> None:
+        """Call `callback()` (quick, non-blocking) on the reader thread when a frame, or the end, is ready."""
+        self._callbacks.append(callback)
+
+    def remove_frame_callback(self, callback) -> None:
+        self._callbacks = [c for c in self._callbacks if c is not callback]
+
+    def _put(self, item) -> None:
+        self._q.put(item)
+        for callback in list(self._callbacks):
+            callback()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -83,20 +99,27 @@ class PrefetchSource(SyncSource):
                     continue
                 frame = self.source.read()
                 if frame is None:
-                    self._q.put(None)
+                    self._put(None)
                     return
-                self._q.put((frame, fid, time.monotonic()))
+                self._put((frame, fid, time.monotonic()))
                 fid += 1
         except Exception as e:  # noqa: BLE001 - reported as the end of the stream, with the reason logged
             log.error("reading %s failed: %s", getattr(self.source, "uri", "source"), e)
             self.error = e
-            self._q.put(None)
+            self._put(None)
 
     def read_latest(self, after_id: int = -1, timeout: float | None = None):
+        return self._take(timeout)
+
+    def poll_latest(self, after_id: int = -1):
+        """The next frame if it is decoded already, else None; never waits."""
+        return self._take(0.0)
+
+    def _take(self, timeout: float | None):
         if self.state == "ended":
             return None
         try:
-            item = self._q.get(timeout=timeout)
+            item = self._q.get(timeout=timeout)  # 0: no waiting
         except queue.Empty:
             return None
         if item is None:

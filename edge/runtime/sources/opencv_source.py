@@ -19,6 +19,7 @@ from edge.runtime.sources.base import (
     SourceConfigError,
     SourceError,
     check_options,
+    redact_uri,
 )
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,12 @@ class OpenCVSource(FrameSource):
         cap = cv2.VideoCapture(self._target, self._api, self._params)
         try:
             if not cap.isOpened():
-                raise SourceError(f"cannot open {self.uri!r}: {self._hint}")
+                raise SourceError(f"cannot open {redact_uri(self.uri)!r}: {self._hint}")
             for prop, value in self._settings:
                 cap.set(prop, value)
             ok, frame = cap.read()
             if not ok or frame is None:
-                raise SourceError(f"{self.uri!r} opened but gave no frame: {self._hint}")
+                raise SourceError(f"{redact_uri(self.uri)!r} opened but gave no frame: {self._hint}")
         except BaseException:
             cap.release()
             raise
@@ -101,14 +102,14 @@ class OpenCVSource(FrameSource):
 
     def read(self) -> np.ndarray | None:
         if self._cap is None:
-            raise OSError(f"{self.uri}: read after close")
+            raise OSError(f"{redact_uri(self.uri)}: read after close")
         if self._pending is not None:
             frame, self._pending = self._pending, None
         else:
             ok, frame = self._cap.read()
             if not ok or frame is None:
                 if self.is_live:
-                    raise OSError(f"{self.uri}: read failed (camera or stream lost)")
+                    raise OSError(f"{redact_uri(self.uri)}: read failed (camera or stream lost)")
                 if not self.loop:
                     return None
                 # rewind by reopening: seeking is unreliable across containers and codecs
