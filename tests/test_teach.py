@@ -156,7 +156,7 @@ def test_the_token_host_and_origin_rules_of_edge_serve_hold(shared):
 @pytest.mark.parametrize("label, rule", [
     ("", "empty"), ("x" * 65, "limit is 64"), ("a/b", "path separator"), ("a\\b", "path separator"),
     ("..", "'..'"), ("new\nline", "control character"), (".hidden", "starts with '.'"),
-    (" padded", "whitespace"), ("train", "reserved"),
+    (" padded", "whitespace"), ("train", "reserved"), ("Unknown", "reserved"),
 ])
 def test_label_rules_are_capture_s(shared, label, rule):
     before = files(shared.workdir / "data")
