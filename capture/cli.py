@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Collect labeled camera snapshots into DIR/LABEL/ (an ImageFolder dataset), headless or with a "
         "live preview, or import a folder of existing photos.",
     )
-    p.add_argument("--label", required=True, help="class name; becomes the folder DIR/LABEL")
+    p.add_argument("--label", help="class name; becomes the folder DIR/LABEL (required, but with --web)")
     p.add_argument("--source", default="0", help=f"video source (default 0): {SOURCE_HELP}; a folder is imported")
     p.add_argument("--data", default="data", help="dataset folder (default: data)")
     p.add_argument("--count", type=int, help="take N snapshots, headless (default: until q / Ctrl-C)")
@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="camera frame rate")
     p.add_argument("--headless", action="store_true", help="no preview window even when a display is present")
     p.add_argument("-v", "--verbose", action="store_true")
+    web = p.add_argument_group("in a browser (headless devices)")
+    web.add_argument("--web", metavar="[HOST:]PORT", help="serve the live view with Snap and Burst buttons at "
+                     "http://HOST:PORT/ instead (127.0.0.1 unless a host is named); labels are added on the page")
+    web.add_argument("--token", help="with --web: require this bearer token (or set $EDGE_TOKEN); needed to "
+                     "listen beyond this machine")
+    web.add_argument("--allowed-hosts", metavar="NAME[,NAME...]", help="with --web: host names the page is opened "
+                     "by (e.g. jetson.local); IP addresses and localhost always work")
+    web.add_argument("--allow-no-token", action="store_true", help="with --web: listen beyond this machine without "
+                     "a token (trusted networks only)")
     return p
 
 
@@ -70,6 +79,9 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def _check_args(a: argparse.Namespace) -> None:
+    if a.label is None:
+        raise EdgeError("--label is required (the class to capture), e.g. --label thumbs_up; or use --web and add "
+                        "labels on the page")
     label_dir(a.data, a.label, a.split)  # checks the label, before anything touches the disk or the camera
     if a.count is not None and a.count < 1:
         raise EdgeError(f"--count must be >= 1, got {a.count}")
@@ -80,6 +92,11 @@ def _check_args(a: argparse.Namespace) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
+    if a.web is not None:
+        return _web(a)
+    web_only = [f"--{n.replace('_', '-')}" for n in ("token", "allowed_hosts", "allow_no_token") if getattr(a, n)]
+    if web_only:
+        raise EdgeError(f"{', '.join(web_only)} only appl{'ies' if len(web_only) == 1 else 'y'} with --web [HOST:]PORT")
     _check_args(a)
     writer = DatasetWriter(a.data, a.split, a.quality)  # checks --quality
     change = ChangeFilter(a.min_change) if a.min_change else None
@@ -118,6 +135,27 @@ def run(a: argparse.Namespace) -> int:
     if a.count is not None and shooter.saved < a.count:
         return 1  # the source ended before N shots: say so in the exit code too
     return 0
+
+
+def _web(a: argparse.Namespace) -> int:
+    """The page instead of keys: `edge teach` without training (capture.teach)."""
+    clash = [flag for flag, value in (("--count", a.count), ("--interval", a.interval), ("--split", a.split),
+                                      ("--min-change", a.min_change or None), ("--headless", a.headless or None))
+             if value is not None]
+    if clash:
+        raise EdgeError(f"{', '.join(clash)} do{'es' if len(clash) == 1 else ''} not apply with --web: snapshots "
+                        "are taken from the page (Snap, space bar, Burst)")
+    from .teach.config import web_config
+    from .teach.service import teach
+
+    try:
+        cfg = web_config(data=a.data, source=a.source, http=a.web, label=a.label, quality=a.quality, token=a.token,
+                         allowed_hosts=a.allowed_hosts, allow_no_token=a.allow_no_token or None, width=a.width,
+                         height=a.height, fps=a.fps, log_level="debug" if a.verbose else "info")
+    except EdgeError as e:  # edge serve's checks, which name its --http
+        raise EdgeError(str(e).replace("--http", "--web")) from e
+    logging.getLogger().setLevel(logging.DEBUG if a.verbose else logging.INFO)
+    return teach(cfg)
 
 
 def _import(a: argparse.Namespace, folder: Path, writer: DatasetWriter) -> int:

@@ -20,7 +20,8 @@ LAYERS: dict[str, set[str]] = {
     "edge.core": set(),
     "edge.runtime": {"edge.core"},
     "train": {"edge.core"},
-    "capture": {"edge.core", "edge.runtime"},
+    # capture.teach (edge teach, capture --web) serves, trains and exports: it sits above those three
+    "capture": {"edge.core", "edge.runtime", "edge.service", "train", "export"},
     "export": {"edge.core", "edge.runtime"},
     "edge.service": {"edge.core", "edge.runtime"},
     "edge.cli": {"edge.core", "edge.runtime", "edge.service", "train", "export", "capture"},

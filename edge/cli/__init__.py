@@ -11,6 +11,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "capture": ("capture.cli", "collect labeled camera snapshots into a dataset (same as `capture`)"),
     "export": ("export.cli", "export a checkpoint to ONNX / TensorRT, verified (same as `python -m export`)"),
     "serve": ("edge.cli.serve", "run the always-on camera service"),
+    "teach": ("edge.cli.teach", "collect, train and go live from a browser (headless devices)"),
     "predict": ("edge.cli.predict", "classify image files, one JSON line each"),
     "bench": ("edge.cli.bench", "benchmark the real pipeline on a source"),
     "demo": ("edge.cli.demo", "end-to-end demo: synthetic data -> train -> export -> serve, no camera or network"),

@@ -7,6 +7,10 @@
 - Endpoints: `/` (page), `/stream.mjpg`, `/snapshot.jpg`, `/api/prediction`, `/api/cameras`, `/healthz`,
   `/metrics`. One StreamOutput per camera: `?camera=N` picks the camera of /stream.mjpg, /snapshot.jpg and
   /api/prediction (none: camera 0, so single-camera clients never change); a camera the service lacks is a 404.
+- Extension point: `HttpServer.extra_handler` (a `RouteHandler`) sees every GET, POST and DELETE after the Host
+  check and the token, before the built-in routes, and answers with a `Response` or None (not mine); `page` is
+  the HTML served at `/`. `edge teach` adds its JSON API and page this way. POST and DELETE exist only for it:
+  they are refused from a page of another origin (`Origin` must name this server), and a POST body must be JSON.
 - With a token, every endpoint except /healthz needs `Authorization: Bearer TOKEN` or `?token=TOKEN`
   (/healthz says only ok/stale, for load balancers and probes that cannot send headers).
 - The Host header must name this machine: an IP address, `localhost`, the host given to --http or one of
@@ -23,9 +27,10 @@ import logging
 import re
 import socket
 import threading
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from edge.core.errors import EdgeError
@@ -40,6 +45,36 @@ BOUNDARY = "frame"
 _PART_HEAD = b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
 # a Host header: `[IPv6]` or a name / IPv4 (no userinfo, path or spaces), then an optional `:port`
 _HOST_HEADER = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\s:/@\[\]]+))(?::\d{1,5})?")
+MAX_BODY_BYTES = 1 << 20  # request bodies are small JSON documents
+
+
+@dataclass
+class Request:
+    """What an extra route sees: the method (HEAD arrives as GET), the URL path (still percent-encoded), the
+    query, the body (POST) and the headers."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: bytes = b""
+    headers: Any = None
+
+
+@dataclass
+class Response:
+    """An extra route's answer. `headers` may replace the default `Cache-Control: no-store`."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, obj: Any) -> "Response":
+        return cls(status, (json.dumps(obj) + "\n").encode())
+
+
+RouteHandler = Callable[[Request], "Response | None"]
 
 
 def host_of(header: str) -> str | None:
@@ -79,12 +114,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- helpers ---------------------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+        extra = extra or {}
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
+        if "Cache-Control" not in extra:
+            self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        for k, v in (extra or {}).items():
+        for k, v in extra.items():
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
@@ -117,25 +154,53 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
         self.do_GET()
 
+    def _host_refused(self) -> bool:
+        """Answer 403 when the Host header names another machine (see the module docstring: DNS rebinding)."""
+        host = self.headers.get("Host")
+        # no Host at all is no browser (HTTP/1.0 tools): DNS rebinding needs a browser, which always sends one
+        if host is not None and not self.server.host_allowed(host):
+            log.debug("403 for Host %r (not an IP, localhost or --allowed-hosts)", host[:100])
+            self._send(403, b"", "text/plain")
+            return True
+        return False
+
+    def _auth_refused(self, query: dict[str, list[str]]) -> bool:
+        if self._authorized(query):
+            return False
+        self._send(401, b"unauthorized: send `Authorization: Bearer TOKEN` or ?token=TOKEN\n",
+                   "text/plain; charset=utf-8", {"WWW-Authenticate": 'Bearer realm="edge-serve"'})
+        return True
+
+    def _extra(self, request: Request) -> bool:
+        """Offer the request to the server's extra handler; True when it answered."""
+        handler = self.server.extra_handler
+        if handler is None:
+            return False
+        try:
+            response = handler(request)
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug in one route must not cost the client its answer
+            log.exception("%s %s failed", request.method, redact_uri(self.path))
+            response = Response.json(500, {"error": f"internal error: {type(e).__name__}: {e}"})
+        if response is None:
+            return False
+        self._send(response.status, response.body, response.content_type, response.headers)
+        return True
+
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         path = url.path
         app = self.server.app
         try:
-            host = self.headers.get("Host")
-            # no Host at all is no browser (HTTP/1.0 tools): DNS rebinding needs a browser, which always sends one
-            if host is not None and not self.server.host_allowed(host):
-                log.debug("403 for Host %r (not an IP, localhost or --allowed-hosts)", host[:100])
-                self._send(403, b"", "text/plain")
+            if self._host_refused():
                 return
             if path == "/healthz":
                 ok, info = app.health()
                 self._json(200 if ok else 503, info)
                 return
-            if not self._authorized(query):
-                self._send(401, b"unauthorized: send `Authorization: Bearer TOKEN` or ?token=TOKEN\n",
-                           "text/plain; charset=utf-8", {"WWW-Authenticate": 'Bearer realm="edge-serve"'})
+            if self._auth_refused(query) or self._extra(Request("GET", path, query, headers=self.headers)):
                 return
             if path in ("/", "/index.html"):
                 self._send(200, self.server.page, "text/html; charset=utf-8",
@@ -169,6 +234,64 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream(app.streams[camera])
         else:
             self._snapshot(app.streams[camera])
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        self._change()
+
+    def do_DELETE(self) -> None:  # noqa: N802 - stdlib naming
+        self._change()
+
+    def _change(self) -> None:
+        """POST and DELETE: only for the extra handler, only from this server's own pages (or non-browsers)."""
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        try:
+            if self._host_refused() or self._auth_refused(query) or self._foreign_origin():
+                return
+            body = self._read_body()
+            if body is None:
+                return
+            if not self._extra(Request(self.command, url.path, query, body, self.headers)):
+                self._json(404 if self.server.extra_handler is None else 405,
+                           {"error": f"no {self.command} endpoint {url.path}"})
+        except (BrokenPipeError, ConnectionResetError, socket.timeout) as e:
+            log.debug("client %s went away: %s", self.address_string(), e)
+            self.close_connection = True
+
+    def _foreign_origin(self) -> bool:
+        """403 for a change requested by a page of another origin (cross-site request forgery): browsers send
+        `Origin` with every POST and DELETE, and it must name the host the request is addressed to."""
+        origin = self.headers.get("Origin")
+        if origin is None:
+            return False  # not a browser (curl, scripts): the token and the Host check are the protection
+        parts = urlsplit(origin)
+        if parts.scheme in ("http", "https") and parts.netloc.lower() == str(self.headers.get("Host", "")).lower():
+            return False
+        log.debug("403 for %s from Origin %r", self.command, origin[:100])
+        self._json(403, {"error": "cross-origin request refused: changes are accepted from this server's own page"})
+        return True
+
+    def _read_body(self) -> bytes | None:
+        """The request body (JSON when not empty), or None after an error answer."""
+        if self.headers.get("Transfer-Encoding"):
+            self._json(411, {"error": "send the body with a Content-Length (no chunked encoding)"})
+            self.close_connection = True
+            return None
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self._json(413, {"error": f"request body must be 0 to {MAX_BODY_BYTES} bytes of JSON"})
+            self.close_connection = True
+            return None
+        body = self.rfile.read(length) if length else b""
+        ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if body and ctype != "application/json":
+            # a browser sends a cross-site form post as text/plain or a form type, never as application/json
+            self._json(415, {"error": f"send the body as Content-Type: application/json, not {ctype or 'none'!r}"})
+            return None
+        return body
 
     def _snapshot(self, stream: StreamOutput) -> None:
         if not stream.add_client():
@@ -221,12 +344,14 @@ class HttpServer(ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(self, host: str, port: int, app: HttpApp, token: str | None = None,
-                 allowed_hosts: tuple[str, ...] = ()) -> None:
+                 allowed_hosts: tuple[str, ...] = (), extra_handler: RouteHandler | None = None,
+                 page: bytes | None = None) -> None:
         self.app = app
         self.token = token
+        self.extra_handler = extra_handler  # more routes (see the module docstring); settable after construction
         # besides any IP address: localhost, the host we were told to bind (when it is a name) and the user's names
         self.allowed_names = frozenset(h.lower().rstrip(".") for h in ("localhost", host, *allowed_hosts))
-        self.page = page_html()
+        self.page = page if page is not None else page_html()
         self.stopping = False
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
