@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from typing import Any
 
 from edge.runtime.backends import BACKEND_CHOICES, DEVICE_CHOICES
@@ -32,3 +34,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def backend_options(threads: int | None) -> dict[str, Any]:
     """The `load_backend` options for the parsed --threads (none when unset: TensorRT takes no thread count)."""
     return {"threads": threads} if threads else {}
+
+
+def log_to_stderr(level: int) -> None:
+    """The model commands' log lines (backend choice, warnings) go to stderr, so stdout stays their results."""
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from edge.cli._options import add_model_arguments, backend_options
+from edge.cli._options import add_model_arguments, backend_options, log_to_stderr
 from edge.core.errors import EdgeError, cli_entry
 from edge.runtime.pipeline import Pipeline
 from edge.runtime.timings import TimingWindow
@@ -146,8 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if a.json else logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(logging.WARNING if a.json else logging.INFO)
     r = run_bench(a.model, a.source, a.frames, a.backend, a.device, a.warmup, a.overlay, a.capture, a.threads)
     print(json.dumps(r) if a.json else format_report(r))
     return 0

@@ -20,7 +20,7 @@ from typing import IO, Iterator, Sequence
 
 import numpy as np
 
-from edge.cli._options import add_model_arguments, backend_options
+from edge.cli._options import add_model_arguments, backend_options, log_to_stderr
 from edge.core.errors import EdgeError, cli_entry
 from edge.core.files import IMAGE_EXTENSIONS, list_images, read_image_bgr
 from edge.core.preprocess import preprocess_image
@@ -135,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if a.quiet else logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(logging.ERROR if a.quiet else logging.INFO)
     try:
         bad = run_predict(a.model, a.inputs, a.backend, a.device, a.batch_size, a.top_k, threads=a.threads,
                           novelty_threshold=a.novelty_threshold)
