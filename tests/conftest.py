@@ -151,3 +151,22 @@ def color_model(tmp_path_factory):
     """ONNX classifier 'red' vs 'blue' from mean RGB (input is normalised RGB): checks channel order end to end."""
     w = [[4.0, -4.0], [0.0, 0.0], [-4.0, 4.0]]  # R - B, B - R
     return _write_onnx_classifier(tmp_path_factory.mktemp("color") / "color.onnx", w, ["red", "blue"], arch="color")
+
+
+# --- export tests (test_export.py, test_engine_build.py): a tiny image set and a random-init SqueezeNet checkpoint
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    from edge.core.synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("data") / "ds", per_class=4, size=(96, 80))  # 8 images
+
+
+@pytest.fixture(scope="module")
+def squeeze(tmp_path_factory) -> Path:
+    return _export_checkpoint(tmp_path_factory.mktemp("sq") / "model.pt", "squeezenet1_1")
+
+
+def _export_checkpoint(path: Path, arch: str) -> Path:
+    from export_helpers import make_checkpoint
+
+    return make_checkpoint(path, arch)
