@@ -10,7 +10,6 @@ signals, stops or reloads a service starts its own (`serve` fixture).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -18,214 +17,27 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
-import numpy as np
 import pytest
-
-from edge.core.preprocess import PreprocessSpec, preprocess_image
-
-FPS = 10
-PHASE = 20  # frames per phase: white, black, grey
-SIZE = (160, 120)
-GREY = 128
-TOKEN = "test-token-123"
-SPEC = PreprocessSpec(input_size=96, resize_size=96)
-
-
-# ---------------------------------------------------------------------------------------------- fixtures' helpers
-def make_video(path: Path) -> np.ndarray:
-    """Write the white/black/grey video; return its decoded grey frame (the codec shifts grey a little)."""
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, SIZE)
-    for v in [255] * PHASE + [0] * PHASE + [GREY] * PHASE:
-        w.write(np.full((SIZE[1], SIZE[0], 3), v, np.uint8))
-    w.release()
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    cap.release()
-    assert len(frames) == 3 * PHASE
-    return frames[2 * PHASE + PHASE // 2]
-
-
-def brightness_model(path: Path, grey: np.ndarray, names=("up", "down"), k: float = 15.0) -> None:
-    """A real squeezenet1_1 checkpoint whose logits are +-k * (brightness - brightness(grey))."""
-    import torch
-
-    from edge.core.metadata import ModelMeta, save_checkpoint
-    from edge.core.registry import create_model
-
-    model = create_model("squeezenet1_1", 2, "none")
-    sd = {n: torch.zeros_like(v) for n, v in model.state_dict().items()}
-    sd["features.0.weight"][0, :, 1, 1] = 1.0 / 3  # channel 0 = mean of the normalized RGB
-    for name in sd:  # every Fire module passes channel 0 through (squeeze -> expand1x1); all else is zero
-        if name.endswith(("squeeze.weight", "expand1x1.weight")):
-            sd[name][0, 0] = 1.0
-    t = float(preprocess_image(grey, SPEC).mean())
-    sd["classifier.1.weight"][0, 0], sd["classifier.1.bias"][0] = k, -k * t
-    sd["classifier.1.weight"][1, 0], sd["classifier.1.bias"][1] = -k, k * t
-    save_checkpoint(path, sd, ModelMeta(arch="squeezenet1_1", class_names=list(names), preprocess=SPEC))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class NotifyCollector:
-    """A fake systemd: receives sd_notify datagrams on a unix socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._stop = False
-        self._t = threading.Thread(target=self._loop, daemon=True)
-        self._t.start()
-
-    def _loop(self) -> None:
-        while not self._stop:
-            try:
-                self.messages.append((time.time(), self.sock.recv(4096).decode()))
-            except socket.timeout:
-                pass
-            except OSError:
-                return
-
-    def first(self, prefix: str) -> float | None:
-        """When the first datagram with a line starting with `prefix` came (READY=1 carries a STATUS= line too)."""
-        return next((t for t, m in self.messages if any(ln.startswith(prefix) for ln in m.splitlines())), None)
-
-    def count(self, prefix: str) -> int:
-        return sum(any(ln.startswith(prefix) for ln in m.splitlines()) for _, m in self.messages)
-
-    def close(self) -> None:
-        self._stop = True
-        self._t.join(1)
-        self.sock.close()
-
-
-class Served:
-    """One `edge serve` subprocess."""
-
-    def __init__(self, cwd: Path, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.cwd = cwd
-        self.log_path = cwd / f"{name}.log"
-        self.args = args
-        self.env = {**os.environ, **(env or {})}
-        self.env.pop("EDGE_TOKEN", None)
-        self.proc: subprocess.Popen | None = None
-        self.port: int | None = None
-        for i, a in enumerate(args):
-            if a == "--http":
-                self.port = int(args[i + 1].rsplit(":", 1)[1])
-
-    def start(self) -> "Served":
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", *self.args], cwd=self.cwd,
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def get(self, path: str, token: str | None = TOKEN, timeout: float = 5.0, headers: dict | None = None):
-        req = urllib.request.Request(self.url + path.lstrip("/"), headers=headers or {})
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.headers, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers, e.read()
-
-    def json(self, path: str, token: str | None = TOKEN):
-        status, _, body = self.get(path, token)
-        return status, json.loads(body)
-
-    def wait_for(self, what: str, cond, timeout: float = 60.0, interval: float = 0.2):
-        """Poll `cond()` until truthy (returns its value); fail with the log if the process dies or time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                pytest.fail(f"edge serve exited ({self.proc.returncode}) while waiting for {what}:\n{self.log()[-4000:]}")
-            try:
-                got = cond()
-            except (OSError, ValueError):
-                got = None
-            if got:
-                return got
-            time.sleep(interval)
-        pytest.fail(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
-
-    def wait_healthy(self, timeout: float = 90.0) -> None:
-        self.wait_for("/healthz 200", lambda: self.get("healthz", None, timeout=2)[0] == 200, timeout)
-
-    def terminate(self, timeout: float = 5.0, sig: int = signal.SIGTERM) -> tuple[int, float]:
-        """SIGTERM (or `sig`) -> (exit code, seconds it took)."""
-        assert self.proc is not None
-        t0 = time.monotonic()
-        self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout + 5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail(f"edge serve ignored SIGTERM:\n{self.log()[-4000:]}")
-        self._log.close()
-        return rc, time.monotonic() - t0
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def read_events(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """The value of the sample `name{labels}` with exactly these labels (none: the unlabelled sample)."""
-    selector = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    m = re.search(rf"^{re.escape(name + (f'{{{selector}}}' if selector else ''))} ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else None
-
-
-def mjpeg_frames(url: str, n: int, token: str | None = TOKEN, timeout: float = 10.0) -> list[np.ndarray]:
-    req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    frames = []
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace")
-        while len(frames) < n:
-            line = r.readline()
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-                r.readline()
-                frames.append(cv2.imdecode(np.frombuffer(r.read(length), np.uint8), cv2.IMREAD_COLOR))
-    return frames
+from serve_helpers import (
+    PHASE,
+    SIZE,
+    TOKEN,
+    NotifyCollector,
+    Served,
+    brightness_model,
+    find_chromium,
+    free_port,
+    make_video,
+    metric,
+    mjpeg_frames,
+    read_events,
+    rendered_page,
+)
 
 
 @pytest.fixture(scope="module")
@@ -415,32 +227,6 @@ def test_label_changes_metric_counts_what_events_record(svc, assets):
         return n >= 2 and before == after == n  # between two changes (2 s apart) nothing moves
 
     svc.wait_for("edge_label_changes_total == events lines", agree, 30, 0.3)
-
-
-def find_chromium() -> str | None:
-    for name in (os.environ.get("EDGE_TEST_CHROMIUM"), "chromium", "chromium-browser", "google-chrome",
-                 "google-chrome-stable"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def rendered_page(url: str, tmp_path: Path, budget_ms: int = 4000):
-    """(DOM, text_of(id)) of the page at `url` after `budget_ms` of its scripts' time in headless Chromium."""
-    cmd = [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-           f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
-    dom = r.stdout
-    assert r.returncode == 0 and "<html" in dom, r.stderr[-2000:]
-
-    def text_of(id_: str) -> str:
-        m = re.search(rf'id="{id_}"[^>]*>([^<]*)<', dom)
-        assert m, f"#{id_} missing from the rendered page:\n{dom[:4000]}"
-        return m.group(1).strip()
-
-    return dom, text_of
 
 
 @pytest.mark.slow
@@ -653,97 +439,6 @@ def test_an_undecodable_video_file_is_fatal_at_the_first_open(tmp_path, assets):
     assert "Traceback" not in r.stderr
 
 
-# ---------------------------------------------------------------------------------------------- service outputs
-def _pred(label: str, conf: float = 0.9, frame: int = 0):
-    return SimpleNamespace(label=label, confidence=conf, timestamp=time.time(), frame_id=frame)
-
-
-def test_events_output_writes_changes_only(tmp_path):
-    from edge.runtime.outputs.events import EventsOutput
-
-    path = tmp_path / "ev.jsonl"
-    out = EventsOutput(str(path))
-    frame = np.zeros((4, 4, 3), np.uint8)
-    for i, label in enumerate(["a", "a", "b", "b", "a"]):
-        out.write(frame, _pred(label, frame=i))
-    out.close()
-    events = read_events(path)
-    assert [(e["label"], e["previous"], e["frame"]) for e in events] == [("a", None, 0), ("b", "a", 2), ("a", "b", 4)]
-    assert events[0]["time"].endswith("+00:00")
-
-
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
-def test_events_output_disk_full_marks_it_dead():
-    from edge.runtime.outputs.events import EventsOutput
-
-    out = EventsOutput("/dev/full")
-    out.write(np.zeros((1, 1, 3), np.uint8), _pred("a"))
-    deadline = time.monotonic() + 5
-    while out.alive and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not out.alive
-    out.write(np.zeros((1, 1, 3), np.uint8), _pred("b"))  # still never raises into the pipeline
-    out.close()
-
-
-def test_on_change_never_blocks_and_coalesces(tmp_path):
-    from edge.runtime.outputs.on_change import OnChangeOutput
-
-    log = tmp_path / "runs.txt"
-    out = OnChangeOutput(f'sleep 0.5; echo "$EDGE_PREVIOUS>$EDGE_LABEL" >> {log}', interval=0.0, timeout=10)
-    frame = np.zeros((1, 1, 3), np.uint8)
-    out.write(frame, _pred("a"))
-    deadline = time.monotonic() + 5
-    while out.runs == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    t0 = time.perf_counter()
-    for i, label in enumerate(["b", "c", "d", "e"]):  # four changes while the first command still runs
-        out.write(frame, _pred(label, frame=i))
-    assert time.perf_counter() - t0 < 0.05
-    deadline = time.monotonic() + 10
-    while (not log.exists() or len(log.read_text().splitlines()) < 2) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.7)
-    out.close()
-    assert log.read_text().splitlines() == [">a", "a>e"]  # the first change, then the latest one: no backlog
-
-
-def test_on_change_rate_limit_and_timeout(tmp_path):
-    from edge.runtime.outputs.on_change import OnChangeOutput
-
-    log = tmp_path / "runs.txt"
-    out = OnChangeOutput(f"echo $1 >> {log}", interval=0.6, timeout=10)
-    frame = np.zeros((1, 1, 3), np.uint8)
-    out.write(frame, _pred("a"))
-    time.sleep(0.2)
-    out.write(frame, _pred("b"))  # within the interval: runs later
-    time.sleep(0.2)
-    assert log.read_text().splitlines() == ["a"]
-    time.sleep(0.6)
-    assert log.read_text().splitlines() == ["a", "b"]
-    out.close()
-
-    hung = OnChangeOutput("sleep 30", interval=0.0, timeout=0.3)
-    hung.write(frame, _pred("a"))
-    deadline = time.monotonic() + 5
-    while hung.failures == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert hung.failures == 1  # killed after its timeout, counted
-    t0 = time.monotonic()
-    hung.close()
-    assert time.monotonic() - t0 < 2
-
-
-def test_display_without_a_desktop_is_a_clear_error(monkeypatch):
-    from edge.core.errors import EdgeError
-    from edge.runtime.outputs.display import DisplayOutput
-
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    with pytest.raises(EdgeError, match="--display needs a desktop session"):
-        DisplayOutput()
-
-
 @pytest.mark.slow
 def test_finite_source_ends_cleanly_with_a_finalized_recording(tmp_path, assets):
     """Without --loop, the end of a file ends the service: exit 0, recording moved into place."""
@@ -757,63 +452,3 @@ def test_finite_source_ends_cleanly_with_a_finalized_recording(tmp_path, assets)
     cap.release()
     assert ok and frame.shape == (120, 160, 3)
     assert not list(tmp_path.glob(".tmp-*"))
-
-
-# ---------------------------------------------------------------------------------------------- service state
-def _in_process_service(**cfg):
-    """A Service with a fake camera, as its supervisor and HTTP handlers see it (nothing started)."""
-    from edge.service.app import Service
-    from edge.service.config import ServeConfig
-
-    svc = Service(ServeConfig(model="m.pt", source="test://", **cfg))
-    svc.camera = SimpleNamespace(state="streaming", frame_time=time.monotonic(), last_error="", frame_id=0)
-    return svc
-
-
-def _prediction(label: str = "up", frame: int = 1):
-    return SimpleNamespace(label=label, confidence=0.9, probabilities={"up": 0.9, "down": 0.1}, raw_label=label,
-                           frame_id=frame, timestamp=time.time(), fps=10.0, infer_ms=1.0, latency_ms=2.0,
-                           frame_age_ms=1.0)
-
-
-def test_healthz_and_api_agree_and_a_wall_clock_jump_changes_nothing(monkeypatch):
-    """One staleness decision for /healthz and /api/prediction, on monotonic clocks: NTP setting the wall clock
-    back an hour must not hide an inference stall (nor forward fake one)."""
-    svc = _in_process_service(health_max_age=0.5)
-    svc._on_prediction(_prediction())
-    ok, health = svc.health()
-    assert ok and health["status"] == "ok" and svc.prediction_json()["stale"] is False
-
-    real_time = time.time
-    monkeypatch.setattr(time, "time", lambda: real_time() - 3600)  # NTP sync: the wall clock jumps back
-    time.sleep(0.7)  # frames keep coming, but no prediction for 0.7 s
-    svc.camera.frame_time = time.monotonic()
-    ok, health = svc.health()
-    pred = svc.prediction_json()
-    assert not ok and health["status"] == "stale" and "no prediction for 0.7 s" in health["reason"]
-    assert pred["stale"] is True and pred["reason"] == health["reason"]
-
-    monkeypatch.setattr(time, "time", lambda: real_time() + 86400)  # and forward a day: fresh stays fresh
-    svc._on_prediction(_prediction(frame=2))
-    ok, health = svc.health()
-    assert ok and svc.prediction_json()["stale"] is False and "reason" not in svc.prediction_json()
-
-
-def test_label_change_is_decided_once_for_events_on_change_and_metric(monkeypatch, tmp_path):
-    """The service's events, on-change and edge_label_changes_total share one decision: same count, first included."""
-    svc = _in_process_service(events=str(tmp_path / "ev.jsonl"),
-                              on_change=f"echo $1 >> {tmp_path / 'runs.txt'}", on_change_interval=0.0)
-    svc._build_outputs()
-    frame = np.zeros((4, 4, 3), np.uint8)
-    for i, label in enumerate(["up", "up", "down", "down"]):
-        pred = _prediction(label, i)
-        for out in svc.outputs:  # what the pipeline does per frame: outputs, then listeners
-            out.write(frame, pred)
-        svc.prom.listener(pred)
-        time.sleep(0.3)  # let the on-change command of this change run before the next one
-    for out in svc.outputs:
-        out.close()
-    events = read_events(tmp_path / "ev.jsonl")
-    assert [(e["label"], e["previous"]) for e in events] == [("up", None), ("down", "up")]
-    assert metric(svc.prom.render().decode(), "edge_label_changes_total", camera="0") == 2
-    assert (tmp_path / "runs.txt").read_text().split() == ["up", "down"]

@@ -1,7 +1,7 @@
 """`edge serve` with several cameras: one model, per-camera HTTP/recording/health/metrics/events, and a camera that
 goes down and comes back on its own while the other keeps its frame rate.
 
-The end-to-end tests run `edge serve` as a subprocess (helpers from test_serve.py): camera 0 is `test://`, camera 1
+The end-to-end tests run `edge serve` as a subprocess (helpers from serve_helpers.py): camera 0 is `test://`, camera 1
 the MJPEG stream of another `edge serve` (the brightness model on the white/black/grey video), which the test stops
 and restarts. The rest is in-process: label changes, --on-change, health, metrics and config per camera.
 """
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-from test_serve import (
+from serve_helpers import (
     SIZE,
     TOKEN,
     Served,
