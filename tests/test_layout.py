@@ -154,3 +154,16 @@ def test_the_checker_counts_function_level_imports_and_finds_cycles(tmp_path):
 def test_no_module_longer_than_a_reader_can_hold():
     long = {str(p.relative_to(ROOT)): n for p in _modules().values() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_no_test_module_imports_another():
+    # shared test code lives in conftest.py fixtures or plain helper modules (export_helpers, serve_helpers...),
+    # so every test module runs alone and in any order
+    tests = {p.stem for p in (ROOT / "tests").glob("test_*.py")}
+    bad = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{path.name} imports {n}" for n in names if n.split(".")[0] in tests]
+    assert not bad, bad
