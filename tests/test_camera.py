@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import http.server
-import socketserver
 import threading
 import time
 
-import cv2
 import numpy as np
 import pytest
+from runtime_helpers import MjpegServer, wait_until
 
 from edge.runtime import camera as camera_mod
 from edge.runtime.camera import Camera
 from edge.runtime.sources import FrameSource
-
-
-def wait_until(predicate, timeout=5.0, step=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 class FakeSource(FrameSource):
@@ -330,46 +319,6 @@ def test_test_uri_through_camera():
 # ---- a real network source: an MJPEG server that goes away and comes back ----------------------------------
 
 
-class MjpegServer:
-    """multipart/x-mixed-replace JPEG stream on 127.0.0.1, like an IP camera or mjpg-streamer."""
-
-    def __init__(self, port=0):
-        self.alive = threading.Event()
-        server_self = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                i = 0
-                while server_self.alive.is_set():
-                    img = np.full((48, 64, 3), (i * 10) % 256, np.uint8)
-                    data = cv2.imencode(".jpg", img)[1].tobytes()
-                    try:
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-                                         % len(data) + data + b"\r\n")
-                    except OSError:
-                        return
-                    i += 1
-                    time.sleep(0.02)
-
-        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self.server = Server(("127.0.0.1", port), Handler)
-        self.port = self.server.server_address[1]
-        self.alive.set()
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.alive.clear()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_mjpeg_stream_that_stops_and_restarts_resumes():

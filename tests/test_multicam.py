@@ -8,8 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from test_camera import MjpegServer, wait_until
-from test_pipeline import FakeBackend, ListSource, frame
+from runtime_helpers import FakeBackend, ListSource, MjpegServer, frame, wait_until
 
 from edge.core.errors import EdgeError
 from edge.runtime.camera import Camera

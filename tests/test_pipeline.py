@@ -8,62 +8,15 @@ import time
 import cv2
 import numpy as np
 import pytest
+from runtime_helpers import FakeBackend, ListSource, frame
 
 from edge.core.errors import EdgeError
-from edge.core.metadata import ModelMeta
-from edge.core.preprocess import PreprocessSpec
 from edge.runtime.outputs.base import CallbackOutput, Output
 from edge.runtime.overlay import draw_overlay
 from edge.runtime.pipeline import Pipeline
 from edge.runtime.prediction import Prediction
 from edge.runtime.smoothing import Smoother
 from edge.runtime.sources.adapters import PrefetchSource
-
-
-class FakeBackend:
-    """Probabilities from each frame's mean brightness (bright -> first class); optional fixed latency."""
-
-    name = "fake"
-
-    def __init__(self, names=("bright", "dark"), delay: float = 0.0, size: int = 32):
-        self.meta = ModelMeta("fake", list(names), PreprocessSpec(size, size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
-        self.delay = delay
-        self.closed = False
-        self.calls = 0
-
-    def infer(self, batch):
-        self.calls += 1
-        if self.delay:
-            time.sleep(self.delay)
-        b = np.clip(batch.mean(axis=(1, 2, 3)) * 0.5 + 0.5, 0, 1)  # per frame; input normalised to [-1, 1]
-        p = np.zeros((batch.shape[0], len(self.meta.class_names)), np.float32)
-        p[:, 0], p[:, 1] = b, 1 - b
-        return p
-
-    def close(self):
-        self.closed = True
-
-
-class ListSource:
-    """A finite FrameSource over a list of frames."""
-
-    is_live = False
-    uri = "list://"
-    fps = None
-
-    def __init__(self, frames):
-        self.frames = list(frames)
-        self.closed = False
-
-    def read(self):
-        return self.frames.pop(0) if self.frames else None
-
-    def close(self):
-        self.closed = True
-
-
-def frame(value: int, h: int = 120, w: int = 160) -> np.ndarray:
-    return np.full((h, w, 3), value, np.uint8)
 
 
 def test_slow_inference_drops_frames_instead_of_queueing():
