@@ -177,3 +177,34 @@ def test_errors_of_the_wrapped_read_reach_the_reader():
         src.read()
     src.close()
     assert src.wait_closed(2.0)
+
+
+def test_a_failed_csi_open_never_redirects_the_process_stderr_and_still_says_what_to_do(monkeypatch, tmp_path):
+    # Argus reports only on native stderr; the diagnosis must come from a child process, never from pointing this
+    # process's fd 2 elsewhere on the camera thread while other threads log
+    import os
+
+    from edge.runtime.sources import csi
+    from edge.runtime.sources.base import SourceError
+
+    fake = tmp_path / "gst-launch-1.0"
+    fake.write_text("#!/bin/sh\necho 'Error generated. Failed to create CaptureSession' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(csi, "gstreamer_available", lambda: True)
+
+    stderr_file = os.fstat(2)
+    seen = []
+
+    def failing_open(uri, *a, **kw):
+        now = os.fstat(2)  # what fd 2 points at while the camera opens
+        seen.append((now.st_dev, now.st_ino) == (stderr_file.st_dev, stderr_file.st_ino))
+        raise SourceError(f"cannot open {uri!r}: GStreamer pipeline failed")
+
+    monkeypatch.setattr(csi, "OpenCVSource", failing_open)
+    with pytest.raises(SourceError, match="sudo systemctl restart nvargus-daemon") as e:
+        csi.open_csi("csi://0", {}, 0)
+    assert csi.RESTART_ARGUS in str(e.value) and seen == [True]
+    fake.write_text("#!/bin/sh\necho 'no cameras available' >&2\nexit 1\n")
+    with pytest.raises(SourceError, match="ribbon cable"):
+        csi.open_csi("csi://1", {}, 1)

@@ -286,8 +286,12 @@ class _ArgusStuckCapture:
         pass
 
 
-def test_csi_argus_capture_session_failure_prints_the_daemon_restart(monkeypatch, capfd):
+def test_csi_argus_capture_session_failure_prints_the_daemon_restart(monkeypatch, capfd, tmp_path):
     monkeypatch.setattr(csi, "gstreamer_available", lambda: True)
+    probe = tmp_path / "gst-launch-1.0"  # the diagnosis asks Argus again in a child process (its own stderr)
+    probe.write_text("#!/bin/sh\necho 'Error generated. Failed to create CaptureSession' >&2\nexit 1\n")
+    probe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setattr("edge.runtime.sources.opencv_source.cv2.VideoCapture", _ArgusStuckCapture)
     with pytest.raises(SourceError) as info:
         open_source("csi://0")

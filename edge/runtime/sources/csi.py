@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import os
 import re
-import sys
-import tempfile
-from typing import Iterator
+import shutil
+import subprocess
 
 import cv2
 
@@ -62,28 +59,22 @@ def diagnose(stderr_text: str) -> str:
             "`gst-launch-1.0 nvarguscamerasrc ! fakesink` runs")
 
 
-@contextlib.contextmanager
-def captured_stderr() -> Iterator[list[str]]:
-    """Capture what native code writes to fd 2 (Argus reports errors only there); replay it afterwards."""
-    out: list[str] = []
+def probe_argus(sensor_id: int, timeout: float = 10.0) -> str:
+    """What Argus says when this camera is opened, from a separate `gst-launch-1.0` process.
+
+    Argus reports its errors only on the native stderr. Capturing them in-process would mean pointing the whole
+    process's fd 2 elsewhere from the camera thread while other threads log to it; a child process has its own.
+    Returns "" where gst-launch-1.0 is missing or does not answer in time."""
+    exe = shutil.which("gst-launch-1.0")
+    if exe is None:
+        return ""
+    cmd = [exe, "-q", "nvarguscamerasrc", f"sensor-id={int(sensor_id)}", "num-buffers=1", "!", "fakesink"]
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (embedded interpreters): diagnose without it
-        yield out
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield out
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            text = tmp.read().decode(errors="replace")
-            out.append(text)
-            if text:
-                os.write(2, text.encode())
+        r = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.debug("CSI probe %s failed: %s", cmd, e)
+        return ""
+    return r.stdout + r.stderr
 
 
 def csi_flip(uri: str, options: dict[str, str]) -> int:
@@ -104,9 +95,7 @@ def open_csi(uri: str, options: dict[str, str], sensor_id: int, *, width=None, h
     rate = fps or DEFAULT_FPS
     pipeline = csi_pipeline(sensor_id, w, h, rate, flip)
     log.debug("CSI pipeline: %s", pipeline)
-    with captured_stderr() as err:
-        try:
-            return OpenCVSource(uri, pipeline, cv2.CAP_GSTREAMER, is_live=True, hint="GStreamer pipeline failed", fps=rate)
-        except SourceError as e:
-            failure = e
-    raise SourceError(f"cannot open {uri!r}: {diagnose(''.join(err))}") from failure
+    try:
+        return OpenCVSource(uri, pipeline, cv2.CAP_GSTREAMER, is_live=True, hint="GStreamer pipeline failed", fps=rate)
+    except SourceError as e:
+        raise SourceError(f"cannot open {uri!r}: {diagnose(probe_argus(sensor_id))}") from e
