@@ -51,7 +51,9 @@ def trained(tmp_path_factory):
     assert teach.call("GET", "api/prediction")[1]["label"] is None  # still no model
     teach.ok("POST", "api/train", {}, want=202)
     second = teach.call("POST", "api/train", {})  # while the first one runs
-    result = teach.wait_for("the training", lambda: (lambda t: t if t["state"] != "running" else None)(
+    # done = the new model is swapped in; live_seconds follows with its first prediction (a frame later)
+    result = teach.wait_for("the training and its first live prediction", lambda: (
+        lambda t: t if t["state"] == "failed" or (t["state"] == "done" and t["live_seconds"] is not None) else None)(
         teach.ok("GET", "api/train")), 240, 0.2)
     live = teach.ok("GET", "api/prediction")  # before any other test retrains or exports
     yield SimpleNamespace(teach=teach, work=work, snaps=snaps, result=result, second=second, live=live)
