@@ -138,15 +138,15 @@ def run(a: argparse.Namespace) -> int:
 
 
 def _web(a: argparse.Namespace) -> int:
-    """The page instead of keys: `edge teach` without training (capture.teach)."""
+    """The page instead of keys: `edge teach` without training (edge.teach)."""
     clash = [flag for flag, value in (("--count", a.count), ("--interval", a.interval), ("--split", a.split),
                                       ("--min-change", a.min_change or None), ("--headless", a.headless or None))
              if value is not None]
     if clash:
         raise EdgeError(f"{', '.join(clash)} do{'es' if len(clash) == 1 else ''} not apply with --web: snapshots "
                         "are taken from the page (Snap, space bar, Burst)")
-    from .teach.config import web_config
-    from .teach.service import teach
+    from edge.teach.config import web_config
+    from edge.teach.service import teach
 
     try:
         cfg = web_config(data=a.data, source=a.source, http=a.web, label=a.label, quality=a.quality, token=a.token,

@@ -20,11 +20,15 @@ LAYERS: dict[str, set[str]] = {
     "edge.core": set(),
     "edge.runtime": {"edge.core"},
     "train": {"edge.core"},
-    # capture.teach (edge teach, capture --web) serves, trains and exports: it sits above those three
-    "capture": {"edge.core", "edge.runtime", "edge.service", "train", "export"},
+    # plain capture writes a dataset: it may read frames, nothing that serves, trains or exports
+    "capture": {"edge.core", "edge.runtime"},
     "export": {"edge.core", "edge.runtime"},
     "edge.service": {"edge.core", "edge.runtime"},
-    "edge.cli": {"edge.core", "edge.runtime", "edge.service", "train", "export", "capture"},
+    # the applications: teach (edge teach, capture --web) serves, trains and exports; the CLIs call everything
+    "edge.teach": {"edge.core", "edge.runtime", "edge.service", "train", "export", "capture"},
+    "capture.cli": {"edge.core", "edge.runtime", "capture", "edge.teach"},
+    "capture.__main__": {"capture.cli"},
+    "edge.cli": {"edge.core", "edge.runtime", "edge.service", "train", "export", "capture", "edge.teach"},
 }
 TOP = {"edge"}  # the package itself (edge/__init__.py, __version__) may be imported from anywhere
 

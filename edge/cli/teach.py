@@ -20,7 +20,7 @@ is a normal model.pt (with labels.txt, metrics.json, confusion_matrix.png) in --
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from capture.teach.config import add_teach_arguments
+    from edge.teach.config import add_teach_arguments
 
     parser = argparse.ArgumentParser(
         prog="edge teach", description="Collect, train and go live from a browser, on a headless device.",
@@ -33,12 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from capture.teach.config import config_from_args
+    from edge.teach.config import config_from_args
     from edge.cli.serve import setup_logging
 
     cfg = config_from_args(build_parser().parse_args(argv))
     setup_logging(cfg.serve.log_level)
-    from capture.teach.service import teach  # torch, cv2: only once the configuration is known to be good
+    from edge.teach.service import teach  # torch, cv2: only once the configuration is known to be good
 
     return teach(cfg)
 

@@ -65,7 +65,7 @@ def _field(body: dict[str, Any], name: str, example: str) -> Any:
 
 
 class Teaching(Protocol):
-    """What the API needs from the service (capture.teach.service.TeachService)."""
+    """What the API needs from the service (edge.teach.service.TeachService)."""
 
     teach: TeachConfig
     dataset: TeachDataset

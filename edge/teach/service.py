@@ -28,7 +28,7 @@ from edge.runtime.backends.base import Backend
 from edge.runtime.sources import redact_uri, validate_source_uri
 from edge.service.app import Service
 
-from ..labels import check_label
+from capture.labels import check_label
 from .api import TeachApi
 from .config import TeachConfig
 from .dataset import ApiError, TeachDataset, flat_dataset_problem
@@ -41,7 +41,7 @@ WORKER_GRACE_S = 2.5  # SIGTERM ends the process within 5 s, the service's own s
 
 
 def page_html() -> bytes:
-    return resources.files("capture.teach").joinpath("page.html").read_bytes()
+    return resources.files("edge.teach").joinpath("page.html").read_bytes()
 
 
 class NullBackend(Backend):
