@@ -303,3 +303,96 @@ def test_csi_argus_capture_session_failure_prints_the_daemon_restart(monkeypatch
 def test_csi_other_failures_suggest_checks():
     text = csi.diagnose("nvbuf_utils: could not get EGL display")
     assert "ribbon cable" in text and "gst-launch-1.0" in text
+
+
+@pytest.fixture
+def fake_scheme():
+    """Register `fake://` in the one place a scheme is declared; record what edge serve asks of it."""
+    from edge.runtime.sources import SourceConfigError, register_source, unregister_source
+
+    calls: list[tuple[str, str]] = []
+
+    class FakeSource(FrameSource):
+        fps = 20.0
+
+        def __init__(self, uri: str, frames: int):
+            self.uri, self.left, self.closed = uri, frames, False
+
+        def read(self):
+            if self.left <= 0:
+                return None
+            self.left -= 1
+            calls.append(("read", self.uri))
+            return np.full((48, 64, 3), 200, np.uint8)
+
+        def close(self):
+            self.closed = True
+
+    def check(uri, parts, options):
+        calls.append(("check", uri))
+        if set(options) - {"frames"}:
+            raise SourceConfigError(f"fake source {uri!r}: only ?frames= is known")
+
+    def open_fake(uri, parts, options, **kw):
+        calls.append(("open", uri))
+        return FakeSource(uri, int(options.get("frames", 5)))
+
+    register_source("fake", open=open_fake, check=check, help="fake:// (a test source)")
+    try:
+        yield calls
+    finally:
+        unregister_source("fake")
+
+
+@pytest.fixture
+def in_process_service():
+    """edge serve run in this process sets signal handlers and the root logger: put them back afterwards."""
+    import logging
+    import signal
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    yield
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+
+
+def test_a_scheme_registered_in_one_place_is_validated_and_served(fake_scheme, in_process_service, tmp_path,
+                                                                  capsys):
+    """`edge serve --source fake://` checks the URI through the scheme's entry, then opens and reads it."""
+    from edge.cli.serve import main as serve_main
+    from edge.core.metadata import ModelMeta, save_checkpoint
+    from edge.core.preprocess import PreprocessSpec
+    from edge.core.registry import create_model
+    from edge.runtime.sources import source_help
+
+    assert "fake:// (a test source)" in source_help()
+    model = tmp_path / "model.pt"
+    save_checkpoint(model, create_model("squeezenet1_1", 2, "none").state_dict(),
+                    ModelMeta(arch="squeezenet1_1", class_names=["a", "b"],
+                              preprocess=PreprocessSpec(input_size=64, resize_size=64)))
+    assert serve_main(["--model", str(model), "--source", "fake://cam?frames=3", "--backend", "torch"]) == 0
+    kinds = [kind for kind, _ in fake_scheme]
+    assert kinds[0] == "check" and "open" in kinds and kinds.count("read") == 3
+
+    fake_scheme.clear()
+    assert serve_main(["--model", str(model), "--source", "fake://cam?colour=red"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: fake source 'fake://cam?colour=red': only ?frames= is known"
+    assert "open" not in [kind for kind, _ in fake_scheme]
+
+
+def test_a_scheme_cannot_be_registered_without_a_validator_or_help():
+    from edge.runtime.sources import SOURCES, register_source
+
+    with pytest.raises(TypeError):
+        register_source("nocheck", open=lambda *a, **k: None)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        register_source("nocheck", open=lambda *a, **k: None, check=None, help="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        register_source("test", open=lambda *a, **k: None, check=lambda *a: None, help="again")
+    assert "nocheck" not in SOURCES
+    assert all(callable(kind.open) and callable(kind.check) and kind.help for kind in SOURCES.values())

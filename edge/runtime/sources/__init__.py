@@ -1,8 +1,9 @@
 """Video sources behind one URI scheme, shared by `capture`, `edge serve` and `edge bench`.
 
-`open_source(uri)` picks an implementation from `SOURCES` (scheme -> factory) and returns an opened FrameSource.
-`validate_source_uri(uri)` runs the same parsing and checks without opening anything (a service checks its
-configuration with it at start). Errors are `SourceConfigError` when the URI itself is wrong (retrying cannot
+`SOURCES` is the one table of URI schemes: each entry (`SourceKind`, added with `register_source`) holds the
+scheme's opener, its validator and its help text. `open_source(uri)` opens through the entry and returns a ready
+FrameSource; `validate_source_uri(uri)` runs the same parsing and the entry's checks without opening anything (a
+service checks its configuration with it at start). Errors are `SourceConfigError` when the URI itself is wrong (retrying cannot
 help) and plain `SourceError` for an outage (a camera unplugged, a stream down: worth retrying).
 """
 
@@ -12,13 +13,13 @@ import logging
 import re
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, NoReturn
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
-from edge.core.files import IMAGE_EXTENSIONS, is_image_name, list_images
+from edge.core.files import IMAGE_EXTENSIONS
 from edge.runtime.sources.base import (
     FrameSource,
-    Pacer,
     SourceConfigError,
     SourceError,
     check_options,
@@ -36,16 +37,10 @@ from edge.runtime.sources.opencv_source import (
 )
 from edge.runtime.sources.testpattern import open_test
 
-__all__ = ["FrameSource", "SourceError", "SourceConfigError", "Pacer", "open_source", "validate_source_uri",
-           "redact_uri", "SOURCES", "SOURCE_HELP", "list_images", "is_image_name", "IMAGE_EXTENSIONS"]
+__all__ = ["FrameSource", "SourceError", "SourceConfigError", "SourceKind", "open_source", "validate_source_uri",
+           "redact_uri", "register_source", "unregister_source", "source_help", "SOURCES", "SOURCE_HELP"]
 
 log = logging.getLogger(__name__)
-
-SOURCE_HELP = (
-    "0 or /dev/video0 or v4l2:///dev/video0 (USB camera), csi://0 (Jetson CSI camera), a video file, "
-    "rtsp://..., http(s)://... (e.g. MJPEG), an image folder, test:// (synthetic, e.g. test://?width=320&fps=15)"
-)
-
 
 def _v4l2_device(uri: str, parts: SplitResult) -> str | int:
     device = parts.path or parts.netloc
@@ -99,7 +94,7 @@ def _path_of(uri: str, parts: SplitResult) -> Path:
     """The file or folder a path source names. A missing one is a configuration error, not an outage."""
     path = Path(parts.path if parts.scheme == "file" else uri).expanduser()
     if not path.exists():
-        raise SourceConfigError(f"no such file or folder: {str(path)!r}; valid sources: {SOURCE_HELP}")
+        raise SourceConfigError(f"no such file or folder: {str(path)!r}; valid sources: {source_help()}")
     if not (path.is_dir() or path.is_file()):
         raise SourceConfigError(f"{str(path)!r} is neither a video file nor a folder of images")
     return path
@@ -124,28 +119,59 @@ def _check_path(uri, parts, options):
         check_options(uri, options, FILE_OPTIONS)
 
 
-# scheme -> factory(uri, urlsplit parts, query options, width=, height=, fps=, loop=, realtime=) -> FrameSource
-SOURCES: dict[str, Callable[..., FrameSource]] = {
-    "v4l2": _v4l2,
-    "csi": _csi,
-    "test": _test,
-    "rtsp": _stream,
-    "rtsps": _stream,
-    "http": _stream,
-    "https": _stream,
-    "file": _path,
-}
-# scheme -> check(uri, parts, options): what the factory checks before it opens anything
-_CHECKS: dict[str, Callable[[str, SplitResult, dict[str, str]], None]] = {
-    "v4l2": _check_v4l2,
-    "csi": _check_csi,
-    "test": _check_test,
-    "rtsp": _check_stream,
-    "rtsps": _check_stream,
-    "http": _check_stream,
-    "https": _check_stream,
-    "file": _check_path,
-}
+@dataclass(frozen=True)
+class SourceKind:
+    """One URI scheme: how to open it, how to check it without opening anything, and its line in the help.
+
+    open(uri, urlsplit parts, query options, width=, height=, fps=, loop=, realtime=) -> FrameSource
+    check(uri, urlsplit parts, query options) -> None, raising SourceConfigError for a wrong URI; it must not open
+    a device or stream (a service checks its configuration with it at start).
+    """
+
+    open: Callable[..., FrameSource]
+    check: Callable[[str, SplitResult, dict[str, str]], None]
+    help: str
+
+
+# scheme -> SourceKind: the one table of sources; register_source adds to it
+SOURCES: dict[str, SourceKind] = {}
+
+
+def register_source(scheme: str, *, open: Callable[..., FrameSource],
+                    check: Callable[[str, SplitResult, dict[str, str]], None], help: str) -> SourceKind:
+    """Add a URI scheme: one entry holds its opener, its validator and its help text (all three required, so a
+    scheme that `edge serve` could open but not validate cannot exist). Returns the entry."""
+    scheme = scheme.lower()
+    if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
+        raise ValueError(f"source scheme {scheme!r} is not a URI scheme")
+    if scheme in SOURCES:
+        raise ValueError(f"source scheme {scheme!r} is already registered")
+    if not (callable(open) and callable(check)):
+        raise TypeError(f"source scheme {scheme!r} needs an open and a check function")
+    if not help.strip():
+        raise ValueError(f"source scheme {scheme!r} needs a help text")
+    SOURCES[scheme] = kind = SourceKind(open=open, check=check, help=help)
+    return kind
+
+
+def unregister_source(scheme: str) -> None:
+    """Remove a scheme (tests that register a fake one)."""
+    SOURCES.pop(scheme.lower(), None)
+
+
+def source_help() -> str:
+    """What --source accepts, one phrase per registered kind (several schemes may share one phrase)."""
+    return ", ".join(dict.fromkeys(kind.help for kind in SOURCES.values()))
+
+
+register_source("v4l2", open=_v4l2, check=_check_v4l2,
+                help="0 or /dev/video0 or v4l2:///dev/video0 (USB camera)")
+register_source("csi", open=_csi, check=_check_csi, help="csi://0 (Jetson CSI camera)")
+register_source("file", open=_path, check=_check_path, help="a video file, an image folder")
+for _scheme in ("rtsp", "rtsps", "http", "https"):
+    register_source(_scheme, open=_stream, check=_check_stream, help="rtsp://..., http(s)://... (e.g. MJPEG)")
+register_source("test", open=_test, check=_check_test, help="test:// (synthetic, e.g. test://?width=320&fps=15)")
+SOURCE_HELP = source_help()  # the built-in kinds, for argparse help texts built at import
 
 
 def _scheme_of(uri: str) -> str:
@@ -163,7 +189,7 @@ def _parse(uri: str) -> tuple[str, str, SplitResult, dict[str, str]]:
     """(uri stripped, scheme, urlsplit parts, query options); SourceConfigError for an empty URI or unknown scheme."""
     uri = str(uri).strip()
     if not uri:
-        raise SourceConfigError(f"empty video source; valid sources: {SOURCE_HELP}")
+        raise SourceConfigError(f"empty video source; valid sources: {source_help()}")
     scheme = _scheme_of(uri)
     if scheme not in SOURCES:
         raise SourceConfigError(f"unknown source scheme {scheme + '://'!r} in {redact_uri(uri)!r}; valid: "
@@ -193,7 +219,7 @@ def validate_source_uri(uri: str) -> None:
     """
     uri, scheme, parts, options = _parse(uri)
     try:
-        _CHECKS[scheme](uri, parts, options)
+        SOURCES[scheme].check(uri, parts, options)
     except SourceError as e:
         _raise_without_secrets(e)
 
@@ -211,7 +237,7 @@ def open_source(uri: str, *, width: int | None = None, height: int | None = None
         if value is not None and value <= 0:
             raise SourceConfigError(f"--{name} must be > 0, got {value}")
     try:
-        source = SOURCES[scheme](uri, parts, options, width=width, height=height, fps=fps, loop=loop,
+        source = SOURCES[scheme].open(uri, parts, options, width=width, height=height, fps=fps, loop=loop,
                                  realtime=realtime)
     except SourceError as e:
         _raise_without_secrets(e)
