@@ -18,7 +18,9 @@ from edge.runtime.sources import SOURCE_HELP, open_source
 from . import display as display_mod
 from .dataset import DatasetWriter, describe_totals
 from .importer import import_photos
-from .labels import SPLITS, label_dir
+from edge.core.labels import SPLITS
+
+from .labels import label_dir
 from .session import ChangeFilter, Interactive, Shooter, capture_live, capture_media
 
 HEADLESS_INTERVAL_S, BURST_INTERVAL_S = 1.0, 0.25

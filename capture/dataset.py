@@ -22,7 +22,9 @@ from edge.core.fsutil import (
     ensure_writable_dir,
 )
 
-from .labels import SPLITS, check_label, label_dir
+from edge.core.labels import SPLITS, check_label
+
+from .labels import label_dir
 
 log = logging.getLogger(__name__)
 

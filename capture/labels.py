@@ -1,38 +1,12 @@
-"""Label rules: a label becomes a folder name under the dataset, so anything that could escape it is refused."""
+"""Where a label's images go: DIR/LABEL or DIR/SPLIT/LABEL, never outside DIR (the rules of a label itself are
+`edge.core.labels.check_label`)."""
 
 from __future__ import annotations
 
-import unicodedata
 from pathlib import Path
 
 from edge.core.errors import EdgeError
-
-MAX_LABEL_LENGTH = 64
-SPLITS = ("train", "val")
-
-
-def check_label(label: str) -> str:
-    """Return `label` if it is a safe class-folder name, else raise EdgeError naming the rule it breaks."""
-    if not label or not label.strip():
-        raise EdgeError("label is empty; give a class name, e.g. --label thumbs_up")
-    if len(label) > MAX_LABEL_LENGTH:
-        raise EdgeError(f"label {label[:20]!r}... is {len(label)} characters; the limit is {MAX_LABEL_LENGTH}")
-    bad = next((c for c in label if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
-    if bad is not None:
-        raise EdgeError(f"label {label!r} contains the control character {bad!r} (NUL, newline, tab...); "
-                        "use letters, digits, '_' or '-'")
-    if "/" in label or "\\" in label:
-        raise EdgeError(f"label {label!r} contains a path separator ('/' or '\\'); a label is one folder name")
-    if ".." in label:
-        raise EdgeError(f"label {label!r} contains '..'; a label must stay inside the dataset folder")
-    if label.startswith("."):
-        raise EdgeError(f"label {label!r} starts with '.'; hidden folders are skipped by the trainer")
-    if label != label.strip():
-        raise EdgeError(f"label {label!r} starts or ends with whitespace; remove it")
-    if label in SPLITS:
-        raise EdgeError(f"label {label!r} is reserved for the train/val split folders; use --split {label} "
-                        "to write into it, with another label")
-    return label
+from edge.core.labels import SPLITS, check_label
 
 
 def label_dir(data_dir: str | Path, label: str, split: str | None = None) -> Path:

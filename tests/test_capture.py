@@ -148,6 +148,8 @@ def test_headless_live_source_takes_the_latest_frame_every_interval(tmp_path, ca
         (".hidden", "starts with '.'"),
         (" padded", "whitespace"),
         ("train", "reserved"),
+        ("unknown", "reserved"),
+        ("Unknown", "reserved"),
     ],
 )
 def test_bad_labels_are_refused_before_anything_happens(tmp_path, capsys, monkeypatch, label, rule):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from edge.core.errors import EdgeError
-from edge.runtime.smoothing import UNKNOWN, Smoother
+from edge.core.labels import UNKNOWN_LABEL
+from edge.runtime.smoothing import Smoother
 
 NAMES = ["up", "down"]
 
@@ -36,7 +37,7 @@ def test_ema_math():
 def test_below_threshold_is_unknown_with_top_confidence():
     s = Smoother(NAMES, threshold=0.6)
     label, conf = s.update(np.array([0.55, 0.45]))
-    assert label == UNKNOWN
+    assert label == UNKNOWN_LABEL
     assert conf == pytest.approx(0.55)
     assert s.update(np.array([0.9, 0.1]))[0] == "up"
 
@@ -47,9 +48,9 @@ def test_hysteresis_keeps_the_shown_label_near_the_threshold():
     # dips under the threshold but stays within the hysteresis band: no flicker to unknown
     assert feed(s, [[0.55, 0.45], [0.52, 0.48], [0.58, 0.42]]) == ["up", "up", "up"]
     # falls out of the band: unknown
-    assert s.update(np.array([0.45, 0.55]))[0] == UNKNOWN
+    assert s.update(np.array([0.45, 0.55]))[0] == UNKNOWN_LABEL
     # coming back needs the full threshold, not threshold - hysteresis
-    assert s.update(np.array([0.55, 0.45]))[0] == UNKNOWN
+    assert s.update(np.array([0.55, 0.45]))[0] == UNKNOWN_LABEL
     assert s.update(np.array([0.65, 0.35]))[0] == "up"
 
 
@@ -114,7 +115,7 @@ def feed_novelty(s: Smoother, novelties, threshold=0.3, probs=SURE_UP) -> list[s
 def test_above_the_novelty_threshold_is_unknown_however_sure_the_classifier_is():
     s = Smoother(NAMES)
     label, conf = s.update(SURE_UP, 0.5, 0.3)
-    assert (label, conf) == (UNKNOWN, pytest.approx(0.95))  # confidence stays the top class's
+    assert (label, conf) == (UNKNOWN_LABEL, pytest.approx(0.95))  # confidence stays the top class's
     assert s.update(SURE_UP, 0.2, 0.3)[0] == "up"
     assert s.update(SURE_UP, 0.3, 0.3)[0] == "up"  # at the threshold: still known (unknown is strictly above)
 
@@ -127,22 +128,22 @@ def test_novelty_without_threshold_or_threshold_without_novelty_changes_nothing(
 def test_min_dwell_applies_to_unknown_like_any_label():
     s = Smoother(NAMES, min_dwell=3)
     assert feed_novelty(s, [0.1, 0.6, 0.1, 0.6, 0.6]) == ["up"] * 5  # a one- or two-frame blip of novelty
-    assert feed_novelty(s, [0.6]) == [UNKNOWN]  # third novel frame in a row
-    assert feed_novelty(s, [0.1, 0.1, 0.1]) == [UNKNOWN, UNKNOWN, "up"]  # and back after three familiar ones
+    assert feed_novelty(s, [0.6]) == [UNKNOWN_LABEL]  # third novel frame in a row
+    assert feed_novelty(s, [0.1, 0.1, 0.1]) == [UNKNOWN_LABEL, UNKNOWN_LABEL, "up"]  # and back after three familiar ones
 
 
 def test_novelty_is_smoothed_with_the_probabilities():
     s = Smoother(NAMES, smoothing=0.5)
     assert feed_novelty(s, [0.1, 0.5]) == ["up", "up"]  # smoothed novelty 0.3: not above 0.3 yet
     assert s.novelty == pytest.approx(0.3)
-    assert feed_novelty(s, [0.5]) == [UNKNOWN]  # 0.4
-    assert feed_novelty(s, [0.25, 0.1]) == [UNKNOWN, "up"]  # 0.325 (a familiar frame alone does not end it), 0.21
+    assert feed_novelty(s, [0.5]) == [UNKNOWN_LABEL]  # 0.4
+    assert feed_novelty(s, [0.25, 0.1]) == [UNKNOWN_LABEL, "up"]  # 0.325 (a familiar frame alone does not end it), 0.21
 
 
 def test_unknown_from_novelty_holds_until_familiar_and_confident():
     s = Smoother(NAMES, threshold=0.8)
-    assert s.update(SURE_UP, 0.6, 0.3)[0] == UNKNOWN
-    assert s.update(np.array([0.6, 0.4]), 0.1, 0.3)[0] == UNKNOWN  # familiar, but under the probability threshold
+    assert s.update(SURE_UP, 0.6, 0.3)[0] == UNKNOWN_LABEL
+    assert s.update(np.array([0.6, 0.4]), 0.1, 0.3)[0] == UNKNOWN_LABEL  # familiar, but under the probability threshold
     assert s.update(SURE_UP, 0.1, 0.3)[0] == "up"
 
 
@@ -150,7 +151,7 @@ def test_hysteresis_does_not_keep_a_label_on_a_novel_frame():
     s = Smoother(NAMES, threshold=0.6, hysteresis=0.3)
     assert s.update(SURE_UP, 0.1, 0.3)[0] == "up"
     assert s.update(np.array([0.5, 0.5]), 0.1, 0.3)[0] == "up"  # the probability band holds it...
-    assert s.update(np.array([0.5, 0.5]), 0.4, 0.3)[0] == UNKNOWN  # ...but not against novelty
+    assert s.update(np.array([0.5, 0.5]), 0.4, 0.3)[0] == UNKNOWN_LABEL  # ...but not against novelty
 
 
 def test_reset_forgets_novelty():

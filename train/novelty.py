@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from edge.core.errors import EdgeError
+from edge.core.labels import UNKNOWN_LABEL, check_label
 from edge.core.novelty import (
     DEFAULT_K,
-    UNKNOWN_LABEL,
     NoveltyReport,
     NoveltyScorer,
     normalize_rows,
@@ -187,11 +187,13 @@ def fit_novelty(
 
 
 def check_class_names(class_names: Sequence[str]) -> None:
-    """Refuse a class named like the label the runtime shows for unfamiliar inputs (one line: what to do)."""
+    """Refuse class folders that break the label rules (`edge.core.labels.check_label`, the one checker capture and
+    teach use too), e.g. one called like the reserved label the runtime shows for unfamiliar inputs."""
     for name in class_names:
-        if name.strip().lower() == UNKNOWN_LABEL:
-            raise EdgeError(f"class folder {name!r} uses the reserved label {UNKNOWN_LABEL!r} (what the model says for "
-                            "things unlike its training images); rename the folder, e.g. to 'none' or 'background'")
+        try:
+            check_label(name)
+        except EdgeError as e:
+            raise EdgeError(f"class folder: {e}; rename the folder") from None
 
 
 @dataclass

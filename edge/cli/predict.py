@@ -24,7 +24,7 @@ from edge.cli._options import add_model_arguments, backend_options, log_to_stder
 from edge.core.errors import EdgeError, cli_entry
 from edge.core.files import IMAGE_EXTENSIONS, list_images, read_image_bgr
 from edge.core.preprocess import preprocess_image
-from edge.runtime.smoothing import UNKNOWN
+from edge.runtime.smoothing import decide, label_of
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ def predict_files(backend, paths: Sequence[Path], batch_size: int = 16, top_k: i
             result = {"path": str(p), "label": names[top], "confidence": round(float(row[top]), 6)}
             if novelty is not None and threshold is not None:
                 score = float(novelty[slot])
-                result.update(label=UNKNOWN if score > threshold else names[top], top_label=names[top],
+                result.update(label=label_of(names, decide(row, novelty=score, novelty_threshold=threshold)),
+                              top_label=names[top],
                               novelty=round(score, 6))
             if top_k > 1:
                 order = np.argsort(-row)[:top_k]

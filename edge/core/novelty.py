@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 from edge.core.errors import EdgeError
+from edge.core.labels import UNKNOWN_LABEL  # what a prediction says when novelty > threshold
 
 Tensor = torch.Tensor
 
-UNKNOWN_LABEL = "unknown"  # what a prediction says when novelty > threshold
 METHOD = "knn-cosine"
 DEFAULT_K = 1
 CHECKPOINT_BANK_KEY = "novelty_bank"  # model.pt entry holding NoveltyScorer.bank

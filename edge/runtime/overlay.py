@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from edge.runtime.prediction import Prediction
-from edge.runtime.smoothing import UNKNOWN
+from edge.core.labels import UNKNOWN_LABEL
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _PANEL = (32, 32, 32)
@@ -56,7 +56,7 @@ def draw_overlay(img: np.ndarray, pred: Prediction, top_k: int = 0) -> np.ndarra
         cv2.rectangle(img, (pad, y), (pad + fill, y + bar_h), _bar_color(pred.confidence), -1)
     y += bar_h + line - int(4 * s)
     if novelty is not None:  # how unlike the training images this frame is (above the threshold: unknown)
-        color = _BAD if pred.label == UNKNOWN else _GREY
+        color = _BAD if pred.label == UNKNOWN_LABEL else _GREY
         cv2.putText(img, f"novelty {novelty:.2f}", (pad, y), _FONT, 0.5 * s, color, 1, cv2.LINE_AA)
         y += line
     # top-k

@@ -19,8 +19,22 @@ from typing import Sequence
 import numpy as np
 
 from edge.core.errors import EdgeError
+from edge.core.labels import UNKNOWN_LABEL
 
-UNKNOWN = "unknown"
+
+def decide(probs: np.ndarray, threshold: float = 0.0, novelty: float | None = None,
+           novelty_threshold: float | None = None) -> int:
+    """The one unknown decision: the index of the top class, or -1 (`UNKNOWN_LABEL`) when its probability is
+    below `threshold` or the novelty score is above `novelty_threshold` (the input is unlike the training images).
+    `Smoother.update` applies it to smoothed values; `edge predict` to one image's."""
+    top = int(np.argmax(probs))
+    novel = novelty is not None and novelty_threshold is not None and novelty > novelty_threshold
+    return top if float(probs[top]) >= threshold and not novel else -1
+
+
+def label_of(class_names: Sequence[str], index: int) -> str:
+    """The label `decide` chose: a class name, or `UNKNOWN_LABEL` for -1."""
+    return class_names[index] if index >= 0 else UNKNOWN_LABEL
 
 
 class Smoother:
@@ -102,7 +116,7 @@ class Smoother:
         self._smooth(p, novelty)
         top = int(np.argmax(self.probs))
         novel = self.novelty is not None and novelty_threshold is not None and self.novelty > novelty_threshold
-        want = top if float(self.probs[top]) >= self.threshold and not novel else -1
+        want = decide(self.probs, self.threshold, self.novelty, novelty_threshold)
         if self.label is None:  # first frame: nothing to be stable against
             self._set(want)
         elif want == self._index or self._keeps(self._index, top, novel):
@@ -119,5 +133,5 @@ class Smoother:
 
     def _set(self, idx: int) -> None:
         self._index = idx
-        self.label = self.class_names[idx] if idx >= 0 else UNKNOWN
+        self.label = label_of(self.class_names, idx)
         self._candidate, self._streak = None, 0

@@ -24,11 +24,11 @@ import cv2
 import numpy as np
 
 from capture.dataset import DatasetWriter
-from capture.labels import SPLITS, check_label, label_dir
+from capture.labels import label_dir
+from edge.core.labels import SPLITS, check_label
 from edge.core.errors import EdgeError
 from edge.core.files import is_image_name
 from edge.core.fsutil import is_temp_name
-from edge.runtime.smoothing import UNKNOWN
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,6 @@ class TeachDataset:
             label_dir(self.root, check_label(name))
         except EdgeError as e:
             raise ApiError(400, str(e)) from e
-        if name.strip().lower() == UNKNOWN:  # `train` refuses it too: what a model shows below its threshold
-            raise ApiError(400, f"label {name!r} is reserved: models show {UNKNOWN!r} for what they are unsure of; "
-                           "use e.g. 'none' or 'background'")
         return name
 
     def existing_label(self, name: Any) -> str:

@@ -28,7 +28,7 @@ from edge.runtime.backends.base import Backend
 from edge.runtime.sources import redact_uri, validate_source_uri
 from edge.service.app import Service
 
-from capture.labels import check_label
+from edge.core.labels import check_label
 from .api import TeachApi
 from .config import TeachConfig
 from .dataset import ApiError, TeachDataset, flat_dataset_problem
