@@ -22,6 +22,8 @@ def check_label(label: str) -> str:
         raise EdgeError("label is empty; give a class name, e.g. --label thumbs_up")
     if len(label) > MAX_LABEL_LENGTH:
         raise EdgeError(f"label {label[:20]!r}... is {len(label)} characters; the limit is {MAX_LABEL_LENGTH}")
+    if any(unicodedata.category(c) == "Cs" for c in label):  # a folder name that is not UTF-8, or a lone surrogate
+        raise EdgeError(f"label {label!r} is not valid UTF-8 text; rename it with letters, digits, '_' or '-'")
     bad = next((c for c in label if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
     if bad is not None:
         raise EdgeError(f"label {label!r} contains the control character {bad!r} (NUL, newline, tab...); "

@@ -50,6 +50,8 @@ def _json_body(request: Request) -> dict[str, Any]:
         body = json.loads(request.body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"the body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise ApiError(400, "the body is JSON nested too deeply; send a flat object") from e
     if not isinstance(body, dict):
         raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}")
     return body
@@ -135,8 +137,8 @@ class TeachApi:
         return Response.json(201 if created else 200, answer)
 
     def _remove_label(self, label: str) -> Response:
-        folder = self.dataset.root / label
-        paths = self.dataset.images(label) if folder.is_dir() else []
+        label = self.dataset.existing_label(label)  # checked before anything is listed
+        paths = self.dataset.images(label)
         removed = self.dataset.remove_label(label)
         self._forget(paths)
         return Response.json(200, {"label": label, "removed": removed, "labels": self.dataset.labels(),

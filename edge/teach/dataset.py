@@ -88,16 +88,24 @@ class TeachDataset:
             raise ApiError(409, f"the data folder {str(self.root)!r} is gone (deleted or unmounted); create it "
                            "again, or restart teach with another --data")
 
+    def inside(self, path: str | os.PathLike) -> bool:
+        """Whether `path`, every link resolved, stays inside the data folder (nothing outside is read or deleted)."""
+        root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
     def labels(self) -> list[str]:
         self.check_root()
-        return self.writer.known_labels()
+        return [label for label in self.writer.known_labels() if self.inside(self.root / label)]
 
     def images(self, label: str) -> list[Path]:
-        """The label's images, newest first (by modification time, then name)."""
+        """The label's images, newest first (by modification time, then name); none that lead outside the folder."""
         folder = self.root / label
+        if not self.inside(folder):
+            return []
         try:
             entries = [(e.stat().st_mtime_ns, e.name, Path(e.path)) for e in os.scandir(folder)
-                       if is_image_name(e.name) and e.is_file()]
+                       if is_image_name(e.name) and e.is_file() and self.inside(e.path)]
         except OSError:
             return []
         return [p for *_, p in sorted(entries, reverse=True)]
@@ -172,6 +180,9 @@ class TeachDataset:
     def existing_label(self, name: Any) -> str:
         """`name`, if it is a label of the dataset; 400 when it breaks the label rules, 404 when it is unknown."""
         label = self._checked_label(name)
+        if (self.root / label).is_dir() and not self.inside(self.root / label):
+            raise ApiError(403, f"label folder {label!r} is a link leading outside the data folder "
+                           f"{str(self.root)!r}; teach neither reads nor deletes there")
         if not (self.root / label).is_dir():
             known = ", ".join(self.labels()) or "none yet"
             raise ApiError(404, f"no label {label!r} (labels: {known}); add it first with POST /api/labels")

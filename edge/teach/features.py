@@ -117,7 +117,8 @@ class FeatureCache:
     def collect(self, paths: list[str], progress: Callable[[int, int], None] | None = None,
                 cancelled: Callable[[], bool] = lambda: False) -> dict[str, Entry]:
         """Every path's entry (waiting for missing clean views, computed first); entries of files that changed
-        or disappeared are dropped. Raises EdgeError when the backbone could not be loaded."""
+        or disappeared are dropped, and a file deleted meanwhile gets an entry without features (so a training
+        never waits for a file that is gone). Raises EdgeError when the backbone could not be loaded."""
         wanted = set(paths)
         with self._cond:
             for p in [p for p, e in self._entries.items() if p not in wanted and e.key != file_key(p)]:
@@ -125,11 +126,12 @@ class FeatureCache:
         self.submit(paths, first=True)
         while True:
             with self._cond:
-                missing = [p for p in paths if not self._current(p)]
+                missing = [p for p in paths if not self._current(p) and (p in self._busy or file_key(p) is not None)]
                 if progress is not None:
                     progress(len(paths) - len(missing), len(paths))
                 if not missing:
-                    return {p: self._entries[p] for p in paths}
+                    return {p: self._entries[p] if self._current(p) else Entry((0, 0), None, error="deleted")
+                            for p in paths}
                 if self.error:
                     raise EdgeError(f"cannot compute features: {self.error}")
                 if self._stop or cancelled():
