@@ -280,3 +280,79 @@ def test_templates_ship_in_the_wheel_and_install_works_without_a_checkout(tmp_pa
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(site)})
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------- owners, preflight, undo
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="setting owners needs root")
+SERVICE_USER = "daemon"  # an existing user with a group of the same name stands in for edge-camera
+
+
+def _owner(p: Path) -> tuple[str, str, int]:
+    import grp
+    import pwd
+
+    st = p.lstat()
+    return pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name, stat.S_IMODE(st.st_mode)
+
+
+@needs_root
+def test_installed_files_are_roots_and_the_service_user_writes_only_its_state_dir(tmp_path, capsys, onnx_model):
+    import pwd
+
+    pwd.getpwnam(SERVICE_USER)
+    root = tmp_path / "root"
+    rc, _, err = _install(capsys, root, "--user", SERVICE_USER, "--model", str(onnx_model), "--source", "test://")
+    assert rc == 0, err
+    g = SERVICE_USER
+    expected = {
+        "etc/systemd/system/edge-camera.service": ("root", "root", 0o644),
+        "etc/edge-camera": ("root", g, 0o750),
+        "etc/edge-camera/config.toml": ("root", g, 0o640),
+        "etc/edge-camera/edge-camera.env": ("root", g, 0o640),
+        STATE: (SERVICE_USER, g, 0o750),
+        f"{STATE}/model.onnx": ("root", g, 0o640),
+    }
+    for rel, want in expected.items():
+        assert _owner(root / rel) == want, rel
+    for p in root.rglob("*"):  # every other path written (parent folders) is root's and not writable by others
+        rel = str(p.relative_to(root))
+        if rel not in expected:
+            user, group, mode = _owner(p)
+            assert (user, group) == ("root", "root") and not mode & 0o022, rel
+    assert "User=daemon" in (root / "etc/systemd/system/edge-camera.service").read_text()
+
+
+@needs_root
+def test_a_failing_step_undoes_what_the_run_wrote(tmp_path, capsys, onnx_model, monkeypatch):
+    def disk_full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    root = tmp_path / "root"
+    monkeypatch.setattr(install, "atomic_copy", disk_full)  # the model copy comes after the unit and the config
+    rc, out, err = _install(capsys, root, "--user", SERVICE_USER, "--model", str(onnx_model))
+    assert rc == 2 and "No space left on device" in err and "undid" in err and len(err.strip().splitlines()) == 1
+    assert "write" in out and not root.exists()  # the unit and config were written, then removed with their folders
+    # over an existing install: every file back as it was (content, owner, mode)
+    monkeypatch.undo()
+    assert _install(capsys, root, "--user", SERVICE_USER, "--model", str(onnx_model))[0] == 0
+    before = {str(p.relative_to(root)): (_owner(p), p.read_bytes() if p.is_file() else b"") for p in root.rglob("*")}
+    monkeypatch.setattr(install, "atomic_copy", disk_full)
+    other = _tiny_onnx(tmp_path / "other" / "other.onnx")
+    rc, _, err = _install(capsys, root, "--user", SERVICE_USER, "--model", str(other), "--source", "test://")
+    assert rc == 2, err
+    after = {str(p.relative_to(root)): (_owner(p), p.read_bytes() if p.is_file() else b"") for p in root.rglob("*")}
+    assert after == before
+
+
+@needs_root
+def test_a_real_install_without_systemd_writes_nothing(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(install, "SYSTEMD_RUN_DIR", tmp_path / "no-systemd")
+    monkeypatch.setattr(install, "_FileUndo", None)  # any attempt to write would fail loudly
+    assert install_service.main(["--source", "test://"]) == 2
+    err = capsys.readouterr().err
+    assert "systemd is not running" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_unit_says_when_ready_comes_as_the_code_does():
+    unit = install.template_text("edge-camera.service")
+    assert "first frame is classified" not in unit and "HTTP server listens" in unit

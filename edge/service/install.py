@@ -5,13 +5,18 @@ address and token, the final config exactly as `edge serve` will read it, the un
 and returns the steps; nothing is written until every check has passed, so a refusal leaves no file behind.
 The steps:
 1. the system user `edge-camera` (no login, no home) in the `video` group;
-2. /etc/systemd/system/edge-camera.service, with ExecStart pointing at this environment's `edge`;
-3. /etc/edge-camera/config.toml and edge-camera.env (mode 0640): an existing file is kept, and only the keys the
-   flags name change in it (--force starts again from the templates);
-4. the model and the files it needs (an engine's JSON sidecar) copied into the state directory /var/lib/edge-camera
-   (the service cannot read /home);
+2. /etc/systemd/system/edge-camera.service (root:root 0644), with ExecStart pointing at this environment's `edge`;
+3. /etc/edge-camera/ (root:edge-camera 0750) with config.toml and edge-camera.env (root:edge-camera 0640): an
+   existing file is kept, and only the keys the flags name change in it (--force starts again from the templates);
+4. the model and the files it needs (an engine's JSON sidecar) copied (root:edge-camera 0640) into the state
+   directory /var/lib/edge-camera (edge-camera 0750; the service cannot read /home);
 5. `systemctl daemon-reload`, `systemctl enable` and `systemctl restart` (unless --no-start).
-With `root` other than / the files go under that directory and no system command runs (packaging, tests).
+Ownership: everything is root's; the service user reads its config and model through its group and writes only
+its state directory (it can never rewrite its own unit or config and so never gain root).
+Before the first write a real install checks root, a running systemd and the commands it needs; a step that fails
+undoes what this run wrote (files restored or removed, directories and the user it created removed).
+With `root` other than / the files go under that directory and no system command runs (packaging, tests); run as
+root there, owners are set as on a real system when the service user exists here.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import grp
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge.core.errors import EdgeError
-from edge.core.fsutil import atomic_copy, atomic_write_text
+from edge.core.fsutil import atomic_copy, atomic_write, atomic_write_text
 from edge.runtime.sources import SourceConfigError, validate_source_uri
 from edge.runtime.sources.csi import NO_GSTREAMER
 from edge.service.config import TOKEN_ENV, build_config, load_config_file
@@ -43,6 +49,7 @@ CONFIG_FILE = f"{CONFIG_DIR}/config.toml"
 ENV_FILE = f"{CONFIG_DIR}/edge-camera.env"
 UNIT_DIR = "/etc/systemd/system"
 UNIT_FILE = f"{UNIT_DIR}/{UNIT_NAME}"
+SYSTEMD_RUN_DIR = Path("/run/systemd/system")  # exists exactly when systemd is the running init (sd_booted)
 TEMPLATES = ("edge-camera.service", "config.toml", "edge-camera.env")
 
 
@@ -118,6 +125,7 @@ class Step:
     verb: str  # "write", "copy", "create", "run:"
     text: str
     action: Callable[[], None] | None
+    undo: Callable[[], None] | None = None  # reverses `action` when a later step fails (run steps)
 
 
 @dataclass
@@ -131,10 +139,31 @@ class InstallPlan:
         return [("would " if self.dry_run or s.action is None else "") + f"{s.verb} {s.text}" for s in self.steps]
 
     def apply(self, report: Callable[[str], None]) -> None:
+        """Run the steps; when one fails, undo what the earlier ones did (newest first) and raise one EdgeError."""
+        undo: list[Callable[[], None]] = []
         for line, step in zip(self.lines(), self.steps, strict=True):
             report(line)
-            if step.action is not None and not self.dry_run:
+            if step.action is None or self.dry_run:
+                continue
+            try:
                 step.action()
+            except (OSError, EdgeError, subprocess.SubprocessError) as e:
+                failed = _rollback(undo)
+                left = f"; could not undo: {'; '.join(failed)}" if failed else "; undid what this run had written"
+                raise EdgeError(f"{step.verb} {step.text} failed: {e}{left}") from e
+            if step.undo is not None:
+                undo.append(step.undo)
+
+
+def _rollback(undo: list[Callable[[], None]]) -> list[str]:
+    """Run the undo actions newest first; what could not be undone, one phrase each."""
+    failed = []
+    for action in reversed(undo):
+        try:
+            action()
+        except (OSError, EdgeError, subprocess.SubprocessError) as e:
+            failed.append(str(e))
+    return failed
 
 
 class _Target:
@@ -148,29 +177,101 @@ class _Target:
     def path(self, p: str) -> Path:
         return self.root / p.lstrip("/")
 
-    def chown(self, p: Path, group_only: bool = False) -> None:
-        if self.system:  # under --root the service user may not exist here
-            shutil.chown(p, user=None if group_only else self.user, group=self.user)
+    def owner(self, service: bool) -> tuple[int, int] | None:
+        """(uid, gid) for a path: the service user's (its state directory) or root with the service group.
+
+        None where owners cannot be set: not root (a --root install as a user), or under --root for a user that does
+        not exist on this machine (the files stay root's, as they are written).
+        """
+        if os.geteuid() != 0:
+            return None
+        try:
+            entry = pwd.getpwnam(self.user)
+        except KeyError:
+            if self.system:  # useradd ran earlier in this run, so it must exist now
+                raise EdgeError(f"the service user {self.user!r} does not exist") from None
+            return None
+        return (entry.pw_uid, entry.pw_gid) if service else (0, entry.pw_gid)
+
+    def chown(self, p: Path, service: bool = False, group: bool = True) -> None:
+        ids = self.owner(service)
+        if ids is not None:
+            os.chown(p, ids[0], ids[1] if group else 0)
+
+    def makedirs(self, d: Path, undo: list[Callable[[], None]]) -> None:
+        """mkdir -p `d`, remembering (in `undo`) each directory this created, to remove it on a later failure."""
+        missing = []
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
+        for m in reversed(missing):
+            m.mkdir()
+            undo.append(lambda m=m: m.rmdir())
 
 
-def _run_step(target: _Target, *argv: str) -> Step:
-    def run() -> None:
-        r = subprocess.run(argv, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise EdgeError(f"`{' '.join(argv)}` failed: {' '.join((r.stderr or r.stdout).strip().splitlines()[-1:])}")
-
-    return Step("run:", " ".join(argv), run if target.system else None)
+def _run(*argv: str) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise EdgeError(f"`{' '.join(argv)}` failed: {' '.join((r.stderr or r.stdout).strip().splitlines()[-1:])}")
 
 
-def _write_step(target: _Target, dest: str, text: str, mode: int, group_only: bool = True) -> Step:
+def _run_step(target: _Target, *argv: str, undo: tuple[str, ...] | None = None) -> Step:
+    return Step("run:", " ".join(argv), (lambda: _run(*argv)) if target.system else None,
+                (lambda: _run(*undo)) if undo and target.system else None)
+
+
+class _FileUndo:
+    """What writing one file changed: the directories it created and the file it replaced (or that it was new)."""
+
+    def __init__(self, target: _Target, p: Path) -> None:
+        self.p = p
+        self.dirs: list[Callable[[], None]] = []
+        target.makedirs(p.parent, self.dirs)
+        self.old: tuple[bytes, os.stat_result] | None = (p.read_bytes(), p.stat()) if p.is_file() else None
+
+    def __call__(self) -> None:
+        if self.old is None:
+            self.p.unlink(missing_ok=True)
+        else:
+            data, st = self.old
+            _restore_file(self.p, data, st)
+        for rm in reversed(self.dirs):
+            rm()
+
+
+def _restore_file(p: Path, data: bytes, st: os.stat_result) -> None:
+    """Put back a file as it was (content, mode, owner)."""
+    with atomic_write(p, "wb", stat.S_IMODE(st.st_mode)) as f:
+        f.write(data)
+    if os.geteuid() == 0:
+        os.chown(p, st.st_uid, st.st_gid)
+
+
+def _file_step(target: _Target, verb: str, text: str, p: Path, write: Callable[[], None],
+               owner: Callable[[], None]) -> Step:
+    step = Step(verb, text, None)
+
+    def action() -> None:
+        undo = _FileUndo(target, p)
+        step.undo = undo
+        try:
+            write()
+            owner()
+        except BaseException:
+            undo()
+            raise
+
+    step.action = action
+    return step
+
+
+def _write_step(target: _Target, dest: str, text: str, mode: int, group: bool = True) -> Step:
+    """A root-owned file: group `group` (the service group, else root's) reads it where mode allows."""
     p = target.path(dest)
-
-    def write() -> None:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(p, text, permissions=mode)  # never briefly world-readable (the env file may hold a token)
-        target.chown(p, group_only=group_only)
-
-    return Step("write", f"{p} (mode {mode:o})", write)
+    return _file_step(target, "write", f"{p} (mode {mode:o})", p,
+                      # never briefly world-readable (the env file may hold a token)
+                      lambda: atomic_write_text(p, text, permissions=mode),
+                      lambda: target.chown(p, group=group))
 
 
 def _user_steps(target: _Target) -> list[Step]:
@@ -178,7 +279,8 @@ def _user_steps(target: _Target) -> list[Step]:
         pwd.getpwnam(target.user)
     except KeyError:
         return [_run_step(target, "useradd", "--system", "--no-create-home", "--home-dir", STATE_DIR, "--shell",
-                          "/usr/sbin/nologin", "--user-group", "--groups", "video", target.user)]
+                          "/usr/sbin/nologin", "--user-group", "--groups", "video", target.user,
+                          undo=("userdel", target.user))]
     try:
         in_video = target.user in grp.getgrnam("video").gr_mem
     except KeyError:
@@ -224,12 +326,30 @@ def _check_source(target: _Target, source: str, notes: list[str]) -> None:
         notes.append(f"this machine's OpenCV has no GStreamer: {source} works only where OpenCV has it (JetPack's)")
 
 
+def preflight(user: str) -> None:
+    """What a real install needs, checked before its first write: EdgeError naming what is missing."""
+    if not SYSTEMD_RUN_DIR.is_dir():
+        raise EdgeError(f"systemd is not running here ({SYSTEMD_RUN_DIR} is missing): edge-camera.service needs it; "
+                        f"run `edge serve` directly, or --root DIR to write the files for another machine")
+    tools = ["systemctl"]
+    try:
+        pwd.getpwnam(user)
+        tools.append("usermod")
+    except KeyError:
+        tools.append("useradd")
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        raise EdgeError(f"cannot install: {', '.join(missing)} not found on PATH")
+
+
 def plan_install(opts: InstallOptions) -> InstallPlan:
     """Check everything `opts` asks for and return the steps that install it; EdgeError (nothing written) if not."""
     target = _Target(Path(opts.root).resolve(), opts.user)
     if target.system and not opts.dry_run and os.geteuid() != 0:
         raise EdgeError("installing a system service needs root: run `sudo edge install-service ...` "
                         "(or --dry-run to see the steps, --root DIR to write the files elsewhere)")
+    if target.system and not opts.dry_run:
+        preflight(opts.user)
     plan = InstallPlan(dry_run=opts.dry_run)
     unit = render_unit(template_text("edge-camera.service"), edge_executable(), opts.user)
     verify_unit(unit)
@@ -261,41 +381,53 @@ def plan_install(opts: InstallOptions) -> InstallPlan:
     _check_config(target, new_config, new_env, plan.notes)
 
     plan.steps += _user_steps(target)
-    plan.steps.append(_write_step(target, UNIT_FILE, unit, 0o644, group_only=False))
+    plan.steps.append(_write_step(target, UNIT_FILE, unit, 0o644, group=False))
+    plan.steps.append(_dir_step(target, CONFIG_DIR, service=False))
     if new_config != config_text:
         plan.steps.append(_write_step(target, CONFIG_FILE, new_config, 0o640))
     if new_env != env_text:
         plan.steps.append(_write_step(target, ENV_FILE, new_env, 0o640))
-    plan.steps.append(_state_dir_step(target))
+    plan.steps.append(_dir_step(target, STATE_DIR, service=True))
     plan.steps += [_copy_step(target, src, dest) for src, dest in copies]
     model_in_config = config_model_path(new_config)
     if model_in_config and not copies and not target.path(model_in_config).is_file():
         plan.notes.append(f"the config's model {target.path(model_in_config)} does not exist yet: copy one there "
                           f"or pass --model (the service will not start without it)")
     plan.steps.append(_run_step(target, "systemctl", "daemon-reload"))
-    plan.steps.append(_run_step(target, "systemctl", "enable", UNIT_NAME))
+    plan.steps.append(_run_step(target, "systemctl", "enable", UNIT_NAME, undo=("systemctl", "disable", UNIT_NAME)))
     if opts.start:
         plan.steps.append(_run_step(target, "systemctl", "restart", UNIT_NAME))
     return plan
 
 
-def _state_dir_step(target: _Target) -> Step:
-    p = target.path(STATE_DIR)
+def _dir_step(target: _Target, dest: str, service: bool) -> Step:
+    """/etc/edge-camera (root, the service group may enter) or the state directory (the service user's own)."""
+    p = target.path(dest)
+    step = Step("create", f"{p} (mode 750, owner {target.user if service else 'root'}, group {target.user})", None)
 
     def create() -> None:
-        p.mkdir(parents=True, exist_ok=True)
-        os.chmod(p, 0o750)
-        target.chown(p)
+        created: list[Callable[[], None]] = []
+        old = p.stat() if p.is_dir() else None
+        target.makedirs(p, created)
 
-    return Step("create", f"{p} (mode 750, owner {target.user})", create)
+        def undo() -> None:
+            if old is not None:
+                os.chmod(p, stat.S_IMODE(old.st_mode))
+                if os.geteuid() == 0:
+                    os.chown(p, old.st_uid, old.st_gid)
+            for rm in reversed(created):
+                rm()
+
+        step.undo = undo
+        os.chmod(p, 0o750)
+        target.chown(p, service=service)
+
+    step.action = create
+    return step
 
 
 def _copy_step(target: _Target, src: Path, dest: str) -> Step:
     p = target.path(dest)
-
-    def copy() -> None:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_copy(src, p, permissions=0o640)  # a service reload never sees half a model
-        target.chown(p)
-
-    return Step("copy", f"{src} -> {p}", copy)
+    # a service reload never sees half a model; root's, so the service can read but never replace it in place
+    return _file_step(target, "copy", f"{src} -> {p}", p, lambda: atomic_copy(src, p, permissions=0o640),
+                      lambda: target.chown(p))
