@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "EngineKey",
     "engine_cache_key",
+    "default_onnx_path",
     "default_engine_path",
-    "cached_engine_path",
     "stale_reason",
     "write_engine",
     "timing_cache_path",
@@ -121,6 +121,12 @@ def _onnx_stem(onnx_path: str | os.PathLike) -> str:
     return name[: -len(".onnx")] if name.lower().endswith(".onnx") else Path(name).stem
 
 
+def default_onnx_path(checkpoint: str | os.PathLike, fp16: bool = False) -> Path:
+    """`runs/x/model.pt` -> `runs/x/model.onnx` (or `model.fp16.onnx`)."""
+    p = Path(checkpoint)
+    return p.with_name(p.stem + (".fp16.onnx" if fp16 else ".onnx"))
+
+
 def default_engine_path(onnx_path: str | os.PathLike, precision: str) -> Path:
     """`model.onnx` -> `model.fp16.engine` beside it (`model.fp16.onnx` -> `model.fp16.engine` too)."""
     stem = _onnx_stem(onnx_path)
@@ -129,9 +135,6 @@ def default_engine_path(onnx_path: str | os.PathLike, precision: str) -> Path:
     return Path(onnx_path).with_name(f"{stem}.{precision}.engine")
 
 
-def cached_engine_path(cache_dir: str | os.PathLike, onnx_path: str | os.PathLike, key: EngineKey) -> Path:
-    """Engine path inside a cache directory: the key's digest is in the name, so keys never collide."""
-    return Path(cache_dir) / f"{_onnx_stem(onnx_path)}.{key.precision}.{key.digest()[:12]}.engine"
 
 
 def stale_reason(engine_path: str | os.PathLike, key: EngineKey, *, check_hash: bool = True) -> str | None:

@@ -9,8 +9,16 @@ import time
 
 from edge.core.errors import EdgeError, cli_entry
 
-from .onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from .run import FORMATS, ExportedFile, run_export
+from .options import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_OPSET,
+    DEFAULT_WORKSPACE_MB,
+    FORMATS,
+    MAX_OPSET,
+    MIN_OPSET,
+    ExportOptions,
+)
+from .run import ExportedFile, run_export
 from .verify import DEFAULT_VERIFY_IMAGES
 
 EPILOG = """\
@@ -51,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (.onnx; for an engine .engine or .plan), or a directory (default: beside the model)")
     p.add_argument("--verify-images", type=int, default=DEFAULT_VERIFY_IMAGES, metavar="N",
                    help=f"images to verify on (default {DEFAULT_VERIFY_IMAGES})")
-    p.add_argument("--max-batch", type=int, default=None, metavar="N", help="largest engine batch (default 8)")
-    p.add_argument("--workspace-mb", type=int, default=None, metavar="MB",
-                   help="TensorRT builder workspace (default 1024; lower it on a 2-4 GB Jetson if the build fails)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
+                   help=f"largest engine batch (default {DEFAULT_MAX_BATCH})")
+    p.add_argument("--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB, metavar="MB",
+                   help=f"TensorRT builder workspace (default {DEFAULT_WORKSPACE_MB}; lower it on a 2-4 GB Jetson if "
+                        "the build fails)")
     p.add_argument("--cache-dir", metavar="DIR", help="timing and calibration caches (default: beside the engine)")
     p.add_argument("--force", action="store_true", help="rebuild the engine even when the cached one is up to date")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for TensorRT's)")
@@ -109,23 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {f.path} ({_size(f.path)})")
         sys.stdout.flush()
 
+    options = ExportOptions.from_mapping(vars(args))  # the flags' dests are the options' field names
     try:
-        run_export(
-            args.model,
-            fmt=args.fmt,
-            fp16=args.fp16,
-            int8=args.int8,
-            calib_data=args.calib_data,
-            opset=args.opset,
-            output=args.output,
-            verify_images=args.verify_images,
-            max_batch=args.max_batch,
-            workspace_mb=args.workspace_mb,
-            cache_dir=args.cache_dir,
-            force=args.force,
-            progress=progress,
-            on_file=show,
-        )
+        run_export(args.model, options, progress=progress, on_file=show)
     finally:
         progress.end()
     return 0

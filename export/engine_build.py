@@ -30,29 +30,18 @@ from edge.core.model_files import PRECISIONS, EngineKey, read_onnx_meta
 from edge.runtime.backends.tensorrt_backend import TensorRTBackend, trt_logger
 
 from .cache import (
-    cached_engine_path,
     calibration_cache_path,
     calibration_digest,
-    check_output_suffix,
-    default_engine_path,
     engine_cache_key,
-    is_dir_arg,
-    prepare_output,
     stale_reason,
     timing_cache_path,
     write_engine,
 )
-from .calibration import (
-    DEFAULT_CALIB_BATCH,
-    DEFAULT_CALIB_IMAGES,
-    MIN_CALIB_IMAGES,
-    CalibrationBatches,
-    make_calibrator,
-)
+from .calibration import MIN_CALIB_IMAGES, CalibrationBatches, make_calibrator
 from .cuda_binding import cuda_binding
 from .engine_progress import BuildProgress, Heartbeat, ProgressFn, log_progress, make_progress_monitor
+from .options import ExportOptions, output_path
 from .verify import (
-    DEFAULT_VERIFY_IMAGES,
     ENGINE_NOVELTY_TOLERANCES,
     ENGINE_TOLERANCES,
     InputBatch,
@@ -66,9 +55,6 @@ from .verify import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_BATCH = 8
-DEFAULT_WORKSPACE_MB = 1024
 
 INSTALL_HINT = (
     "TensorRT's Python API is not installed here; it ships with JetPack on a Jetson (`sudo apt install "
@@ -137,20 +123,23 @@ def _save_timing_cache(config, path: Path) -> None:
         log.warning("could not save timing cache %s: %s", path, e)
 
 
-def build_serialized_engine(
-    trt,
-    onnx_path: Path,
-    *,
-    precision: str,
-    input_size: int,
-    max_batch: int,
-    workspace_mb: int,
-    timing_cache: Path,
-    state: BuildProgress,
-    calibrator: Any = None,
-    calib_shape: tuple[int, ...] | None = None,
-) -> bytes:
-    """Parse the ONNX file and build a serialized engine (bytes). EdgeError when TensorRT refuses."""
+@dataclass
+class BuildInputs:
+    """What a build needs besides the options: the model's input size, the timing cache file, the progress state
+    and, for INT8, the calibrator and its batch shape."""
+
+    input_size: int
+    timing_cache: Path
+    state: BuildProgress
+    calibrator: Any = None
+    calib_shape: tuple[int, ...] | None = None
+
+
+def build_serialized_engine(trt, onnx_path: Path, options: ExportOptions, inputs: BuildInputs) -> bytes:
+    """Parse the ONNX file and build a serialized engine (bytes) at options.precision, with options.max_batch
+    and options.workspace_mb. EdgeError when TensorRT refuses."""
+    precision, max_batch, input_size = options.precision, options.max_batch, inputs.input_size
+    state, calibrator, calib_shape = inputs.state, inputs.calibrator, inputs.calib_shape
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
     flags = 0
@@ -173,7 +162,7 @@ def build_serialized_engine(
         raise EdgeError(f"{onnx_path.name} input {inp.name!r} has shape {dims}; expected (batch, 3, {input_size}, {input_size})")
 
     config = builder.create_builder_config()
-    _set_workspace(trt, config, workspace_mb)
+    _set_workspace(trt, config, options.workspace_mb)
     profile = builder.create_optimization_profile()
     chw = (3, input_size, input_size)
     if dims[0] == -1:
@@ -202,7 +191,7 @@ def build_serialized_engine(
             calib_profile.set_shape(inp.name, calib_shape, calib_shape, calib_shape)
             config.set_calibration_profile(calib_profile)
 
-    _load_timing_cache(config, timing_cache)
+    _load_timing_cache(config, inputs.timing_cache)
     monitor = make_progress_monitor(trt, state)
     if monitor is not None:
         config.progress_monitor = monitor
@@ -216,7 +205,7 @@ def build_serialized_engine(
             f"TensorRT {trt.__version__} could not build the {precision} engine for {onnx_path.name} (its messages are "
             f"logged above; out of memory on a small Jetson? try --workspace-mb 256 or a smaller --max-batch)"
         )
-    _save_timing_cache(config, timing_cache)
+    _save_timing_cache(config, inputs.timing_cache)
     return bytes(memoryview(serialized))
 
 
@@ -263,40 +252,18 @@ class EngineBuild:
         return f"built {self.key.precision} engine {self.path} in {self.seconds:.0f} s ({self.reason})"
 
 
-def _resolve_engine_path(onnx_path: Path, precision: str, key: EngineKey, output, cache_dir) -> Path:
-    if output is not None:
-        check_output_suffix(output, "engine")
-        out = Path(output)
-        if is_dir_arg(output):
-            out = out / default_engine_path(onnx_path, precision).name
-    elif cache_dir is not None:
-        out = cached_engine_path(cache_dir, onnx_path, key)
-    else:
-        out = default_engine_path(onnx_path, precision)
-    return prepare_output(out, "engine directory")
+def build_engine_report(onnx_path: str | os.PathLike, options: ExportOptions,
+                        progress: ProgressFn | None = None) -> EngineBuild:
+    """Build (or reuse from cache) a TensorRT engine for an exported ONNX file -> EngineBuild.
 
-
-def build_engine_report(
-    onnx_path: str | os.PathLike,
-    precision: str = "fp16",
-    calib_data: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    output: str | os.PathLike | None = None,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    workspace_mb: int = DEFAULT_WORKSPACE_MB,
-    calib_images: int = DEFAULT_CALIB_IMAGES,
-    calib_batch: int = DEFAULT_CALIB_BATCH,
-    verify: bool = True,
-    verify_images: int = DEFAULT_VERIFY_IMAGES,
-    force: bool = False,
-    progress: ProgressFn | None = None,
-) -> EngineBuild:
-    """Build (or reuse from cache) a TensorRT engine for an exported ONNX file -> EngineBuild. See build_engine."""
-    if precision not in PRECISIONS:
-        raise EdgeError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if max_batch < 1:
-        raise EdgeError(f"--max-batch must be >= 1, got {max_batch}")
+    precision: options.precision ("int8" calibrates on real images from options.calib_data, else the training data
+    recorded in the model; never on random data). The engine goes where `output_path` says (options.output, else
+    beside the ONNX file: `model.fp16.engine`); timing and calibration caches go to options.cache_dir (else beside
+    the engine). An existing engine whose sidecar matches the current key (ONNX sha256, TensorRT version, GPU,
+    compute capability, precision, input shape) is reused unless options.force; anything else is rebuilt.
+    """
+    precision, max_batch, calib_data, cache_dir = options.precision, options.max_batch, options.calib_data, \
+        options.cache_dir
     onnx_path = Path(onnx_path)
     trt = require_tensorrt()
     meta: ModelMeta = read_onnx_meta(onnx_path)
@@ -313,8 +280,8 @@ def build_engine_report(
                 f"INT8 needs real calibration images ({why}): pass --calib-data DIR with a few hundred images like "
                 f"the camera sees (the training set is ideal); random data is never used, it would quantize badly"
             )
-        calib_files = pick_evenly(found, calib_images)
-        calib_batch = max(1, min(calib_batch, max_batch, len(calib_files)))
+        calib_files = pick_evenly(found, options.calib_images)
+        calib_batch = max(1, min(options.calib_batch, max_batch, len(calib_files)))
         if len(calib_files) < MIN_CALIB_IMAGES:
             log.warning("only %d calibration images in %s; INT8 accuracy may suffer (use a few hundred)", len(calib_files), folder)
         calibration = calibration_digest(calib_files, extra=json.dumps(meta.preprocess.to_dict(), sort_keys=True) + f"|b{calib_batch}")
@@ -329,9 +296,9 @@ def build_engine_report(
         max_batch=max_batch,
         calibration=calibration,
     )
-    engine_path = _resolve_engine_path(onnx_path, precision, key, output, cache_dir)
+    engine_path = output_path(options, "engine", onnx_path)
     cache_root = ensure_writable_dir(cache_dir, "cache directory") if cache_dir is not None else engine_path.parent
-    reason = "--force" if force else stale_reason(engine_path, key)
+    reason = "--force" if options.force else stale_reason(engine_path, key)
     if reason is None:
         log.info("engine %s is up to date; reusing it", engine_path)
         return EngineBuild(engine_path, False, "up to date", key)
@@ -346,22 +313,13 @@ def build_engine_report(
         calibrator = make_calibrator(trt, batches, calibration_cache_path(cache_root, onnx_path, key), state, cuda)
     started = time.monotonic()
     with Heartbeat(state, progress or log_progress):
-        data = build_serialized_engine(
-            trt,
-            onnx_path,
-            precision=precision,
-            input_size=size,
-            max_batch=max_batch,
-            workspace_mb=workspace_mb,
-            timing_cache=timing_cache_path(cache_root, key.tensorrt_version, key.gpu_name, key.compute_capability),
-            state=state,
-            calibrator=calibrator,
-            calib_shape=calib_shape,
-        )
+        timing = timing_cache_path(cache_root, key.tensorrt_version, key.gpu_name, key.compute_capability)
+        data = build_serialized_engine(trt, onnx_path, options, BuildInputs(size, timing, state, calibrator,
+                                                                            calib_shape))
         report = None
-        if verify:
+        if options.verify:
             state.set("verifying against onnxruntime")
-            batch = verification_inputs(meta, calib_data, verify_images)
+            batch = verification_inputs(meta, calib_data, options.verify_images)
             report = verify_engine(data, meta, onnx_path, batch, precision)
             if report is not None:
                 require_passed(report, f"engine verification failed, {engine_path.name} not written")
@@ -369,20 +327,7 @@ def build_engine_report(
     return EngineBuild(engine_path, True, reason, key, report, time.monotonic() - started)
 
 
-def build_engine(
-    onnx_path: str | os.PathLike,
-    precision: str = "fp16",
-    calib_data: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    **kwargs: Any,
-) -> Path:
-    """Build a TensorRT engine from an ONNX file written by `edge export` and return its path.
-
-    precision: "fp32", "fp16" or "int8" (int8 calibrates on real images from `calib_data`, else the training data
-    recorded in the model; never on random data). The engine goes to `output=` if given, else into `cache_dir`
-    under a name holding the cache key's digest, else beside the ONNX file (`model.fp16.engine`); timing and
-    calibration caches go to `cache_dir` (else beside the engine). An existing engine whose sidecar matches the
-    current key (ONNX sha256, TensorRT version, GPU, compute capability, precision, input shape) is reused;
-    anything else is rebuilt. Other keywords: see build_engine_report.
-    """
-    return build_engine_report(onnx_path, precision, calib_data, cache_dir, **kwargs).path
+def build_engine(onnx_path: str | os.PathLike, options: ExportOptions, progress: ProgressFn | None = None) -> Path:
+    """Build a TensorRT engine from an ONNX file written by `edge export` and return its path (see
+    build_engine_report)."""
+    return build_engine_report(onnx_path, options, progress).path

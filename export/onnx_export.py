@@ -38,9 +38,8 @@ from edge.core.metadata import ONNX_META_KEY, ModelMeta, load_model, sha256_file
 from edge.core.model_files import EXPORT_INFO_KEY, INPUT_NAME, NOVELTY_OUTPUT, OUTPUT_NAME
 from edge.core.novelty import ClassifierWithNovelty
 
-from .cache import is_dir_arg, prepare_output
+from .options import MAX_OPSET, MIN_OPSET, ExportOptions, output_path
 from .verify import (
-    DEFAULT_VERIFY_IMAGES,
     InputBatch,
     VerifyReport,
     require_passed,
@@ -51,18 +50,7 @@ from .verify import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 11
-MIN_OPSET, MAX_OPSET = 9, 20  # the TorchScript exporter's range that still makes sense for these CNNs
 PRODUCER = "jetson-edge-classifier"
-
-
-def check_opset(opset: int) -> int:
-    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise EdgeError(
-            f"--opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} "
-            f"({DEFAULT_OPSET} for old Jetson TensorRT 7.x/8.x, the default)"
-        )
-    return opset
 
 
 def half_precision_runs_on_cpu() -> bool:
@@ -72,32 +60,6 @@ def half_precision_runs_on_cpu() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def default_onnx_path(checkpoint: str | os.PathLike, fp16: bool = False) -> Path:
-    """`runs/x/model.pt` -> `runs/x/model.onnx` (or `model.fp16.onnx`)."""
-    p = Path(checkpoint)
-    return p.with_name(p.stem + (".fp16.onnx" if fp16 else ".onnx"))
-
-
-def resolve_output(checkpoint: str | os.PathLike, output: str | os.PathLike | None, fp16: bool = False) -> Path:
-    """The ONNX path to write: `output` (a file, or an existing directory to put the default name in) or the default.
-
-    Checks the location is writable (creating missing directories) and is not the checkpoint itself.
-    """
-    default = default_onnx_path(checkpoint, fp16)
-    if output is None:
-        out = default
-    else:
-        out = Path(output)
-        if is_dir_arg(output):
-            out = out / default.name
-    if out.exists() and out.is_dir():
-        raise EdgeError(f"output {str(out)!r} is a directory; pass a file name such as {default.name!r}")
-    with contextlib.suppress(OSError):
-        if out.resolve() == Path(checkpoint).resolve():
-            raise EdgeError(f"output {str(out)!r} is the checkpoint itself; choose another --output")
-    return prepare_output(out, "output directory")
 
 
 class ProbabilityModel(nn.Module):
@@ -166,26 +128,28 @@ def _embed_metadata(path: Path, meta: ModelMeta, info: dict) -> None:
 
 def export_onnx_verified(
     checkpoint: str | os.PathLike,
-    output: str | os.PathLike | None = None,
+    options: ExportOptions | None = None,
     *,
-    opset: int = DEFAULT_OPSET,
-    fp16: bool = False,
-    calib_data: str | os.PathLike | None = None,
-    verify_images: int = DEFAULT_VERIFY_IMAGES,
+    fp16: bool | None = None,
     inputs: InputBatch | None = None,
 ) -> tuple[Path, VerifyReport]:
     """Export a training checkpoint to ONNX, verify it against PyTorch, and move it into place -> (path, report).
 
+    `options` (default ExportOptions()) gives the opset, verification images and where the file goes
+    (`output_path`); `fp16` overrides options.fp16 (`--format all --fp16` writes both).
+
     Raises EdgeError (one line) for an unreadable or foreign checkpoint, an unwritable output, an export failure,
     and ExportVerificationError when the file does not match PyTorch within tolerance; nothing is left behind then.
     """
-    check_opset(opset)
+    options = options or ExportOptions()
+    fp16 = options.fp16 if fp16 is None else fp16
+    opset = options.opset
     checkpoint = Path(checkpoint)
     model, meta = load_model(checkpoint, "cpu", with_novelty=True)
     meta.source_sha256 = sha256_file(checkpoint)
-    out = resolve_output(checkpoint, output, fp16)
+    out = output_path(options, "onnx-fp16" if fp16 else "onnx", checkpoint)
     precision = "fp16" if fp16 else "fp32"
-    batch = inputs if inputs is not None else verification_inputs(meta, calib_data, verify_images)
+    batch = inputs if inputs is not None else verification_inputs(meta, options.calib_data, options.verify_images)
     reference = torch_outputs(model, batch.data)
     outputs = [OUTPUT_NAME, NOVELTY_OUTPUT] if isinstance(model, ClassifierWithNovelty) else [OUTPUT_NAME]
 
@@ -235,5 +199,6 @@ def export_onnx_verified(
 
 
 def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None, **options: Any) -> Path:
-    """Export and verify (export_onnx_verified, same keyword options) -> path of the written ONNX file."""
-    return export_onnx_verified(checkpoint, output, **options)[0]
+    """Export and verify -> path of the written ONNX file; keywords are ExportOptions fields (opset, fp16,
+    calib_data, verify_images)."""
+    return export_onnx_verified(checkpoint, ExportOptions(output=output, **options))[0]

@@ -34,6 +34,7 @@ from edge.core.registry import get_arch
 from edge.runtime.backends import tensorrt_backend
 from edge.runtime.backends.tensorrt_backend import TensorRTBackend
 from export import cache, calibration, cuda_binding, engine_build, engine_progress
+from export.options import ExportOptions, output_path
 from export.verify import (
     find_images,
     read_image_bgr,
@@ -83,12 +84,38 @@ def test_cache_key_changes_with_every_field_and_names_it():
 def test_engine_paths():
     assert cache.default_engine_path("/m/model.onnx", "fp16") == Path("/m/model.fp16.engine")
     assert cache.default_engine_path("/m/model.fp16.onnx", "fp16") == Path("/m/model.fp16.engine")
-    k = _key()
-    p = cache.cached_engine_path("/c", "/m/model.onnx", k)
-    assert p.parent == Path("/c") and p.name == f"model.fp16.{k.digest()[:12]}.engine"
     t = cache.timing_cache_path("/c", "8.5.2.2", "NVIDIA Tegra X1", "5.3")
     assert t == Path("/c/timing-trt8.5.2.2-nvidia-tegra-x1-sm5.3.cache")
     assert sidecar_path("/m/model.fp16.engine") == Path("/m/model.fp16.engine.json")
+
+
+def test_one_function_decides_where_every_export_file_goes(tmp_path):
+    pt, onnx_file = tmp_path / "runs" / "model.pt", tmp_path / "runs" / "model.onnx"
+
+    def where(kind, source=pt, **kw):
+        return output_path(ExportOptions(**kw), kind, source)
+
+    assert where("onnx") == onnx_file and where("onnx-fp16", fp16=True) == tmp_path / "runs" / "model.fp16.onnx"
+    assert where("onnx", output=tmp_path / "x.onnx") == tmp_path / "x.onnx"
+    assert where("onnx", output=f"{tmp_path}/out/") == tmp_path / "out" / "model.onnx"  # a directory: default names
+    assert where("engine", onnx_file, fmt="all", fp16=True, output=f"{tmp_path}/out/") == \
+        tmp_path / "out" / "model.fp16.engine"
+    # --format engine -o cam.plan: the engine is that file, the FP32 ONNX it is built from goes beside it
+    assert where("engine", onnx_file, fmt="engine", output=tmp_path / "e" / "cam.plan") == tmp_path / "e" / "cam.plan"
+    assert where("onnx", fmt="engine", output=tmp_path / "e" / "cam.plan") == tmp_path / "e" / "model.onnx"
+    assert where("engine", onnx_file, fmt="engine", int8=True, cache_dir=tmp_path / "c") == \
+        tmp_path / "runs" / "model.int8.engine"  # --cache-dir holds caches only
+
+
+def test_export_options_are_checked_once_when_made():
+    for kw, words in [(dict(fmt="tflite"), "unknown format"), (dict(opset=3), "--opset 3"),
+                      (dict(int8=True), "--int8 applies to TensorRT engines only"),
+                      (dict(fmt="all", output="model.onnx"), "must be a directory"),
+                      (dict(fmt="engine", output="model.onnx"), "TensorRT engine must end in"),
+                      (dict(max_batch=0), "--max-batch must be an integer >= 1")]:
+        with pytest.raises(EdgeError, match=words):
+            ExportOptions(**kw)
+    assert ExportOptions.engine("int8").precision == "int8" and ExportOptions(fp16=True).precision == "fp16"
 
 
 def test_write_engine_and_staleness(tmp_path):
@@ -172,7 +199,7 @@ def test_builder_caches_engine_and_rebuilds_on_any_change(fake_trt, squeeze_onnx
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(squeeze_onnx.read_bytes())
     lines: list[str] = []
-    first = engine_build.build_engine_report(onnx_path, "fp16", verify=False, progress=lines.append)
+    first = engine_build.build_engine_report(onnx_path, ExportOptions.engine("fp16", verify=False), lines.append)
     assert first.built and first.path == tmp_path / "model.fp16.engine"
     assert any("building fp16 engine model.fp16.engine" in ln and "elapsed" in ln for ln in lines)
     build = fake_trt.builds[-1]
@@ -184,35 +211,39 @@ def test_builder_caches_engine_and_rebuilds_on_any_change(fake_trt, squeeze_onnx
     timing = cache.timing_cache_path(tmp_path, "10.3.0", "Fake Orin", "8.7")
     assert timing.read_bytes() == b"+"  # timing cache saved for the next build
 
-    again = engine_build.build_engine_report(onnx_path, "fp16", verify=False)
+    again = engine_build.build_engine_report(onnx_path, ExportOptions.engine("fp16", verify=False))
     assert not again.built and len(fake_trt.builds) == 1 and "up to date" in again.summary()
 
     fake_trt.__version__ = "10.4.0"  # JetPack upgrade: never reuse
-    upgraded = engine_build.build_engine_report(onnx_path, "fp16", verify=False)
+    upgraded = engine_build.build_engine_report(onnx_path, ExportOptions.engine("fp16", verify=False))
     assert upgraded.built and "tensorrt_version" in upgraded.reason and len(fake_trt.builds) == 2
     assert timing.with_name(timing.name.replace("10.3.0", "10.4.0")).is_file()
 
     proto = onnx.load(str(onnx_path))
     proto.doc_string += " (re-exported)"
     onnx.save(proto, str(onnx_path))  # a re-exported ONNX file: other bytes
-    rebuilt = engine_build.build_engine_report(onnx_path, "fp16", verify=False)
+    rebuilt = engine_build.build_engine_report(onnx_path, ExportOptions.engine("fp16", verify=False))
     assert rebuilt.built and "onnx_sha256" in rebuilt.reason
 
-    fp32 = engine_build.build_engine(onnx_path, "fp32", verify=False)
+    fp32 = engine_build.build_engine(onnx_path, ExportOptions.engine("fp32", verify=False))
     assert fp32 == tmp_path / "model.fp32.engine" and "TF32" not in fake_trt.builds[-1]["config"].flags
 
-    cached = engine_build.build_engine(onnx_path, "fp16", cache_dir=tmp_path / "cache", verify=False)
-    assert cached.parent == tmp_path / "cache" and read_engine_sidecar(cached).key.precision == "fp16"
+    # --cache-dir holds the caches; the engine stays beside the ONNX file (where `edge export` says it is)
+    cached = engine_build.build_engine(onnx_path, ExportOptions.engine("fp16", cache_dir=tmp_path / "cache",
+                                                                       verify=False, force=True))
+    assert cached == tmp_path / "model.fp16.engine" and read_engine_sidecar(cached).key.precision == "fp16"
+    assert list((tmp_path / "cache").glob("timing-*.cache"))
 
 
 def test_int8_calibrates_on_real_images_and_caches_the_table(fake_trt, squeeze_onnx, dataset, tmp_path):
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(squeeze_onnx.read_bytes())
     with pytest.raises(EdgeError, match="INT8 needs real calibration images"):
-        engine_build.build_engine(onnx_path, "int8", verify=False)
+        engine_build.build_engine(onnx_path, ExportOptions.engine("int8", verify=False))
     assert not (tmp_path / "model.int8.engine").exists()
 
-    path = engine_build.build_engine(onnx_path, "int8", dataset, verify=False, calib_batch=4)
+    path = engine_build.build_engine(onnx_path, ExportOptions.engine("int8", calib_data=dataset, verify=False,
+                                                                     calib_batch=4))
     build = fake_trt.builds[-1]
     assert path == tmp_path / "model.int8.engine" and {"INT8", "FP16"} <= build["config"].flags
     assert build["batches"] == 2 and not build["calib_from_cache"]  # 8 images / batch 4
@@ -226,7 +257,8 @@ def test_int8_calibrates_on_real_images_and_caches_the_table(fake_trt, squeeze_o
     tables = list(tmp_path.glob("model.int8.*.calib"))
     assert len(tables) == 1 and tables[0].read_bytes() == b"calibration-table"
 
-    engine_build.build_engine(onnx_path, "int8", dataset, verify=False, calib_batch=4, force=True)
+    engine_build.build_engine(onnx_path, ExportOptions.engine("int8", calib_data=dataset, verify=False,
+                                                              calib_batch=4, force=True))
     assert fake_trt.builds[-1]["calib_from_cache"]  # the table is reused, not recomputed
 
 
@@ -290,7 +322,7 @@ def test_engine_output_path_must_be_one_serve_reads(engine_runs_onnx, fake_trt, 
     onnx_path.write_bytes(squeeze_onnx.read_bytes())
     engine_runs_onnx.onnx = onnx_path
     with pytest.raises(EdgeError, match="a TensorRT engine must end in one of .engine, .plan, .trt"):
-        engine_build.build_engine(onnx_path, "fp16", output=tmp_path / "model.bin", verify=False)
+        engine_build.build_engine(onnx_path, ExportOptions.engine("fp16", output=tmp_path / "model.bin", verify=False))
     assert fake_trt.builds == [] and leftovers(tmp_path) == ["model.onnx"]
     rc, out, err = run_cli(capsys, onnx_path, "--format", "engine", "-o", tmp_path / "cam.plan", "--verify-images", "1")
     plan = tmp_path / "cam.plan"
@@ -370,7 +402,7 @@ def test_real_tensorrt_engine_builds_verifies_and_is_cached(precision, squeeze_o
     # a random-init model's near-uniform outputs are no fair test of INT8 agreement: verify fp32/fp16 only
     kw = dict(cache_dir=tmp_path / "cache", output=tmp_path / f"model.{precision}.engine", max_batch=4,
               verify=precision != "int8")
-    first = engine_build.build_engine_report(onnx_path, precision, dataset, **kw)
+    first = engine_build.build_engine_report(onnx_path, ExportOptions.engine(precision, calib_data=dataset, **kw))
     assert first.built and first.path.is_file()
     if precision != "int8":
         assert first.report is not None and first.report.passed, first.report and first.report.summary()
@@ -379,6 +411,6 @@ def test_real_tensorrt_engine_builds_verifies_and_is_cached(precision, squeeze_o
     import tensorrt as trt
 
     assert side.key.tensorrt_version == trt.__version__ and side.key.precision == precision
-    again = engine_build.build_engine_report(onnx_path, precision, dataset, **kw)
+    again = engine_build.build_engine_report(onnx_path, ExportOptions.engine(precision, calib_data=dataset, **kw))
     assert not again.built
     assert any((tmp_path / "cache").glob("timing-*.cache"))

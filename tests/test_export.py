@@ -220,8 +220,14 @@ def test_unwritable_output_and_unknown_format(squeeze, tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1 and "ends in '.pt'" in err and squeeze.read_bytes() == before
     from export.onnx_export import export_onnx
 
-    with pytest.raises(EdgeError, match="is the checkpoint itself"):  # the library's own guard, any suffix
+    with pytest.raises(EdgeError, match="ends in '.pt'"):  # the library checks its options the same way
         export_onnx(squeeze, squeeze)
+    odd = tmp_path / "odd.onnx"  # a checkpoint under an ONNX name: the output path's own guard
+    odd.write_bytes(before)
+    with pytest.raises(EdgeError, match="is the checkpoint itself"):
+        export_onnx(odd, odd)
+    assert odd.read_bytes() == before
+    odd.unlink()
 
     rc, out, err = run_cli(capsys, squeeze, "--format", "tflite")
     assert rc == 2 and out == "" and err == "error: unknown format 'tflite'; choose one of: onnx, engine, all\n"

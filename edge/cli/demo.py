@@ -220,9 +220,10 @@ def run_demo(
     log.info("[3/4] exporting %s to ONNX (verified against PyTorch)", checkpoint)
     try:
         from export.onnx_export import export_onnx_verified
+        from export.options import ExportOptions
     except ImportError as e:
         raise EdgeError(f"the demo needs the `export` package of this project ({e}); reinstall with pip install -e .") from e
-    onnx_path, verify = export_onnx_verified(checkpoint, model_dir / "model.onnx")
+    onnx_path, verify = export_onnx_verified(checkpoint, ExportOptions(output=model_dir / "model.onnx"))
     stages["export_s"] = round(time.monotonic() - t, 2)
 
     # 4. serve: the real pipeline on the test camera, recorded

@@ -305,13 +305,14 @@ class Jobs:
 
     # ------------------------------------------------------------------ export
     def _export(self, job: Job) -> None:
+        from export.options import ExportOptions
         from export.run import run_export
 
         engine = importlib.util.find_spec("tensorrt") is not None
         job.update("exporting ONNX" + (" and a TensorRT engine" if engine else ""), 0.1)
-        files = run_export(self.output / "model.pt", fmt="all" if engine else "onnx",
-                           fp16=engine and torch.cuda.is_available(), calib_data=self.dataset.root,
-                           progress=lambda line: job.update(line))
+        options = ExportOptions(fmt="all" if engine else "onnx", fp16=engine and torch.cuda.is_available(),
+                                calib_data=self.dataset.root)
+        files = run_export(self.output / "model.pt", options, progress=lambda line: job.update(line))
         job.result = {"files": [{"kind": f.kind, "path": str(f.path), "note": f.note or None,
                                  "verify": f.report.summary() if f.report else None} for f in files]}
         fastest = next((f for f in files if f.kind == "engine"), None) or next(f for f in files if f.kind == "onnx")
