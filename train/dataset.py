@@ -91,6 +91,29 @@ def _walk_images(top: str, real_root: str, outside: dict[str, str]) -> Iterator[
                 outside.setdefault(os.path.join(real, name), path)
 
 
+def _find_classes(folder: str) -> list[str]:
+    """Class folder names under `folder`, sorted (none when it is missing); an entry that cannot be followed (a
+    symlink loop, a dangling link) is no class folder."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        raise EdgeError(f"cannot list {folder!r}: {e.strerror}") from e
+    names = []
+    for entry in entries:
+        try:
+            if entry.is_dir():
+                names.append(entry.name)
+        except OSError as e:
+            log.warning("skipping %s: %s", entry.path, e.strerror)
+    undecodable = [n for n in names if any("\udc80" <= c <= "\udcff" for c in n)]
+    if undecodable:
+        raise EdgeError(f"class folder {os.fsencode(undecodable[0])!r} in {folder!r} is not valid UTF-8 (class names "
+                        "are stored as UTF-8 text in labels.txt and the model); rename it")
+    return sorted(names)
+
+
 def _file_id(path: str) -> tuple:
     try:
         st = os.stat(path)
@@ -112,16 +135,11 @@ def _list_images(root: Path, splits: dict[str, Path]) -> _Listing:
     A file reachable by several paths is kept at its own path (not through a link), in the first split given.
     Links that leave `root` are never followed.
     """
-    from torchvision.datasets.folder import find_classes
-
     real_root = os.path.realpath(root)
     listing = _Listing({})
     found: list[tuple[str, str, str]] = []  # (split, class, path)
     for split, folder in splits.items():
-        try:
-            classes, _ = find_classes(str(folder))
-        except FileNotFoundError:
-            classes = []
+        classes = _find_classes(str(folder))
         listing.files[split] = {c: [] for c in classes}
         for c in classes:
             found += [(split, c, p) for p in _walk_images(str(folder / c), real_root, listing.outside)]
