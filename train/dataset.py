@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 
 from edge.core.errors import EdgeError
 from edge.core.files import IMAGE_EXTENSIONS, is_image_name
+from edge.core.images import check_pixels, pixel_problem
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,9 @@ def _list_class_files(folder: Path) -> dict[str, list[str]]:
 
 def check_image(path: str) -> str | None:
     """Decode an image fully (at reduced JPEG scale, fast); return the reason it is unusable, or None."""
+    problem = pixel_problem(path)  # from the header: a decompression bomb is never decoded
+    if problem:
+        return problem
     try:
         with Image.open(path) as img:
             img.draft("RGB", (64, 64))
@@ -264,6 +268,7 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int =
 
 def load_rgb(path: str, max_side: int = MAX_KEEP_SIDE) -> Image.Image:
     """Decode an image as RGB, downscaled so its shorter side is at most `max_side` (keeps memory bounded)."""
+    check_pixels(path)
     with Image.open(path) as img:
         img.draft("RGB", (max_side, max_side))
         img = ImageOps.exif_transpose(img).convert("RGB")  # phone photos: upright, as the user saw them
