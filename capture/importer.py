@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 
 from edge.core.errors import EdgeError
 from edge.core.files import IMAGE_EXTENSIONS, list_images
+from edge.core.images import pixel_problem
 
 from .dataset import DatasetWriter
 
@@ -33,6 +34,11 @@ def import_photos(folder: str | Path, writer: DatasetWriter, label: str, count: 
         if stop is not None and stop.is_set():
             out("stopped")
             break
+        problem = pixel_problem(path)  # from the header: a decompression bomb is never decoded
+        if problem:
+            bad.append(path)
+            out(f"skipped {problem}")
+            continue
         try:
             data = convert(path.read_bytes(), writer.quality)
         except (OSError, ValueError, Image.DecompressionBombError) as e:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge.core.errors import EdgeError, brief
+from edge.core.errors import DiskFullError, EdgeError, brief, disk_full
 from edge.core.fsutil import TEMP_PREFIX, make_readable
 from edge.core.metadata import ONNX_META_KEY, ModelMeta, load_model, sha256_file
 from edge.core.model_files import EXPORT_INFO_KEY, INPUT_NAME, NOVELTY_OUTPUT, OUTPUT_NAME
@@ -183,6 +183,8 @@ def export_onnx_verified(
         except EdgeError:
             raise
         except Exception as e:  # noqa: BLE001 - exporter and checker errors are many types; the message matters
+            if disk_full(e):
+                raise DiskFullError(out.parent, e) from e
             raise EdgeError(
                 f"could not export {meta.arch} to ONNX opset {opset}: {brief(e, 300)}; try another --opset "
                 f"({MIN_OPSET}..{MAX_OPSET})"

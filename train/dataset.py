@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 
 from edge.core.errors import EdgeError
 from edge.core.files import IMAGE_EXTENSIONS, is_image_name
+from edge.core.images import check_pixels, pixel_problem
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,29 @@ def _walk_images(top: str, real_root: str, outside: dict[str, str]) -> Iterator[
                 outside.setdefault(os.path.join(real, name), path)
 
 
+def _find_classes(folder: str) -> list[str]:
+    """Class folder names under `folder`, sorted (none when it is missing); an entry that cannot be followed (a
+    symlink loop, a dangling link) is no class folder."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        raise EdgeError(f"cannot list {folder!r}: {e.strerror}") from e
+    names = []
+    for entry in entries:
+        try:
+            if entry.is_dir():
+                names.append(entry.name)
+        except OSError as e:
+            log.warning("skipping %s: %s", entry.path, e.strerror)
+    undecodable = [n for n in names if any("\udc80" <= c <= "\udcff" for c in n)]
+    if undecodable:
+        raise EdgeError(f"class folder {os.fsencode(undecodable[0])!r} in {folder!r} is not valid UTF-8 (class names "
+                        "are stored as UTF-8 text in labels.txt and the model); rename it")
+    return sorted(names)
+
+
 def _file_id(path: str) -> tuple:
     try:
         st = os.stat(path)
@@ -112,16 +136,11 @@ def _list_images(root: Path, splits: dict[str, Path]) -> _Listing:
     A file reachable by several paths is kept at its own path (not through a link), in the first split given.
     Links that leave `root` are never followed.
     """
-    from torchvision.datasets.folder import find_classes
-
     real_root = os.path.realpath(root)
     listing = _Listing({})
     found: list[tuple[str, str, str]] = []  # (split, class, path)
     for split, folder in splits.items():
-        try:
-            classes, _ = find_classes(str(folder))
-        except FileNotFoundError:
-            classes = []
+        classes = _find_classes(str(folder))
         listing.files[split] = {c: [] for c in classes}
         for c in classes:
             found += [(split, c, p) for p in _walk_images(str(folder / c), real_root, listing.outside)]
@@ -148,6 +167,9 @@ def _list_class_files(folder: Path) -> dict[str, list[str]]:
 
 def check_image(path: str) -> str | None:
     """Decode an image fully (at reduced JPEG scale, fast); return the reason it is unusable, or None."""
+    problem = pixel_problem(path)  # from the header: a decompression bomb is never decoded
+    if problem:
+        return problem
     try:
         with Image.open(path) as img:
             img.draft("RGB", (64, 64))
@@ -246,6 +268,7 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int =
 
 def load_rgb(path: str, max_side: int = MAX_KEEP_SIDE) -> Image.Image:
     """Decode an image as RGB, downscaled so its shorter side is at most `max_side` (keeps memory bounded)."""
+    check_pixels(path)
     with Image.open(path) as img:
         img.draft("RGB", (max_side, max_side))
         img = ImageOps.exif_transpose(img).convert("RGB")  # phone photos: upright, as the user saw them

@@ -23,6 +23,7 @@ import numpy as np
 from edge.cli._options import add_model_arguments, backend_options, log_to_stderr
 from edge.core.errors import EdgeError, cli_entry
 from edge.core.files import IMAGE_EXTENSIONS, list_images, read_image_bgr
+from edge.core.images import pixel_problem
 from edge.core.preprocess import preprocess_image
 from edge.runtime.smoothing import decide, label_of
 
@@ -70,12 +71,21 @@ def predict_files(backend, paths: Sequence[Path], batch_size: int = 16, top_k: i
             slots.append(n)
             n += 1
         probs, novelty = run_model(backend, batch[:n]) if n else (np.empty((0, len(names)), np.float32), None)
+        if probs.ndim != 2 or probs.shape[1] != len(names):
+            width = probs.shape[1] if probs.ndim == 2 else tuple(probs.shape[1:])
+            raise EdgeError(f"the model outputs {width} scores per image but names {len(names)} classes "
+                            f"({', '.join(names)}); it does not match its labels: re-export it with `edge export`")
         for p, slot in zip(chunk, slots):
             if slot is None:
+                error = pixel_problem(p) or "cannot decode image (corrupt or not an image)"
                 log.warning("cannot decode %s; skipped", p)
-                yield {"path": str(p), "error": "cannot decode image (corrupt or not an image)"}
+                yield {"path": str(p), "error": error}
                 continue
             row = probs[slot]
+            if not np.isfinite(row).all() or (novelty is not None and not np.isfinite(novelty[slot])):
+                log.warning("the model gave NaN or infinite scores for %s", p)
+                yield {"path": str(p), "error": "the model gave NaN or infinite scores (a broken model file?)"}
+                continue
             top = int(np.argmax(row))
             result = {"path": str(p), "label": names[top], "confidence": round(float(row[top]), 6)}
             if novelty is not None and threshold is not None:

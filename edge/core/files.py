@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,16 @@ def load_torch_file(path: str | os.PathLike, what: str = "PyTorch file", hint: s
 
 
 def read_image_bgr(path: str | os.PathLike) -> np.ndarray | None:
-    """HxWx3 uint8 BGR image (EXIF orientation applied, as in training), or None when it cannot be decoded."""
+    """HxWx3 uint8 BGR image (EXIF orientation applied, as in training), or None when it cannot be decoded or
+    declares more pixels than edge.core.images.MAX_PIXELS (checked from the header, before decoding)."""
     import cv2
+
+    from edge.core.images import pixel_problem
+
+    problem = pixel_problem(path)
+    if problem:
+        logging.getLogger(__name__).warning("%s", problem)
+        return None
 
     try:
         buf = np.fromfile(str(path), np.uint8)

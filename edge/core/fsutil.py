@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from edge.core.errors import EdgeError
+from edge.core.errors import DiskFullError, EdgeError, disk_full
 
 TEMP_PREFIX = ".tmp-"
 
@@ -97,10 +97,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", permissions: int | N
             os.fchmod(f.fileno(), _FILE_MODE if permissions is None else permissions)
             os.fsync(f.fileno())
         replace_durably(tmp, target)
-    except BaseException:
+    except BaseException as e:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        if disk_full(e) and not isinstance(e, DiskFullError):
+            raise DiskFullError(target, e) from e
         raise
 
 

@@ -29,6 +29,7 @@ from edge.core.labels import SPLITS, check_label
 from edge.core.errors import EdgeError
 from edge.core.files import is_image_name
 from edge.core.fsutil import is_temp_name
+from edge.core.images import pixel_problem
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,9 @@ class TeachDataset:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key]
+        problem = pixel_problem(path)  # from the header: a decompression bomb is never decoded
+        if problem:
+            raise ApiError(409, f"snapshot {sid!r}: {problem}")
         img = cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_2)
         if img is None:
             raise ApiError(409, f"snapshot {sid!r} ({path.name}) cannot be decoded; delete it")

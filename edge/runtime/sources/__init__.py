@@ -195,7 +195,10 @@ def _parse(uri: str) -> tuple[str, str, SplitResult, dict[str, str]]:
         raise SourceConfigError(f"unknown source scheme {scheme + '://'!r} in {redact_uri(uri)!r}; valid: "
                                 f"{', '.join(s + '://' for s in SOURCES)} or a device, file or folder path")
     if "://" in uri:
-        parts = urlsplit(uri)
+        try:
+            parts = urlsplit(uri)
+        except ValueError as e:  # e.g. "Invalid IPv6 URL" for http://[::1
+            raise SourceConfigError(f"{redact_uri(uri)!r} is not a valid URL ({e}); e.g. http://[::1]:8080/video") from None
         options = dict(parse_qsl(parts.query, keep_blank_values=True))
     else:  # a bare device or path: no query options (a file name may contain '?')
         parts, options = urlsplit("")._replace(path=uri), {}

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from edge.core.files import IMAGE_EXTENSIONS, list_images
+from edge.core.images import pixel_problem
 from edge.runtime.sources.base import (
     FrameSource,
     Pacer,
@@ -50,13 +51,15 @@ class ImageFolderSource(FrameSource):
                 self._index = 0
             path = self.files[self._index]
             self._index += 1
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            problem = pixel_problem(path)  # from the header: a decompression bomb is never decoded
+            img = None if problem else cv2.imread(str(path), cv2.IMREAD_COLOR)
             if img is not None:
                 break
-            log.warning("skipping unreadable image %s", path)
+            log.warning("skipping %s", problem or f"unreadable image {path}")
             misses += 1
             if misses >= len(self.files):
-                raise SourceError(f"none of the {len(self.files)} images in {self.uri!r} can be decoded")
+                why = f" ({problem})" if problem else ""
+                raise SourceError(f"none of the {len(self.files)} images in {self.uri!r} can be decoded{why}")
         if self.size and (img.shape[1], img.shape[0]) != self.size:
             img = cv2.resize(img, self.size, interpolation=cv2.INTER_AREA)
         if self._pacer:

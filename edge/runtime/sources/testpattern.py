@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from edge.core.synthetic import SceneRenderer
-from edge.runtime.sources.base import FrameSource, Pacer, check_options, number_option
+from edge.runtime.sources.base import FrameSource, Pacer, SourceConfigError, check_options, number_option
+
+MAX_SIDE = 4096  # a synthetic frame needs tens of bytes per pixel to render: 20000x20000 would take 12 GiB
 
 OPTIONS = {
-    "width": "pixels, default 640",
-    "height": "pixels, default 480",
+    "width": f"pixels, default 640, at most {MAX_SIDE}",
+    "height": f"pixels, default 480, at most {MAX_SIDE}",
     "fps": "frames per second, default 30",
     "frames": "end after this many frames, default never",
     "seed": "background seed, default 0",
@@ -28,6 +30,9 @@ class TestPatternSource(FrameSource):
         self.uri = uri
         w = int(width or number_option(uri, options, "width", 640, int))
         h = int(height or number_option(uri, options, "height", 480, int))
+        if max(w, h) > MAX_SIDE:
+            raise SourceConfigError(f"{uri}: {w}x{h} is too large for the test pattern; width and height are at "
+                                    f"most {MAX_SIDE}")
         self.fps = float(fps or number_option(uri, options, "fps", 30.0))
         self.frames = number_option(uri, options, "frames", None, int)
         seed = number_option(uri, options, "seed", 0, int, positive=False)
