@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.core.synthetic import SceneRenderer
-from edge.runtime.sources.base import FrameSource, Pacer, check_options, number_option
+from edge.core.synthetic import DIRECTIONS, SceneRenderer
+from edge.runtime.sources.base import FrameSource, Pacer, SourceConfigError, check_options, number_option
 
 OPTIONS = {
     "width": "pixels, default 640",
@@ -14,6 +14,7 @@ OPTIONS = {
     "frames": "end after this many frames, default never",
     "seed": "background seed, default 0",
     "period": "seconds between arrow flips, default 3",
+    "arrow": "up, down, left or right: the arrow always points that way, default flips up/down",
 }
 
 
@@ -32,8 +33,11 @@ class TestPatternSource(FrameSource):
         self.frames = number_option(uri, options, "frames", None, int)
         seed = number_option(uri, options, "seed", 0, int, positive=False)
         period = number_option(uri, options, "period", 3.0)
+        arrow = options.get("arrow")
+        if arrow is not None and arrow not in DIRECTIONS:
+            raise SourceConfigError(f"option arrow={arrow!r} in source {uri!r} must be one of {', '.join(DIRECTIONS)}")
         self.loop = loop
-        self.renderer = SceneRenderer(w, h, period_s=period, seed=seed)
+        self.renderer = SceneRenderer(w, h, period_s=period, seed=seed, arrow=arrow)
         self._pacer = Pacer(self.fps) if realtime else None
         self._index = 0
         self._closed = False
