@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edge.core.errors import EdgeError, cli_entry
 from edge.core.memory import keep_freed_memory
-from edge.core.registry import list_models
+from edge.core.registry import DEFAULT_ARCH, list_models
 
 from .config import BOUNDS, MODES, TrainConfig
 from .distributed import FailedOnMain, env_rank, process_group
@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "`torchrun --nproc-per-node N -m train ...`, it trains data-parallel on N GPUs (or N CPU processes).",
     )
     p.add_argument("--data", required=True, type=Path, help="ImageFolder dataset directory")
-    p.add_argument("--arch", default="squeezenet1_1", help=f"model architecture: {', '.join(list_models())}")
+    p.add_argument("--arch", default=DEFAULT_ARCH,
+                   help=f"model architecture (default {DEFAULT_ARCH}: its ImageNet weights ship offline): "
+                        f"{', '.join(list_models())}")
     p.add_argument("--weights", default="imagenet",
                    help="imagenet (downloaded and cached by torchvision; efficientnet_lite0's ship offline), none "
                         "(random init), or PATH to a torchvision .pth or one of our model.pt files")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.core.errors import EdgeError
-from edge.core.registry import get_arch
+from edge.core.registry import DEFAULT_ARCH, get_arch
 
 from .novelty import DEFAULT_KEEP
 from .presets import AugmentSpec
@@ -70,7 +70,7 @@ def flag(name: str) -> str:
 class TrainConfig:
     data: Path
     output: Path = Path("runs/model")
-    arch: str = "squeezenet1_1"
+    arch: str = DEFAULT_ARCH
     weights: str = "imagenet"
     mode: str = "head"
     epochs: int = 20

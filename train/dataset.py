@@ -8,6 +8,7 @@ files are skipped and counted (never a crash mid-epoch), empty classes and stron
 from __future__ import annotations
 
 import logging
+import hashlib
 import os
 import random
 from collections import Counter
@@ -181,6 +182,23 @@ def check_image(path: str) -> str | None:
     return None
 
 
+def shared_images(files: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Byte-identical images filed under different classes: one (path, path in another class) pair per image."""
+    first: dict[bytes, tuple[str, str]] = {}  # content hash -> (class, path) where first seen
+    pairs = []
+    for c, paths in files.items():
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    digest = hashlib.sha1(f.read()).digest()
+            except OSError:
+                continue
+            seen = first.setdefault(digest, (c, path))
+            if seen[0] != c:
+                pairs.append((seen[1], path))
+    return pairs
+
+
 def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> DatasetInfo:
     """List, validate and split an ImageFolder dataset. Raises EdgeError for unusable input."""
     root = Path(root)
@@ -221,6 +239,11 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int =
     if empty:
         warnings.append(f"class(es) with no usable images left out: {', '.join(empty)}")
     classes = [c for c, fs in train_files.items() if fs]
+    shared = shared_images({c: train_files.get(c, []) + val_files.get(c, []) for c in classes})
+    if shared:
+        a, b = shared[0]
+        warnings.append(f"{len(shared)} image(s) appear identically in more than one class, e.g. {a} and {b}: "
+                        "nothing in them tells the classes apart; capture each class showing what makes it that class")
     if len(classes) < 2:
         found = f"{len(classes)} ({', '.join(classes)})" if classes else "none"
         where = root / "train" if presplit else root

@@ -334,6 +334,17 @@ def read_resume(cfg: TrainConfig, classes: list[str]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- the job
 
+def chance_warning(accuracy: float, val_counts: dict[str, int]) -> str | None:
+    """A phrase when `accuracy` is no better than always answering the largest val class, else None."""
+    total = sum(val_counts.values())
+    if not total:
+        return None
+    chance = max(val_counts.values()) / total
+    if accuracy > chance + 1e-9:
+        return None
+    return (f"val accuracy {accuracy:.3f} is no better than chance ({chance:.3f}, always answering the largest "
+            f"class): the model learned nothing usable; check that each class's images show what defines it")
+
 def scan_checked(cfg: TrainConfig) -> DatasetInfo:
     """The dataset's files and classes, refusing a class named like the runtime's `unknown` label."""
     info = scan_dataset(cfg.data, cfg.val_fraction, cfg.seed)
@@ -439,10 +450,13 @@ def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
         "train_counts": info.counts("train"),
         "val_counts": info.counts("val"),
         "skipped_images": len(info.skipped),
-        "warnings": info.warnings,
+        "warnings": list(info.warnings),
         "device": str(job.device),
         "world_size": dist.world_size,  # processes trained data-parallel (torchrun), each on --batch-size images
     })
+    chance = chance_warning(metrics["val_accuracy"], info.counts("val"))
+    if chance:
+        metrics["warnings"].append(chance)
     training = {
         "data": str(Path(cfg.data).resolve()), "mode": cfg.mode, "weights": str(cfg.weights),
         "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs, "batch_size": job.batch_size,
@@ -471,6 +485,8 @@ def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
     plot_mistakes(wrong, len(info.val), job.out / "mistakes.png", meta.novelty_threshold)
     log.info("val accuracy %.3f (best epoch %s) in %.1fs", metrics["val_accuracy"],
              (progress.best_epoch or {}).get("epoch"), seconds)
+    if chance:
+        log.warning("warning: %s", chance)
     log.info("wrote %s/{model.pt,labels.txt,metrics.json,confusion_matrix.png,training_curves.png,mistakes.png}",
              job.out)
     return TrainResult(job.out, metrics, job.model, meta)

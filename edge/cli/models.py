@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from edge.core.registry import ARCHS
+from edge.core.registry import ARCHS, DEFAULT_ARCH
 
 
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(prog="edge models", description="List the architectures in the model registry.").parse_args(argv)
     for name, spec in ARCHS.items():
         offline = " (ImageNet weights offline)" if spec.offline_imagenet else ""
-        print(f"{name:<20} {spec.description}{offline}")
+        default = " [default]" if name == DEFAULT_ARCH else ""  # what `train --arch` uses when not given
+        print(f"{name:<20} {spec.description}{offline}{default}")
     return 0

@@ -219,6 +219,9 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
+DEFAULT_ARCH = "efficientnet_lite0"  # its ImageNet weights ship with the package: works offline on a fresh device
+
+
 def get_arch(name: str) -> ArchSpec:
     try:
         return ARCHS[name]

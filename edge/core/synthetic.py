@@ -102,15 +102,22 @@ def make_dataset(
 
 
 class SceneRenderer:
-    """Frames for the `test://` source: a drifting background and an arrow that flips up/down every few seconds."""
+    """Frames for the `test://` source: a drifting background and an arrow that flips up/down every few seconds
+    (or always points one way: `arrow`)."""
 
-    def __init__(self, width: int = 640, height: int = 480, period_s: float = 3.0, seed: int = 0):
-        self.width, self.height, self.period_s = width, height, period_s
+    def __init__(self, width: int = 640, height: int = 480, period_s: float = 3.0, seed: int = 0,
+                 arrow: str | None = None):
+        """`arrow` ('up', 'down', 'left' or 'right') fixes the arrow's direction; None flips up/down."""
+        if arrow is not None and arrow not in DIRECTIONS:
+            raise ValueError(f"unknown arrow {arrow!r}; one of {', '.join(DIRECTIONS)}")
+        self.width, self.height, self.period_s, self.arrow = width, height, period_s, arrow
         rng = np.random.default_rng(seed)
         self._bg = _background(rng, width * 2, height)
         self._color = (40, 200, 255)
 
     def label_at(self, t: float) -> str:
+        if self.arrow is not None:
+            return self.arrow
         return "up" if int(t // self.period_s) % 2 == 0 else "down"
 
     def render(self, t: float, frame_index: int = 0) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.core.synthetic import SceneRenderer
+from edge.core.synthetic import DIRECTIONS, SceneRenderer
 from edge.runtime.sources.base import FrameSource, Pacer, SourceConfigError, check_options, number_option
 
 MAX_SIDE = 4096  # a synthetic frame needs tens of bytes per pixel to render: 20000x20000 would take 12 GiB
@@ -16,6 +16,7 @@ OPTIONS = {
     "frames": "end after this many frames, default never",
     "seed": "background seed, default 0",
     "period": "seconds between arrow flips, default 3",
+    "arrow": "up, down, left or right: the arrow always points that way, default flips up/down",
 }
 
 
@@ -37,8 +38,11 @@ class TestPatternSource(FrameSource):
         self.frames = number_option(uri, options, "frames", None, int)
         seed = number_option(uri, options, "seed", 0, int, positive=False)
         period = number_option(uri, options, "period", 3.0)
+        arrow = options.get("arrow")
+        if arrow is not None and arrow not in DIRECTIONS:
+            raise SourceConfigError(f"option arrow={arrow!r} in source {uri!r} must be one of {', '.join(DIRECTIONS)}")
         self.loop = loop
-        self.renderer = SceneRenderer(w, h, period_s=period, seed=seed)
+        self.renderer = SceneRenderer(w, h, period_s=period, seed=seed, arrow=arrow)
         self._pacer = Pacer(self.fps) if realtime else None
         self._index = 0
         self._closed = False
