@@ -211,3 +211,27 @@ def test_wrong_password_and_unreachable_broker_are_one_line_and_serving_goes_on(
         for s in (wrong, away):
             s.kill()
         secured.stop()
+
+
+@pytest.mark.slow
+def test_doctor_checks_the_broker_and_the_credentials(tmp_path, monkeypatch):
+    from edge.service import doctor_checks as dc
+
+    need_mosquitto()
+    secured = Broker(tmp_path, free_port(), users={"cam": "right"}).start()
+    try:
+        def check(url: str, password: str | None = None) -> dc.CheckResult:
+            monkeypatch.delenv("EDGE_MQTT_PASSWORD", raising=False)
+            if password:
+                monkeypatch.setenv("EDGE_MQTT_PASSWORD", password)
+            return dc.check_mqtt(dc.Machine(root=tmp_path / "nothing-installed", mqtt=url))
+
+        url = f"mqtt://cam@127.0.0.1:{secured.port}"
+        assert check(url, "right").status == dc.PASS
+        wrong = check(url, "wrong")
+        assert wrong.status == dc.FAIL and "refused" in wrong.detail and "wrong" not in wrong.detail
+        away = check(f"mqtt://127.0.0.1:{free_port()}")
+        assert away.status == dc.FAIL and "cannot reach" in away.detail
+        assert dc.check_mqtt(dc.Machine(root=tmp_path / "nothing-installed")).status == dc.PASS  # none configured
+    finally:
+        secured.stop()

@@ -94,6 +94,17 @@ def parse_mqtt_url(url: str) -> MqttTarget:
         root=root or _default_root())
 
 
+def split_password(url: str) -> tuple[str, str | None]:
+    """`mqtt://user:pw@host/x` -> (`mqtt://user@host/x`, `pw`): the URL to write into a config file, and the
+    password for a 0640 environment file. The URL is checked first (EdgeError)."""
+    target = parse_mqtt_url(url)
+    if target.password is None:
+        return url.strip(), None
+    parts = urllib.parse.urlsplit(url.strip())
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}@{host}")), target.password
+
+
 def iso_time(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="milliseconds")
 
