@@ -146,7 +146,7 @@ def discovery_configs(target: MqttTarget, camera: int, prefix: str = "homeassist
                       camera_name: str | None = None, model: str = "") -> list[tuple[str, str]]:
     """[(config topic, JSON payload)] for one camera's device (see the module docstring)."""
     uid = f"{target.node}_cam{camera}"
-    device = {"identifiers": [uid], "name": camera_name or f"Edge camera {camera} ({target.root})",
+    device = {"identifiers": [uid], "name": camera_name or f"{target.root.rsplit('/', 1)[-1]} camera {camera}",
               "manufacturer": "jetson-edge-classifier", "model": model or "edge serve"}
     service = {"topic": target.availability, "payload_available": ONLINE, "payload_not_available": OFFLINE}
     cam_avail = {"topic": target.camera_topic(camera, "availability"), "payload_available": ONLINE,
