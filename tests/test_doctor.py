@@ -95,7 +95,7 @@ def test_a_healthy_jetson_passes_every_check(jetson, capsys):
     results = dc.run_checks(jetson.machine)
     assert {r.name for r in results} == {"jetpack", "python", "torch", "cuda", "torchvision", "tensorrt", "onnxruntime",
                                           "onnxruntime-packages", "opencv", "cameras", "argus", "video-group", "disk",
-                                          "memory", "service"}
+                                          "memory", "service", "mqtt"}
     assert [(r.name, r.detail) for r in results if r.status != dc.PASS] == []
     by_name = {r.name: r.detail for r in results}
     assert by_name["jetpack"] == "L4T R36.3.0 (JetPack 6)"

@@ -356,3 +356,16 @@ def test_a_real_install_without_systemd_writes_nothing(capsys, monkeypatch, tmp_
 def test_the_unit_says_when_ready_comes_as_the_code_does():
     unit = install.template_text("edge-camera.service")
     assert "first frame is classified" not in unit and "HTTP server listens" in unit
+
+
+def test_mqtt_goes_into_the_config_and_its_password_into_the_env_file(tmp_path, capsys, onnx_model, monkeypatch):
+    monkeypatch.delenv("EDGE_MQTT_PASSWORD", raising=False)
+    root = tmp_path / "root"
+    rc, _, err = _install(capsys, root, "--model", str(onnx_model), "--mqtt", "mqtt://cam:pa55@ha.local/edge/garage")
+    assert rc == 0, err
+    config = (root / "etc/edge-camera/config.toml").read_text()
+    env = (root / "etc/edge-camera/edge-camera.env").read_text()
+    assert _service_config(root).mqtt == "mqtt://cam@ha.local/edge/garage" and "pa55" not in config
+    assert read_env_var(env, "EDGE_MQTT_PASSWORD") == "pa55"
+    rc, _, err = _install(capsys, root / "bad", "--mqtt", "http://ha.local")
+    assert rc == 2 and "--mqtt" in err and len(err.strip().splitlines()) == 1 and not (root / "bad").exists()

@@ -1,5 +1,5 @@
 """`edge doctor`: check this machine (JetPack, Python, torch/CUDA, TensorRT, onnxruntime, OpenCV, cameras, disk,
-memory, the service) and print one line per check with the fix for anything not right. Exit 1 if a check fails."""
+memory, the service, its MQTT broker) and print one line per check with the fix for anything not right. Exit 1 if a check fails."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge doctor", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     p.add_argument("--json", action="store_true", help='print {"checks": [{"name", "status", "detail", "fix"}, ...]}')
     p.add_argument("--data", type=Path, default=Path("."), help="where datasets and runs go (free-space check; default .)")
+    p.add_argument("--mqtt", metavar="URL", help="check this MQTT broker (reachable, credentials accepted; "
+                   "password also from $EDGE_MQTT_PASSWORD); default: the installed service's, if any")
     p.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)  # a fake system tree (tests)
     return p
 
@@ -23,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    results = run_checks(Machine(root=a.root, data_dir=a.data))
+    results = run_checks(Machine(root=a.root, data_dir=a.data, mqtt=a.mqtt))
     if a.json:
         print(json.dumps({"checks": [r.to_dict() for r in results]}, indent=2))
     else:

@@ -1,4 +1,8 @@
-"""`edge predict --model PATH IMAGE_OR_DIR...`: classify image files, one JSON line per image on stdout.
+"""`edge predict --model PATH INPUT...`: classify images, folders, videos and streams, JSON lines on stdout.
+
+Inputs are what `edge serve` takes: image files and folders (one line per image), video files, test://, rtsp://,
+csi://, v4l2://, 0 or /dev/video0 (one line per frame; see edge.cli.predict_stream, with --frames / --seconds
+for sources that never end). --save DIR writes the annotated images, or an annotated video browsers play.
 
 Folders are walked recursively (hidden and temporary files skipped). Any backend: `.pt`, `.onnx`, `.engine`.
 Each line: `{"path": ..., "label": ..., "confidence": ...}` (+ `"top": [[label, p], ...]` with --top-k > 1).
@@ -101,7 +105,7 @@ def predict_files(backend, paths: Sequence[Path], batch_size: int = 16, top_k: i
 
 def run_predict(model: str, inputs: Sequence[str], backend: str = "auto", device: str = "auto",
                 batch_size: int = 16, top_k: int = 1, out: IO[str] | None = None, threads: int | None = None,
-                novelty_threshold: float | None = None) -> int:
+                novelty_threshold: float | None = None, save: str | None = None) -> int:
     """Classify `inputs`, writing JSON lines to `out` (stdout). Returns the number of unreadable images.
 
     novelty_threshold replaces the model's own (models without a novelty score ignore it, with a log line)."""
@@ -112,11 +116,18 @@ def run_predict(model: str, inputs: Sequence[str], backend: str = "auto", device
     out = out or sys.stdout
     paths = collect_images(inputs)
     bad = 0
+    saver = None
+    if save:
+        from edge.cli.predict_stream import ImageSaver
+
+        saver = ImageSaver(save)
     with load_backend(model, backend, device, novelty_threshold=novelty_threshold, **backend_options(threads)) as be:
         for result in predict_files(be, paths, batch_size=batch_size, top_k=top_k):
             bad += "error" in result
             out.write(json.dumps(result) + "\n")
             out.flush()
+            if saver is not None and "error" not in result:
+                saver.save(result)
     return bad
 
 
@@ -132,13 +143,20 @@ def _novelty_threshold(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge predict", description=__doc__.split("\n")[0].split(": ", 1)[-1])
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (walked recursively)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files and/or folders (walked recursively), video files, test://, rtsp://..., "
+                        "csi://0, v4l2:///dev/video0, 0: whatever `edge serve --source` takes")
     add_model_arguments(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--top-k", type=int, default=1, help="also list the K most likely labels")
     p.add_argument("--novelty-threshold", type=_novelty_threshold, default=None, metavar="T",
                    help="label `unknown` above this novelty (default: the threshold calibrated by `train`; 0 = "
                         "identical to a training image, 1 = unlike all; ignored by models without a novelty score)")
+    p.add_argument("--frames", type=int, default=None, metavar="N", help="at most N frames of each video source")
+    p.add_argument("--seconds", type=float, default=None, metavar="S",
+                   help="at most S seconds of each video source (video time for files and test://)")
+    p.add_argument("--save", metavar="DIR", help="write annotated images, or an annotated video (H.264 .mp4 or "
+                   "VP8 .webm, which browsers play), into DIR")
     p.add_argument("-q", "--quiet", action="store_true", help="no log lines on stderr (backend choice), only errors")
     return p
 
@@ -147,14 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     log_to_stderr(logging.ERROR if a.quiet else logging.INFO)
+    from edge.cli.predict_stream import is_stream_input, run_sources
+
+    if (a.frames is not None and a.frames < 1) or (a.seconds is not None and not a.seconds > 0):
+        raise EdgeError("--frames must be >= 1 and --seconds > 0")
+    streams = [i for i in a.inputs if is_stream_input(i)]
+    images = [i for i in a.inputs if not is_stream_input(i)]
     try:
-        bad = run_predict(a.model, a.inputs, a.backend, a.device, a.batch_size, a.top_k, threads=a.threads,
-                          novelty_threshold=a.novelty_threshold)
+        bad = run_predict(a.model, images, a.backend, a.device, a.batch_size, a.top_k, threads=a.threads,
+                          novelty_threshold=a.novelty_threshold, save=a.save) if images else 0
+        if streams:
+            bad += run_sources(a.model, streams, sys.stdout, backend=a.backend, device=a.device,
+                               backend_options=backend_options(a.threads), novelty_threshold=a.novelty_threshold,
+                               frames=a.frames, seconds=a.seconds, batch_size=a.batch_size, top_k=a.top_k,
+                               save=a.save)
     except BrokenPipeError:  # `edge predict ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if bad:
-        print(f"{bad} image(s) could not be read", file=sys.stderr)
+        print(f"{bad} input(s) could not be read", file=sys.stderr)
     return 1 if bad else 0
 
 

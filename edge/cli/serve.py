@@ -12,7 +12,8 @@ from edge.core.errors import cli_entry
 from edge.service.config import add_arguments, config_from_args
 
 EPILOG = """\
-outputs (any combination): --display, --record FILE, --http [HOST:]PORT, --events FILE|-, --on-change CMD.
+outputs (any combination): --display, --record FILE, --http [HOST:]PORT, --events FILE|-, --on-change CMD,
+--mqtt mqtt://[USER@]HOST[/ROOT] (state, label changes, availability, snapshots; Home Assistant discovery).
 HTTP endpoints: / (live page), /stream.mjpg, /snapshot.jpg, /api/prediction, /api/cameras, /healthz, /metrics;
 requests whose Host is not an IP address, localhost, the --http host or one of --allowed-hosts get 403 (DNS rebinding).
 Several cameras: --source A --source B (camera 0, 1; `source = ["A", "B"]` in the file), one model batching the
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(parser)
     parser.add_argument("--print-config", action="store_true",
                         help="print the validated configuration as JSON (token hidden) and exit")
+    parser.add_argument("--mqtt-discovery-remove", action="store_true",
+                        help="remove this device's Home Assistant discovery configs from the --mqtt broker and exit")
     return parser
 
 
@@ -48,6 +51,11 @@ def setup_logging(level: str) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    if ns.mqtt_discovery_remove:
+        from edge.service.mqtt_setup import remove_discovery_from_args
+
+        print(remove_discovery_from_args(ns))
+        return 0
     cfg = config_from_args(ns)
     if ns.print_config:
         print(json.dumps(cfg.redacted(), indent=2))

@@ -168,6 +168,10 @@ class Service:
                                                changes=self.changes))
         if cfg.display:
             self.outputs.append(DisplayOutput())
+        if cfg.mqtt:
+            from edge.service.mqtt_setup import build_mqtt_output
+
+            self.outputs.append(build_mqtt_output(cfg, self.changes, self.prom.registry))
         for camera in range(len(cfg.sources)):
             self.camera_outputs.append([])  # before building them: what is built is closed if a later one fails
             self._build_camera_outputs(camera, self.camera_outputs[-1])

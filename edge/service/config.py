@@ -25,6 +25,7 @@ from edge.runtime.backends import BACKEND_CHOICES, DEVICE_CHOICES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TOKEN_ENV = "EDGE_TOKEN"
+MQTT_PASSWORD_ENV = "EDGE_MQTT_PASSWORD"
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("on_change_interval", float, 2.0, "at most one --on-change run per this many seconds", check=_range(0)),
     Option("on_change_timeout", float, 30.0, "kill an --on-change command running longer than this",
            check=_range(0, lo_open=True)),
+    Option("mqtt", str, None, "publish state, label changes, availability and snapshots to an MQTT broker (Home "
+           "Assistant, Node-RED): mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT][/TOPIC/ROOT] (root default edge/HOSTNAME); "
+           f"the password may come from ${MQTT_PASSWORD_ENV} or --mqtt-password-file instead", metavar="URL",
+           nullable=True),
+    Option("mqtt_password_file", str, None, "read the MQTT password from this file (keeps it out of `ps`)",
+           check=_nonempty, metavar="FILE", nullable=True),
+    Option("mqtt_ca", str, None, "CA certificate file for mqtts:// (default: the system's CAs)", check=_nonempty,
+           metavar="FILE", nullable=True),
+    Option("mqtt_discovery", bool, True, "publish Home Assistant MQTT discovery configs (one device per camera)"),
+    Option("mqtt_discovery_prefix", str, "homeassistant", "Home Assistant's discovery prefix", check=_nonempty,
+           metavar="PREFIX"),
+    Option("mqtt_images", bool, True, "publish the annotated JPEG on each label change (Home Assistant image entity)"),
     Option("stall_timeout", float, 5.0, "reopen the source when no frame arrives for this many seconds",
            check=_range(0, lo_open=True)),
     Option("max_backoff", float, 10.0, "cap of the exponential backoff between reopen attempts (seconds)",
@@ -168,6 +181,12 @@ class ServeConfig:
     on_change: str | None = None
     on_change_interval: float = 2.0
     on_change_timeout: float = 30.0
+    mqtt: str | None = None
+    mqtt_password_file: str | None = None
+    mqtt_ca: str | None = None
+    mqtt_discovery: bool = True
+    mqtt_discovery_prefix: str = "homeassistant"
+    mqtt_images: bool = True
     stall_timeout: float = 5.0
     max_backoff: float = 10.0
     health_max_age: float = 3.0
@@ -192,6 +211,10 @@ class ServeConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         if d["token"]:
             d["token"] = "***"
+        if d["mqtt"] and "@" in d["mqtt"]:  # mqtt://user:password@host: keep the user, hide the password
+            scheme, _, rest = d["mqtt"].partition("://")
+            creds, _, host = rest.rpartition("@")
+            d["mqtt"] = f"{scheme}://{creds.split(':', 1)[0]}{':***' if ':' in creds else ''}@{host}"
         return d
 
 
@@ -354,6 +377,12 @@ def build_config(file_values: dict[str, Any], cli_values: dict[str, Any], env: d
         raise EdgeError("--token is set but --http is not; add --http [HOST:]PORT or drop the token")
     elif cfg.allowed_hosts:
         raise EdgeError("--allowed-hosts is set but --http is not; add --http [HOST:]PORT or drop --allowed-hosts")
+    if cfg.mqtt is not None:
+        from edge.runtime.outputs.mqtt_topics import parse_mqtt_url
+
+        parse_mqtt_url(cfg.mqtt)  # its own message: the URL may hold a password, so it is not quoted
+    elif (cfg.mqtt_ca or cfg.mqtt_password_file):
+        raise EdgeError("--mqtt-ca / --mqtt-password-file are set but --mqtt is not; add --mqtt URL or drop them")
     return cfg
 
 

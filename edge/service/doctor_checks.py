@@ -22,12 +22,12 @@ import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from edge.core.errors import EdgeError, brief
 from edge.service.config import load_config_file
-from edge.service.install import CONFIG_FILE, STATE_DIR, UNIT_FILE, UNIT_NAME
-from edge.service.install_files import model_files
+from edge.service.install import CONFIG_FILE, ENV_FILE, STATE_DIR, UNIT_FILE, UNIT_NAME
+from edge.service.install_files import model_files, read_env_var
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 GiB = 1 << 30
@@ -55,6 +55,7 @@ class Machine:
 
     root: Path = Path("/")
     data_dir: Path = Path(".")
+    mqtt: str | None = None  # a broker URL to check (default: the installed service's `mqtt`, if any)
 
     def path(self, p: str) -> Path:
         return self.root / p.lstrip("/")
@@ -397,10 +398,48 @@ def _service_model_problem(m: Machine) -> str | None:
     return None
 
 
+def mqtt_probe(target: Any, ca_file: str | None) -> str | None:
+    """Connect to the broker once: None when it accepts the credentials, else what went wrong."""
+    from edge.runtime.outputs.mqtt import connect_check
+
+    return connect_check(target, ca_file, timeout=5.0)
+
+
+def check_mqtt(m: Machine) -> CheckResult:
+    """The broker of `edge doctor --mqtt URL` or of the installed service's config: reachable, credentials work."""
+    from edge.service.mqtt_setup import mqtt_target
+
+    url, values, env = m.mqtt, {}, dict(os.environ)
+    config = m.path(CONFIG_FILE)
+    if url is None and config.is_file() and os.access(config, os.R_OK):
+        try:
+            values = load_config_file(config)
+        except EdgeError:
+            values = {}  # the service check reports a broken config
+        url = values.get("mqtt")
+        env_file = m.path(ENV_FILE)
+        if env_file.is_file() and os.access(env_file, os.R_OK):
+            password = read_env_var(env_file.read_text(encoding="utf-8", errors="replace"), "EDGE_MQTT_PASSWORD")
+            env = {"EDGE_MQTT_PASSWORD": password} if password else {}
+    if not url:
+        return CheckResult("mqtt", PASS, "no MQTT broker configured (edge serve --mqtt URL; check one with "
+                                         "edge doctor --mqtt URL)")
+    try:
+        target = mqtt_target(str(url), values.get("mqtt_password_file"), env)
+        problem = mqtt_probe(target, values.get("mqtt_ca"))
+    except EdgeError as e:
+        return CheckResult("mqtt", FAIL, str(e), "fix the mqtt URL / options (edge serve --help)")
+    if problem:
+        return CheckResult("mqtt", FAIL, f"broker {target.display}: {problem}",
+                           "check that the broker runs and its host/port, and the user and password "
+                           "(EDGE_MQTT_PASSWORD or --mqtt-password-file)")
+    return CheckResult("mqtt", PASS, f"broker {target.display} accepts our connection")
+
+
 CHECKS: tuple[Callable[[Machine], CheckResult], ...] = (
     check_jetpack, check_python, check_torch, check_cuda, check_torchvision, check_tensorrt, check_onnxruntime,
     check_onnxruntime_packages, check_opencv, check_cameras, check_argus, check_video_group, check_disk,
-    check_memory, check_service,
+    check_memory, check_service, check_mqtt,
 )
 
 

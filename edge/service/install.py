@@ -8,6 +8,7 @@ The steps:
 2. /etc/systemd/system/edge-camera.service (root:root 0644), with ExecStart pointing at this environment's `edge`;
 3. /etc/edge-camera/ (root:edge-camera 0750) with config.toml and edge-camera.env (root:edge-camera 0640): an
    existing file is kept, and only the keys the flags name change in it (--force starts again from the templates);
+   secrets (the HTTP token, the MQTT password) go to the environment file, never the config;
 4. the model and the files it needs (an engine's JSON sidecar) copied (root:edge-camera 0640) into the state
    directory /var/lib/edge-camera (edge-camera 0750; the service cannot read /home);
 5. `systemctl daemon-reload`, `systemctl enable` and `systemctl restart` (unless --no-start).
@@ -38,7 +39,7 @@ from edge.core.errors import EdgeError
 from edge.core.fsutil import atomic_copy, atomic_write, atomic_write_text
 from edge.runtime.sources import SourceConfigError, validate_source_uri
 from edge.runtime.sources.csi import NO_GSTREAMER
-from edge.service.config import TOKEN_ENV, build_config, load_config_file
+from edge.service.config import MQTT_PASSWORD_ENV, TOKEN_ENV, build_config, load_config_file
 from edge.service.install_files import config_model_path, model_files, read_env_var, set_config_keys, set_env_var
 
 UNIT_NAME = "edge-camera.service"
@@ -111,6 +112,7 @@ class InstallOptions:
     http: str | None = None
     token: str | None = None
     allow_no_token: bool = False
+    mqtt: str | None = None  # its password (or $EDGE_MQTT_PASSWORD) goes to the environment file
     user: str = SERVICE_USER
     root: Path = Path("/")
     force: bool = False
@@ -366,6 +368,11 @@ def plan_install(opts: InstallOptions) -> InstallPlan:
         config_keys["http"] = opts.http
     if opts.allow_no_token:
         config_keys["allow_no_token"] = True
+    mqtt_password = None
+    if opts.mqtt is not None:
+        from edge.runtime.outputs.mqtt_topics import split_password
+
+        config_keys["mqtt"], mqtt_password = split_password(opts.mqtt)
 
     config_text = None if opts.force else _read_existing(target.path(CONFIG_FILE))
     env_text = None if opts.force else _read_existing(target.path(ENV_FILE))
@@ -378,6 +385,9 @@ def plan_install(opts: InstallOptions) -> InstallPlan:
     new_env = env_text if env_text is not None else template_text("edge-camera.env")
     if token:
         new_env = set_env_var(new_env, TOKEN_ENV, token)
+    mqtt_password = mqtt_password or (os.environ.get(MQTT_PASSWORD_ENV) if opts.mqtt else None)
+    if mqtt_password:
+        new_env = set_env_var(new_env, MQTT_PASSWORD_ENV, mqtt_password)
     _check_config(target, new_config, new_env, plan.notes)
 
     plan.steps += _user_steps(target)

@@ -1,7 +1,8 @@
 """Pipeline outputs (as in picamera2's `outputs/`): each takes the overlaid frame and its prediction.
 
 One module per output, all built on `Output` (base.py): `record` (--record), `stream` (/stream.mjpg),
-`events` (--events), `on_change` (--on-change), `display` (--display). Heavy ones import only when used.
+`events` (--events), `on_change` (--on-change), `display` (--display), `mqtt` (--mqtt; its topics, payloads and
+Home Assistant discovery configs in `mqtt_topics`). Heavy ones import only when used.
 `changes.LabelChanges` is the one decision of "the label changed" that events, on-change and metrics share.
 """
 
@@ -18,6 +19,7 @@ _LAZY = {
     "EventsOutput": "edge.runtime.outputs.events",
     "OnChangeOutput": "edge.runtime.outputs.on_change",
     "DisplayOutput": "edge.runtime.outputs.display",
+    "MqttOutput": "edge.runtime.outputs.mqtt",
 }
 
 __all__ = ["Output", "CallbackOutput", *_LAZY]
