@@ -132,3 +132,24 @@ def test_a_class_too_small_to_hold_out_falls_back_with_one_warning(caplog):
                         val_paths=[stamp(1e9)], val_labels=[0])
     assert fit.report.calibration == "val" and "cannot be calibrated reliably" in caplog.text
     assert fit.near_copy_summary() is None
+
+
+# ---------------------------------------------------------------------------------------------- test:// scenes
+def test_the_test_camera_shows_a_scene_never_taught_and_schedules_it():
+    from edge.runtime.sources import open_source
+    from edge.runtime.sources.base import SourceConfigError
+
+    def frames(uri: str) -> list[np.ndarray]:
+        with open_source(uri, realtime=False) as src:
+            return [src.read() for _ in range(4)]
+
+    arrows = frames("test://?width=64&height=48&fps=2")
+    empty = frames("test://?width=64&height=48&fps=2&scene=empty")
+    shapes = frames("test://?width=64&height=48&fps=2&scene=shapes")
+    switch = frames("test://?width=64&height=48&fps=2&scene=arrows:1,empty")  # 1 s of arrows, then empty
+    assert arrows[0].shape == empty[0].shape == shapes[0].shape == (48, 64, 3)
+    assert not np.array_equal(arrows[1], empty[1]) and not np.array_equal(empty[1], shapes[1])
+    assert np.array_equal(switch[1], arrows[1]) and np.array_equal(switch[3], empty[3])
+    for bad in ("scene=cats", "scene=empty,arrows", "scene=arrows:-1,empty"):
+        with pytest.raises(SourceConfigError, match="scene"):
+            frames(f"test://?{bad}")

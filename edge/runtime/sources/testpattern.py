@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge.core.synthetic import SceneRenderer
-from edge.runtime.sources.base import FrameSource, Pacer, check_options, number_option
+from edge.runtime.sources.base import FrameSource, Pacer, SourceConfigError, check_options, number_option
 
 OPTIONS = {
     "width": "pixels, default 640",
@@ -14,6 +14,8 @@ OPTIONS = {
     "frames": "end after this many frames, default never",
     "seed": "background seed, default 0",
     "period": "seconds between arrow flips, default 3",
+    "scene": "arrows (default), empty or shapes (scenes to show a model that never saw them), or a schedule such "
+             "as arrows:60,empty",
 }
 
 
@@ -33,7 +35,10 @@ class TestPatternSource(FrameSource):
         seed = number_option(uri, options, "seed", 0, int, positive=False)
         period = number_option(uri, options, "period", 3.0)
         self.loop = loop
-        self.renderer = SceneRenderer(w, h, period_s=period, seed=seed)
+        try:
+            self.renderer = SceneRenderer(w, h, period_s=period, seed=seed, scene=options.get("scene", "arrows"))
+        except ValueError as e:
+            raise SourceConfigError(f"option scene in source {uri!r}: {e}") from None
         self._pacer = Pacer(self.fps) if realtime else None
         self._index = 0
         self._closed = False
