@@ -118,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     novelty = result.metrics.get("novelty")
     if novelty:
         print(f"novelty: {novelty['val_unknown']} of {novelty['val_images']} val images would be called 'unknown' "
-              f"(threshold {novelty['threshold']:.4f})")
+              f"(threshold {novelty['threshold']:.4f}, calibrated on {novelty['calibration']})")
+        if novelty.get("val_near_copies") is not None:
+            print(f"val near-copies: {novelty['val_near_copies']} of {novelty['val_images']} val images "
+                  f"({novelty['val_near_copy_fraction']:.0%}; about 10% if val were other takes)")
     return 0
 
 

@@ -5,6 +5,10 @@ cache of clean and augmented views is passed as it is; the clean views go into t
 `max_bank` rows, and sets the threshold at the `keep`
 quantile of the novelty of images that are not in the bank: the validation images, or, without a validation set,
 the last slice of each class's training images (held out of the bank while calibrating, then added back).
+Given the images' capture times (`calibrate(..., train_paths=, val_paths=)`, as `train` and teach pass them),
+the threshold comes from images the bank has not seen *in time* instead (train.bursts: leave-one-burst-out, or
+the last stretch of a class captured in one burst): burst-collected val images are near-copies of bank images and
+would set it far too low. `near_copies` says how many val images are such near-copies.
 
 The features must come from the backbone the model ships with: after full fine-tuning, extract them again with
 the final weights (head mode's cached features already are). `calibrate` is what the trainer calls: the fit,
@@ -20,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from edge.core.errors import EdgeError
@@ -30,6 +35,8 @@ from edge.core.novelty import (
     NoveltyScorer,
     normalize_rows,
 )
+
+from .bursts import Holdout, capture_times, holdout_groups
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +109,52 @@ def _scores(scorer: NoveltyScorer, features: Tensor) -> Tensor:
 
 
 def _bank(rows: Tensor, k: int, max_bank: int, selection: str, dtype: torch.dtype) -> NoveltyScorer:
+    return _bank_rows(rows, k, max_bank, selection, dtype)[0]
+
+
+def _bank_rows(rows: Tensor, k: int, max_bank: int, selection: str,
+               dtype: torch.dtype) -> tuple[NoveltyScorer, Tensor]:
     unit = normalize_rows(rows)
-    return NoveltyScorer(unit[select_bank(unit, max_bank, selection)].to(dtype), k)
+    chosen = select_bank(unit, max_bank, selection)
+    return NoveltyScorer(unit[chosen].to(dtype), k), chosen
 
 
-def fit_novelty(
+def masked_novelty(points: Tensor, bank: Tensor, k: int, point_key: np.ndarray, bank_key: np.ndarray) -> Tensor:
+    """NoveltyScorer's score of `points` against `bank` (both [*, D], any scale), where point i does not see the
+    bank rows j with bank_key[j] == point_key[i] >= 0 -> [len(points)] float64 (2.0 when it sees fewer than k)."""
+    pts, rows = normalize_rows(points).cpu(), normalize_rows(bank).cpu()
+    bkey = torch.as_tensor(np.asarray(bank_key, np.int64))
+    pkey = torch.as_tensor(np.asarray(point_key, np.int64))
+    k = min(k, len(rows))
+    out = []
+    for i in range(0, len(pts), _CHUNK):
+        sim = pts[i:i + _CHUNK] @ rows.t()
+        hidden = (pkey[i:i + _CHUNK, None] == bkey[None, :]) & (bkey[None, :] >= 0)
+        sim = sim.masked_fill(hidden, -3.0)
+        kth = sim.topk(k, dim=1).values[:, k - 1] if len(rows) else torch.full((len(sim),), -1.0)
+        out.append((1.0 - kth).clamp(max=UNCALIBRATED_THRESHOLD))
+    return torch.cat(out).double() if out else torch.empty(0, dtype=torch.float64)
+
+
+def _time_holdout(per_view: Tensor, scorer: NoveltyScorer, chosen: Tensor, val_features: Tensor | None,
+                  holdout: Holdout) -> Tensor:
+    """Novelty of the holdout's calibration images against the shipped bank minus what each must not see."""
+    n = per_view.shape[1]
+    image_of_row = (chosen.cpu() % n).numpy()
+    candidates = per_view[0] if val_features is None or not len(val_features) else torch.cat(
+        [per_view[0], val_features.to(per_view.device, per_view.dtype)])
+    points = candidates[torch.as_tensor(holdout.points, device=candidates.device, dtype=torch.long)]
+    return masked_novelty(points, scorer.bank, scorer.k, holdout.point_key, holdout.train_key[image_of_row])
+
+
+def fit_novelty(train_features: Tensor, val_features: Tensor | None, keep: float = DEFAULT_KEEP, k: int = DEFAULT_K,
+                **options: Any) -> tuple[NoveltyScorer, NoveltyReport]:
+    """Build the novelty bank and calibrate its threshold -> (scorer, report); see fit_novelty_detail."""
+    scorer, report, _ = fit_novelty_detail(train_features, val_features, keep, k, **options)
+    return scorer, report
+
+
+def fit_novelty_detail(
     train_features: Tensor,
     val_features: Tensor | None,
     keep: float = DEFAULT_KEEP,
@@ -119,14 +167,16 @@ def fit_novelty(
     selection: str = DEFAULT_SELECTION,
     bank_dtype: torch.dtype = torch.float32,
     holdout_fraction: float = HOLDOUT_FRACTION,
-) -> tuple[NoveltyScorer, NoveltyReport]:
-    """Build the novelty bank and calibrate its threshold -> (scorer, report).
+    holdout: Holdout | None = None,
+) -> tuple[NoveltyScorer, NoveltyReport, Tensor]:
+    """Build the novelty bank and calibrate its threshold -> (scorer, report, the calibration images' novelty).
 
     train_features: [views * n, D] (or [views * n, C, H, W] maps), view-major like the trainer's cache: rows
     v*n .. v*n+n-1 are view v of the n training images, view 0 the clean one; the first `bank_views` views go
     into the bank. val_features: [M, D] clean validation images, or None / empty to hold out a slice of the
     training images (train_labels, [n] class indices, make that slice per class). The scorer is on
-    train_features' device.
+    train_features' device. holdout (train.bursts.holdout_groups of the train and val images' capture times):
+    calibrate on images unseen in time instead of on the val images as they are.
     """
     if not 0.0 < keep <= 1.0:
         raise EdgeError(f"novelty keep must be in (0, 1], got {keep}; 0.95 keeps 95% of known images")
@@ -139,9 +189,17 @@ def fit_novelty(
     shape = train_features.shape[1:]
     per_view = train_features.reshape(views, n, *shape)[:max(1, min(bank_views, views))]
     candidates = per_view.reshape(-1, *shape)
-    scorer = _bank(candidates, k, max_bank, selection, bank_dtype)
+    scorer, chosen = _bank_rows(candidates, k, max_bank, selection, bank_dtype)
     note = ""
-    if val_features is not None and len(val_features) > 0:
+    if holdout is not None and len(holdout.points):
+        calibration, calib = "time-holdout", _time_holdout(per_view, scorer, chosen, val_features, holdout)
+        note = holdout.summary()
+    elif holdout is not None and val_features is not None and len(val_features) > 0:
+        calibration, calib = "val", _scores(scorer, val_features)
+        note = ("unknown cannot be calibrated reliably: no class has images apart in time from its bank images, so "
+                "the threshold comes from val images that may be near-copies of them (too low: unknown too often)")
+        log.warning("novelty: %s", note)
+    elif val_features is not None and len(val_features) > 0:
         calibration, calib = "val", _scores(scorer, val_features)
     else:
         held = holdout_images(n, train_labels, holdout_fraction)
@@ -183,7 +241,7 @@ def fit_novelty(
     log.info("%s", report.summary())
     if note:
         log.info("novelty: %s (above the threshold a prediction is %r)", note, UNKNOWN_LABEL)
-    return scorer, report
+    return scorer, report, calib
 
 
 def check_class_names(class_names: Sequence[str]) -> None:
@@ -196,6 +254,9 @@ def check_class_names(class_names: Sequence[str]) -> None:
             raise EdgeError(f"class folder: {e}; rename the folder") from None
 
 
+NEAR_COPY_QUANTILE = 0.1  # a val image nearer its bank than 90% of images unseen in time is a near-copy
+
+
 @dataclass
 class NoveltyFit:
     """A trained model's novelty score: the scorer (on the CPU), its report, and the val images' novelty."""
@@ -204,19 +265,30 @@ class NoveltyFit:
     report: NoveltyReport
     val_novelty: Tensor  # [M] float32, CPU, in val order
     seconds: float = 0.0
+    near_copy_distance: float | None = None  # NEAR_COPY_QUANTILE of the time-holdout images' novelty
 
     @property
     def val_unknown(self) -> int:
         return int((self.val_novelty > self.report.threshold).sum())
 
+    @property
+    def val_near_copies(self) -> int | None:
+        """Val images nearer a training image than 90% of images unseen in time (about 10% when val images
+        come from other takes than the training images; most of them when both come from the same bursts)."""
+        if self.near_copy_distance is None:
+            return None
+        return int((self.val_novelty < self.near_copy_distance).sum())
+
     def metrics(self) -> dict[str, Any]:
         """What metrics.json says about it."""
         r, n = self.report, len(self.val_novelty)
+        near = self.val_near_copies
         return {
             "threshold": r.threshold, "keep": r.keep, "val_unknown": self.val_unknown,
             "val_unknown_fraction": self.val_unknown / n if n else 0.0, "val_images": n,
             "val_novelty_median": float(self.val_novelty.median()) if n else 0.0, "k": r.k, "bank_size": r.bank_size,
             "feature_dim": r.feature_dim, "calibration": r.calibration, "method": r.method, "note": r.note,
+            "val_near_copies": near, "val_near_copy_fraction": None if near is None else near / max(n, 1),
             "seconds": round(self.seconds, 2),
         }
 
@@ -226,25 +298,56 @@ class NoveltyFit:
                 f"{UNKNOWN_LABEL!r} (threshold {self.report.threshold:.4f}, keep {self.report.keep:g}; bank "
                 f"{self.report.bank_size} x {self.report.feature_dim})")
 
+    def near_copy_summary(self) -> str | None:
+        """One line on how many val images are near-copies of training images (None: no time holdout to tell)."""
+        near, n = self.val_near_copies, len(self.val_novelty)
+        if near is None or not n:
+            return None
+        line = (f"val near-copies: {near} of {n} val images ({near / n:.0%}) are closer to a training image "
+                f"(novelty < {self.near_copy_distance:.4f}) than {1 - NEAR_COPY_QUANTILE:.0%} of images captured at "
+                f"other moments")
+        if near / n > 3 * NEAR_COPY_QUANTILE:
+            line += ("; they come from the training images' bursts, so val accuracy overstates accuracy on new "
+                     "scenes: validate on takes captured at other times (DATA/train and DATA/val folders)")
+        return line
+
 
 def calibrate(train_features: Tensor, val_features: Tensor, keep: float = DEFAULT_KEEP,
-              train_labels: Sequence[int] | None = None) -> NoveltyFit:
-    """fit_novelty on the clean training features (bank) and the val features (threshold) -> NoveltyFit."""
-    scorer, report = fit_novelty(train_features, val_features, keep, train_labels=train_labels)
+              train_labels: Sequence[int] | None = None, *, train_paths: Sequence[str] | None = None,
+              val_paths: Sequence[str] | None = None, val_labels: Sequence[int] | None = None,
+              class_names: Sequence[str] = ()) -> NoveltyFit:
+    """fit_novelty on the clean training features (bank) -> NoveltyFit with the val images' novelty.
+
+    With the images' paths (and train and val labels), the threshold comes from images unseen in time (capture
+    times from the names or file times: train.bursts); else from the val images as they are.
+    """
+    holdout = None
+    if train_paths is not None and val_paths is not None and train_labels is not None and val_labels is not None:
+        holdout = holdout_groups(capture_times(train_paths), train_labels, capture_times(val_paths), val_labels,
+                                 class_names)
+    scorer, report, calib = fit_novelty_detail(train_features, val_features, keep, train_labels=train_labels,
+                                               holdout=holdout)
     scorer = scorer.cpu()
     val = _scores(scorer, val_features.cpu()).float() if len(val_features) else torch.empty(0)
-    return NoveltyFit(scorer, report, val)
+    near = None
+    if report.calibration == "time-holdout" and len(calib):
+        near = float(torch.quantile(calib, NEAR_COPY_QUANTILE))
+    return NoveltyFit(scorer, report, val, near_copy_distance=near)
 
 
 def fit_model_novelty(enabled: bool, keep: float, features: Callable[[], tuple[Tensor, Tensor]],
-                      train_labels: Sequence[int] | None = None) -> NoveltyFit | None:
+                      train_labels: Sequence[int] | None = None, **paths: Any) -> NoveltyFit | None:
     """The trainer's hook: the trained model's novelty score from `features()` -> (clean train, val) backbone
-    features of its final weights, logged in one line; None (also logged) when not `enabled` (--no-novelty)."""
+    features of its final weights, logged in one line; None (also logged) when not `enabled` (--no-novelty).
+    paths: calibrate's train_paths, val_paths, val_labels and class_names (calibration unseen in time)."""
     if not enabled:
         log.info("novelty: not fitted (--no-novelty); this model will never say %r for unfamiliar images",
                  UNKNOWN_LABEL)
         return None
     t = time.perf_counter()
-    fit = calibrate(*features(), keep=keep, train_labels=train_labels)
+    fit = calibrate(*features(), keep=keep, train_labels=train_labels, **paths)
     fit.seconds = time.perf_counter() - t
+    line = fit.near_copy_summary()
+    if line:
+        log.info("%s", line)
     return fit

@@ -463,7 +463,10 @@ def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
         "lr": cfg.lr, "backbone_lr_factor": cfg.backbone_lr_factor, "seed": cfg.seed,
         "val_fraction": cfg.val_fraction, "cache_views": cfg.cache_views, "augment": cfg.augment.to_dict(),
     }
-    novelty = fit_model_novelty(cfg.novelty, cfg.novelty_keep, lambda: clean_features(job), job.train_targets)
+    novelty = fit_model_novelty(  # calibrated on images unseen in time (train.bursts), not on near-copies
+        cfg.novelty, cfg.novelty_keep, lambda: clean_features(job), job.train_targets,
+        train_paths=[s.path for s in info.train], val_paths=[s.path for s in info.val],
+        val_labels=[s.target for s in info.val], class_names=info.classes)
     metrics["novelty"] = novelty.metrics() if novelty is not None else None
     training["novelty_keep"] = cfg.novelty_keep if novelty is not None else None
     meta = ModelMeta(

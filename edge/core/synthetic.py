@@ -101,31 +101,84 @@ def make_dataset(
     return root
 
 
+# What `test://?scene=` shows: the arrow flipping up/down (what teach and the demo learn), or a scene to show a
+# model that never saw it: "empty" (the same drifting background, no arrow: an empty room) or "shapes" (another
+# background with moving discs: the camera pointed elsewhere).
+SCENES = ("arrows", "empty", "shapes")
+
+
+def parse_scenes(text: str) -> list[tuple[str, float | None]]:
+    """`arrows`, or a schedule `arrows:60,empty` (60 s of arrows, then empty for good) -> [(scene, seconds)].
+
+    Every entry but the last needs its seconds; the last without seconds lasts forever, with seconds the whole
+    schedule repeats. Raises ValueError naming what is wrong."""
+    out: list[tuple[str, float | None]] = []
+    for part in (p.strip() for p in text.split(",")):
+        name, _, secs = part.partition(":")
+        if name not in SCENES:
+            raise ValueError(f"unknown scene {name!r}; choose from {', '.join(SCENES)} (a schedule: arrows:60,empty)")
+        try:
+            seconds = float(secs) if secs else None
+        except ValueError:
+            raise ValueError(f"scene {part!r}: {secs!r} is not a number of seconds") from None
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"scene {part!r}: the seconds must be > 0")
+        out.append((name, seconds))
+    if any(s is None for _, s in out[:-1]):
+        raise ValueError(f"scene schedule {text!r}: every scene but the last needs its seconds, e.g. arrows:60,empty")
+    return out
+
+
 class SceneRenderer:
     """Frames for the `test://` source: a drifting background and an arrow that flips up/down every few seconds
-    (or always points one way: `arrow`)."""
+    (scene "arrows"; `arrow` fixes its direction), or an untaught scene ("empty", "shapes"), or a schedule of
+    them (parse_scenes)."""
 
     def __init__(self, width: int = 640, height: int = 480, period_s: float = 3.0, seed: int = 0,
-                 arrow: str | None = None):
-        """`arrow` ('up', 'down', 'left' or 'right') fixes the arrow's direction; None flips up/down."""
+                 scene: str = "arrows", arrow: str | None = None):
+        """`arrow` ('up', 'down', 'left' or 'right') fixes the arrow's direction in scene "arrows"; None flips
+        up/down."""
         if arrow is not None and arrow not in DIRECTIONS:
             raise ValueError(f"unknown arrow {arrow!r}; one of {', '.join(DIRECTIONS)}")
         self.width, self.height, self.period_s, self.arrow = width, height, period_s, arrow
+        self.schedule = parse_scenes(scene)
         rng = np.random.default_rng(seed)
         self._bg = _background(rng, width * 2, height)
+        self._other = _background(np.random.default_rng(seed + 1000), width * 2, height)
         self._color = (40, 200, 255)
 
+    def scene_at(self, t: float) -> str:
+        total = sum(s or 0.0 for _, s in self.schedule)
+        if self.schedule[-1][1] is not None:  # every entry timed: the schedule repeats
+            t = t % total
+        for name, seconds in self.schedule:
+            if seconds is None or t < seconds:
+                return name
+            t -= seconds
+        return self.schedule[-1][0]
+
     def label_at(self, t: float) -> str:
+        """What the frame at `t` shows: the arrow's direction (scene arrows), else the scene's name."""
+        scene = self.scene_at(t)
+        if scene != "arrows":
+            return scene
         if self.arrow is not None:
             return self.arrow
         return "up" if int(t // self.period_s) % 2 == 0 else "down"
 
     def render(self, t: float, frame_index: int = 0) -> np.ndarray:
         shift = int((t * 40) % self.width)
-        img = self._bg[:, shift:shift + self.width].copy()
+        scene = self.scene_at(t)
+        img = (self._other if scene == "shapes" else self._bg)[:, shift:shift + self.width].copy()
         size = min(self.width, self.height)
         cx = self.width / 2 + 0.2 * self.width * math.sin(t * 0.7)
         cy = self.height / 2 + 0.1 * self.height * math.cos(t * 0.9)
-        draw_arrow(img, (cx, cy), 0.6 * size, DIRECTIONS[self.label_at(t)] + 8 * math.sin(t), self._color)
+        if scene == "arrows":
+            draw_arrow(img, (cx, cy), 0.6 * size, DIRECTIONS[self.label_at(t)] + 8 * math.sin(t), self._color)
+        elif scene == "shapes":
+            for i, color in enumerate(((255, 80, 40), (60, 220, 90), (200, 60, 220))):
+                x = self.width * (0.5 + 0.35 * math.sin(t * (0.5 + 0.2 * i) + 2 * i))
+                y = self.height * (0.5 + 0.3 * math.cos(t * (0.6 + 0.15 * i) + i))
+                cv2.circle(img, (int(x), int(y)), int(size * (0.12 + 0.04 * i)), color, -1, cv2.LINE_AA)
         cv2.putText(img, f"#{frame_index}", (8, self.height - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
         return img

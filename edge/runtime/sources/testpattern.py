@@ -17,6 +17,8 @@ OPTIONS = {
     "seed": "background seed, default 0",
     "period": "seconds between arrow flips, default 3",
     "arrow": "up, down, left or right: the arrow always points that way, default flips up/down",
+    "scene": "arrows (default), empty or shapes (scenes to show a model that never saw them), or a schedule such "
+             "as arrows:60,empty",
 }
 
 
@@ -42,7 +44,11 @@ class TestPatternSource(FrameSource):
         if arrow is not None and arrow not in DIRECTIONS:
             raise SourceConfigError(f"option arrow={arrow!r} in source {uri!r} must be one of {', '.join(DIRECTIONS)}")
         self.loop = loop
-        self.renderer = SceneRenderer(w, h, period_s=period, seed=seed, arrow=arrow)
+        try:
+            self.renderer = SceneRenderer(w, h, period_s=period, seed=seed, scene=options.get("scene", "arrows"),
+                                          arrow=arrow)
+        except ValueError as e:
+            raise SourceConfigError(f"option scene in source {uri!r}: {e}") from None
         self._pacer = Pacer(self.fps) if realtime else None
         self._index = 0
         self._closed = False
