@@ -33,7 +33,8 @@ def need_mosquitto() -> str:
 class Broker:
     """One mosquitto process on 127.0.0.1:`port`; `users` = {name: password} turns anonymous access off."""
 
-    def __init__(self, workdir: Path, port: int, users: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, port: int, users: dict[str, str] | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
         self.port = port
         self.dir = workdir / f"mosquitto-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -41,6 +42,8 @@ class Broker:
         # `user`: as root mosquitto would drop to the `mosquitto` user, which cannot write our temporary folder
         lines = [f"listener {port} 127.0.0.1", "persistence true", f"persistence_location {self.dir}/",
                  "log_dest stderr", f"user {getpass.getuser()}"]
+        if tls:  # (CA, server certificate, server key)
+            lines += [f"cafile {tls[0]}", f"certfile {tls[1]}", f"keyfile {tls[2]}"]
         if users:
             pw = self.dir / "passwd"
             pw.write_text("")
@@ -121,6 +124,26 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def make_tls(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 / localhost (openssl): (ca, cert, key)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make test certificates")
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key, cert, key, csr = (folder / n for n in ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr"))
+    ext = folder / "san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+        "-subj", "/CN=edge test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert),
+        "-days", "2", "-extfile", str(ext))
+    return ca, cert, key
 
 
 def arrow_model(path: Path, size: int = 16, k: float = 10.0) -> Path:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
+
 import pytest
-from mqtt_helpers import FPS, PERIOD, SOURCE, Broker, Subscriber, arrow_model, need_mosquitto
+from mqtt_helpers import FPS, PERIOD, SOURCE, Broker, Subscriber, arrow_model, make_tls, need_mosquitto
 from serve_helpers import Served, free_port
 
 from edge.core.synthetic import SceneRenderer
@@ -235,3 +237,60 @@ def test_doctor_checks_the_broker_and_the_credentials(tmp_path, monkeypatch):
         assert dc.check_mqtt(dc.Machine(root=tmp_path / "nothing-installed")).status == dc.PASS  # none configured
     finally:
         secured.stop()
+
+
+def _pred(label: str, frame: int, camera: int = 0):
+    from edge.runtime.prediction import Prediction
+
+    return Prediction(label=label, confidence=0.9, probabilities={"up": 0.9, "down": 0.1}, frame_id=frame,
+                      timestamp=time.time(), fps=10.0, infer_ms=1.0, latency_ms=1.0, frame_age_ms=1.0,
+                      raw_label=label, camera=camera)
+
+
+def test_queue_is_bounded_while_the_broker_is_away_and_sent_in_order_after(tmp_path):
+    """In process: two cameras; 5 changes while no broker listens and a queue of 3 -> the oldest 2 dropped (and
+    counted), the other 3 sent in order once the broker is there; a camera that stops goes `offline`."""
+    from edge.runtime.outputs.mqtt import MqttOutput
+
+    need_mosquitto()
+    port = free_port()
+    target = parse_mqtt_url(f"mqtt://127.0.0.1:{port}/{ROOT}")
+    out = MqttOutput(target, cameras=2, queue_size=3, stale_s=1.0, max_backoff=1, images=False)
+    broker = Broker(tmp_path, port)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    try:
+        t0 = time.monotonic()
+        for i, label in enumerate(["up", "down", "up", "down", "up"]):
+            out.write(frame, _pred(label, i, camera=1))
+        assert time.monotonic() - t0 < 0.5  # never waits on the network
+        assert out.stats()["dropped"] == 2 and out.stats()["queued"] == 3
+        broker.start()
+        sub = Subscriber(port, [f"{ROOT}/#"])
+        sub.wait("the queued events", lambda: len(sub.json(f"{ROOT}/cam1/event")) >= 3)
+        assert [e["frame"] for e in sub.json(f"{ROOT}/cam1/event")] == [2, 3, 4]
+        for i in range(20):  # camera 0 runs, camera 1 has stopped
+            out.write(frame, _pred("up", 10 + i, camera=0))
+            time.sleep(0.1)
+        sub.wait("camera 1 offline", lambda: sub.last(f"{ROOT}/cam1/availability") == b"offline")
+        assert sub.last(f"{ROOT}/cam0/availability") == b"online"
+        assert sub.json(f"{ROOT}/cam0/state")[-1]["label"] == "up"
+        sub.close()
+    finally:
+        out.close()
+        broker.stop()
+
+
+@pytest.mark.slow
+def test_mqtts_with_a_ca_file(tmp_path):
+    from edge.runtime.outputs.mqtt import connect_check
+
+    need_mosquitto()
+    ca, cert, key = make_tls(tmp_path / "tls")
+    broker = Broker(tmp_path, free_port(), tls=(ca, cert, key)).start()
+    try:
+        target = parse_mqtt_url(f"mqtts://127.0.0.1:{broker.port}/{ROOT}")
+        assert connect_check(target, str(ca)) is None
+        problem = connect_check(target, None)  # the system's CAs do not know our test CA
+        assert problem and "certificate" in problem.lower(), problem
+    finally:
+        broker.stop()

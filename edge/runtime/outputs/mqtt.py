@@ -243,7 +243,7 @@ class MqttOutput(Output):
                                                         model=self.model):
                     self._publish(topic, payload, qos=1, retain=True)
         self._publish(self.target.availability, ONLINE, qos=1, retain=True)
-        for camera, cam in self._cams.items():
+        for camera, cam in list(self._cams.items()):
             cam.sent_online, cam.sent_state = None, None  # sent again below
             if cam.jpeg is not None:
                 self._publish(self.target.camera_topic(camera, "image"), cam.jpeg, qos=0, retain=True)
@@ -260,7 +260,7 @@ class MqttOutput(Output):
         self._thread.join(timeout=1.0)
         if self.connected:
             infos = [self.client.publish(self.target.camera_topic(c, "availability"), OFFLINE, qos=1, retain=True)
-                     for c in self._cams]
+                     for c in list(self._cams)]
             infos.append(self.client.publish(self.target.availability, OFFLINE, qos=1, retain=True))
             for info in infos:
                 try:
