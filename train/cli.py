@@ -7,14 +7,18 @@ import logging
 import sys
 from pathlib import Path
 
-from edge.core.errors import EdgeError, cli_entry
-from edge.core.memory import keep_freed_memory
-from edge.core.registry import DEFAULT_ARCH, list_models
+from edge.core.threads import yield_when_waiting
 
-from .config import BOUNDS, MODES, TrainConfig
-from .distributed import FailedOnMain, env_rank, process_group
-from .presets import AugmentSpec
-from .trainer import resolve_device, train_model
+yield_when_waiting()  # before .trainer imports torch: waiting OpenMP threads sleep instead of spinning
+
+from edge.core.errors import EdgeError, cli_entry  # noqa: E402
+from edge.core.memory import keep_freed_memory  # noqa: E402
+from edge.core.registry import DEFAULT_ARCH, list_models  # noqa: E402
+
+from .config import BOUNDS, MODES, TrainConfig  # noqa: E402
+from .distributed import FailedOnMain, env_rank, process_group  # noqa: E402
+from .presets import AugmentSpec  # noqa: E402
+from .trainer import resolve_device, train_model  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hflip", dest="hflip", action="store_false",
                    help="disable horizontal-flip augmentation (when left vs right is the label)")
     p.add_argument("--workers", type=_number("workers"), default=None, help="data-loader workers for finetune")
+    p.add_argument("--threads", type=_number("threads"), default=None,
+                   help="CPU threads for the network (default: the cores not kept busy by other processes, "
+                        "re-measured as training goes)")
     p.add_argument("--novelty-keep", type=_number("novelty_keep"), default=0.95,
                    help="fraction of val images that must stay under the novelty threshold (the rest would be "
                         "called 'unknown'); higher = fewer false 'unknown', more unfamiliar images let through")
@@ -101,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         data=a.data, output=a.output, arch=a.arch, weights=a.weights, mode=a.mode, epochs=a.epochs,
         finetune_epochs=a.finetune_epochs, batch_size=a.batch_size, lr=a.lr, device=a.device,
         val_fraction=a.val_fraction, seed=a.seed, patience=a.patience, cache_views=a.cache_views,
-        augment=AugmentSpec(hflip=a.hflip), workers=a.workers, resume=a.resume, novelty=a.novelty,
-        novelty_keep=a.novelty_keep,
+        augment=AugmentSpec(hflip=a.hflip), workers=a.workers, threads=a.threads, resume=a.resume,
+        novelty=a.novelty, novelty_keep=a.novelty_keep,
     )
     cfg.validate()
     try:

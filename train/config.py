@@ -58,6 +58,7 @@ BOUNDS: dict[str, Bounds] = {
     "patience": Bounds(int, 1),
     "cache_views": Bounds(int, 1),
     "workers": Bounds(int, 0),
+    "threads": Bounds(int, 1),
     "novelty_keep": Bounds(float, 0.5, 1),  # below half, most known images would be called unknown
 }
 
@@ -86,6 +87,7 @@ class TrainConfig:
     cache_views: int = 4  # head mode: 1 clean + (n-1) augmented views of each training image
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     workers: int | None = None
+    threads: int | None = None  # CPU intra-op threads; None: the free cores (edge.core.threads), re-measured
     resume: bool = False
     novelty: bool = True  # fit the novelty score (edge.core.novelty) after training
     novelty_keep: float = DEFAULT_KEEP  # fraction of val images whose novelty stays under the threshold

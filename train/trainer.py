@@ -32,6 +32,7 @@ from edge.core.fsutil import atomic_write_bytes, atomic_write_text, ensure_writa
 from edge.core.metadata import ModelMeta, save_checkpoint
 from edge.core.preprocess import PreprocessSpec
 from edge.core.registry import ArchSpec, create_model, get_arch
+from edge.core.threads import ThreadPolicy
 
 from .config import FINETUNE_LR, HEAD_LR, TrainConfig
 from .dataset import DatasetInfo, InMemoryImages, eval_batch, load_samples, scan_dataset
@@ -103,6 +104,7 @@ class Job:
     feature_seconds: float = 0.0  # head stage: time spent caching backbone features
     dist: DistContext = field(default_factory=DistContext)  # torchrun's process group, or a single process
     clean_features: tuple[torch.Tensor, torch.Tensor] | None = None  # head stage: (clean train, val) features
+    threads: ThreadPolicy = field(default_factory=ThreadPolicy)  # CPU threads: --threads, or the free cores
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -169,6 +171,7 @@ def extract_features(job: Job, batches: Iterable[torch.Tensor], n_batches: int, 
     feats = []
     with torch.inference_mode(), autocast(job.device):
         for x in tqdm(batches, total=n_batches, desc=desc, unit="batch", disable=job.no_bar, leave=False):
+            job.threads.refresh()  # follow a load that starts or stops midway
             x = x.to(job.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             feats.append(job.arch.features(model, x).to(torch.float16).contiguous())
     model.to(memory_format=torch.contiguous_format)
@@ -277,6 +280,7 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
             bar = functools.partial(tqdm, desc=f"epoch {epoch}/{stage.epochs} [{stage.name}]", unit="batch",
                                     disable=job.no_bar, leave=False)
         t = time.perf_counter()
+        job.threads.refresh()
         try:
             train = train_one_epoch(trained, optimizer, scheduler, stage.train_batches, job.device, scaler, bar)
         except torch.cuda.OutOfMemoryError as e:
@@ -382,7 +386,8 @@ def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[Job, dict[str
     if not dist.is_main:
         no_bar = True  # rank 0's bars only
     job = Job(cfg, arch, info, device, batch_size, model, out, train_images, train_targets, val_x, val_y, no_bar,
-              dist=dist)
+              dist=dist, threads=ThreadPolicy(cfg.threads))
+    log.info("CPU threads: %d (%s)", job.threads.refresh(), "--threads" if cfg.threads else "the free cores")
     return job, resume
 
 

@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"error: unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
-    # no process-wide tuning here: what suits one command (train's malloc settings) would hurt another (serve)
+    # no process-wide tuning here (train's malloc settings would hurt serve), but one that suits every command:
+    # waiting OpenMP threads sleep instead of spinning on cores others need; it must precede torch's import
+    from edge.core.threads import yield_when_waiting
+
+    yield_when_waiting()
     module = importlib.import_module(SUBCOMMANDS[name][0])
     return int(module.main(rest) or 0)
 

@@ -28,7 +28,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runtime (default auto: picked by the model file's type)")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default auto: the GPU when usable")
     parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="CPU inference threads (default: cores, up to 4)")
+                        help="CPU inference threads (default: onnxruntime all cores up to 4; torch the cores "
+                             "other processes leave free)")
 
 
 def backend_options(threads: int | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import torch
 
 from edge.core.errors import EdgeError, brief
 from edge.core.registry import ArchSpec, create_model, get_arch
+from edge.core.threads import ThreadPolicy
 from train.dataset import load_rgb
 from train.engine import autocast
 from train.presets import AugmentSpec, EvalTransform, train_transform
@@ -32,6 +33,7 @@ from train.presets import AugmentSpec, EvalTransform, train_transform
 log = logging.getLogger(__name__)
 
 CLEAN_BATCH = 8  # clean views of up to this many waiting snapshots in one forward pass
+LIVE_CORES = 1.0  # cores kept for the rest of the teach process: camera capture and the live model's inference
 
 
 def file_key(path: str) -> tuple[int, int] | None:
@@ -56,7 +58,8 @@ class Entry:
 class FeatureCache:
     """A worker thread that keeps backbone features of the snapshots it is given, for head training."""
 
-    def __init__(self, arch: str, views: int = 4, device: str = "auto", augment: AugmentSpec | None = None) -> None:
+    def __init__(self, arch: str, views: int = 4, device: str = "auto", augment: AugmentSpec | None = None,
+                 threads: int | None = None, reserved: float = LIVE_CORES) -> None:
         self.arch: ArchSpec = get_arch(arch)
         self.views = int(views)
         cuda = torch.cuda.is_available() and device in ("auto", "cuda")
@@ -74,6 +77,8 @@ class FeatureCache:
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="teach-features", daemon=True)
+        # torch's threads: `threads`, else the cores left by other processes and our own camera and live model
+        self.threads = ThreadPolicy(threads, reserved=reserved)
 
     # ------------------------------------------------------------------ what the service calls
     def start(self) -> "FeatureCache":
@@ -193,6 +198,8 @@ class FeatureCache:
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """Backbone features of a batch of preprocessed images, float16 on the CPU."""
         t = time.perf_counter()
+        if self.device.type == "cpu":
+            self.threads.refresh()  # re-measured every few seconds: a load that comes and goes is followed
         with self.model_lock, torch.inference_mode(), autocast(self.device):
             x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
             out = self.arch.features(self.model, x).float().cpu().to(torch.float16)

@@ -1,5 +1,9 @@
 """PyTorch backend: a `train` checkpoint (.pt), CUDA FP16 + channels_last when a GPU exists, else CPU FP32.
 
+On the CPU its intra-op threads are `threads` (--threads) or the cores not kept busy by other processes when the
+backend loads (edge.core.threads: more would collapse beside a busy process); waiting threads yield when the CLI
+set that up before torch was imported.
+
 A checkpoint with a novelty bank runs as `ClassifierWithNovelty` (probabilities and novelty from one backbone
 pass, the score in float32 whatever the network's precision); older checkpoints give probabilities only.
 """
@@ -13,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.core.errors import EdgeError
+from edge.core.threads import apply_torch_threads
 from edge.runtime.backends.base import Backend, Outputs, check_batch
 
 log = logging.getLogger(__name__)
@@ -31,8 +36,8 @@ class TorchBackend(Backend):
         if device == "cuda" and not cuda:
             raise EdgeError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
         dev = "cuda" if device in ("auto", "cuda") and cuda else "cpu"
-        if threads:
-            torch.set_num_threads(int(threads))
+        if dev == "cpu" or threads:  # --threads, else the cores other processes leave free (edge.core.threads)
+            apply_torch_threads(threads)
         model, meta = load_model(Path(path), device="cpu", with_novelty=True)
         self.fp16 = (dev == "cuda") if fp16 is None else bool(fp16 and dev == "cuda")
         model = model.to(dev, memory_format=torch.channels_last)
