@@ -1,7 +1,9 @@
-"""Issue 18: a training never waits forever for a snapshot deleted after Train was pressed."""
+"""Issue 18: a training never waits forever for a snapshot deleted after Train was pressed; stale temporaries of
+a killed export are cleaned when teach starts."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -61,8 +63,13 @@ def test_collect_finishes_when_files_are_deleted_after_the_scan(tmp_path):
 
 @slow
 def test_deleting_during_a_training_never_wedges_teach_and_training_again_works(tmp_path):
+    stale = tmp_path / "model" / ".tmp-abc123.onnx"  # left by an export killed with kill -9
+    stale.parent.mkdir()
+    stale.write_bytes(b"half an onnx")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     teach = Teach(tmp_path, ["--source", SOURCE, "--data", "data", "--output", "model", "--cache-views", "2"]).start()
     try:
+        assert not stale.exists()  # cleaned at start
         for label in ("up", "down"):
             teach.ok("POST", "api/labels", {"name": label}, want=201)
             for _ in range(6):

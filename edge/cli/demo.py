@@ -15,79 +15,39 @@ encoder); failing both, DIR/demo.mp4 in MPEG-4 Part 2 (mp4v), with a line on how
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 
 from edge.core.errors import EdgeError, cli_entry
 from edge.core.fsutil import (
-    TEMP_PREFIX,
     atomic_write_bytes,
     atomic_write_text,
     ensure_writable_dir,
 )
+from edge.runtime.outputs import video as videofmt
 from edge.runtime.outputs.base import Output
+from edge.runtime.outputs.video import mpeg4_part2_hint
 from edge.runtime.timings import TimingWindow
 
 log = logging.getLogger(__name__)
 
 DEMO_ARCH = "efficientnet_lite0"
-# (file suffix, OpenCV fourcc) that browsers play, best first
-BROWSER_VIDEO = ((".mp4", "avc1"), (".webm", "VP80"))
-FALLBACK_VIDEO = (".mp4", "mp4v")  # MPEG-4 Part 2: every OpenCV writes it; VLC plays it, browsers do not
-
-
-@contextlib.contextmanager
-def _native_stderr_off() -> Iterator[None]:
-    """Probing codecs makes FFmpeg and OpenCV print lines to fd 2 ("Could not open codec", "tag ... is not
-    supported") that mean nothing to the user: send them to /dev/null meanwhile. Only before the pipeline
-    starts: no other thread writes then."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _writes_and_reads_back(folder: Path, suffix: str, fourcc: str) -> bool:
-    fd, name = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=suffix)
-    os.close(fd)
-    try:
-        with _native_stderr_off():
-            writer = cv2.VideoWriter(name, cv2.VideoWriter_fourcc(*fourcc), 10.0, (64, 48))
-            if not writer.isOpened():
-                return False
-            for i in range(3):
-                writer.write(np.full((48, 64, 3), 60 * i, np.uint8))
-            writer.release()
-            reader = cv2.VideoCapture(name)
-            ok = reader.read()[0]
-            reader.release()
-        return bool(ok)
-    finally:
-        os.unlink(name)
+BROWSER_VIDEO, FALLBACK_VIDEO = videofmt.BROWSER_VIDEO, videofmt.FALLBACK_VIDEO
 
 
 def video_format(folder: str | Path) -> tuple[str, str]:
     """(suffix, fourcc): the first of BROWSER_VIDEO this OpenCV writes and reads back (tried in `folder`), else
     FALLBACK_VIDEO."""
     for suffix, fourcc in BROWSER_VIDEO:
-        if _writes_and_reads_back(Path(folder), suffix, fourcc):
+        if videofmt.writes_and_reads_back(Path(folder), suffix, fourcc):
             return suffix, fourcc
     return FALLBACK_VIDEO
 
@@ -96,10 +56,7 @@ def video_hint(video: str | Path, fourcc: str) -> str | None:
     """How to watch a recording that browsers cannot play (None when they can)."""
     if (Path(video).suffix.lower(), fourcc) in BROWSER_VIDEO:
         return None
-    h264 = Path(video).with_name(f"{Path(video).stem}-h264.mp4")
-    return (f"{Path(video).name} is MPEG-4 Part 2 ({fourcc}; this OpenCV has no H.264 or VP8 encoder), which "
-            f"browsers do not play: open it in VLC, or convert it with "
-            f"ffmpeg -i {video} -c:v libx264 -pix_fmt yuv420p {h264}")
+    return mpeg4_part2_hint(video, fourcc)
 
 
 class _Snapshots(Output):

@@ -114,3 +114,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, permissions: int | 
 def atomic_write_text(path: str | os.PathLike, text: str, permissions: int | None = None) -> None:
     with atomic_write(path, "w", permissions) as f:
         f.write(text)
+
+
+def remove_stale_temps(folder: str | os.PathLike, older_than_s: float = 60.0) -> int:
+    """Delete the temporary (.tmp-*) files in `folder` older than `older_than_s`: left by a writer that was killed
+    (kill -9, a power cut) before it could clean up. Returns how many were removed."""
+    import time
+
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for p in Path(folder).glob(TEMP_PREFIX + "*"):
+        try:
+            if p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink()
+                removed += 1
+        except OSError:
+            pass
+    return removed

@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Callable, Protocol, Sequence
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
 from edge.core.errors import EdgeError
 from edge.runtime.outputs.stream import StreamOutput
 from edge.runtime.sources import redact_uri
 from edge.service.config import is_ip_address
+from edge.service.limits import ConnectionGuard
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,17 @@ class Response:
 RouteHandler = Callable[[Request], "Response | None"]
 
 
+def _redacted(line: str) -> str:
+    """A request line for the log: percent-decoding undone (so `?tok%65n=` is seen as `?token=`), then
+    redact_uri."""
+    for _ in range(4):
+        decoded = unquote(line)
+        if decoded == line:
+            break
+        line = decoded
+    return redact_uri(line)
+
+
 def host_of(header: str) -> str | None:
     """The host a Host header names, lower-case, without port or root dot; None when it is not a valid one."""
     m = _HOST_HEADER.fullmatch(header.strip())
@@ -110,7 +122,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         # request lines carry `?token=`: redacted, like every URL this service logs
-        log.debug("%s %s", self.address_string(), redact_uri(format % args))
+        log.debug("%s %s", self.address_string(), _redacted(format % args))
+
+    # --- connection limits (edge.service.limits): a deadline while the request is read, none while answered ---
+    def handle_one_request(self) -> None:
+        self.server.guard.reading(self.connection)
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # the headers are in (or refused)
+        self.server.guard.answering(self.connection)
+        return ok
 
     # --- helpers ---------------------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
@@ -138,7 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), want):
             return True
-        return any(hmac.compare_digest(t.encode(), want) for t in query.get("token", []))
+        # the parameter named exactly `token`: no percent-encoded spelling of the name (`tok%65n`) counts
+        raw = [p.partition("=") for p in urlsplit(self.path).query.split("&")]
+        return any(k == "token" and hmac.compare_digest(unquote_plus(v).encode(), want) for k, _, v in raw)
 
     def _camera(self, query: dict[str, list[str]]) -> int | None:
         """The request's `?camera=N` (camera 0 without one); None, after a 404, for a camera the service lacks."""
@@ -198,7 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if path == "/healthz":
                 ok, info = app.health()
-                self._json(200 if ok else 503, info)
+                # open for probes, which cannot send a token: without it, only ok/stale (no reasons or URLs)
+                self._json(200 if ok else 503, info if self._authorized(query) else {"status": info.get("status")})
                 return
             if self._auth_refused(query) or self._extra(Request("GET", path, query, headers=self.headers)):
                 return
@@ -285,7 +310,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(413, {"error": f"request body must be 0 to {MAX_BODY_BYTES} bytes of JSON"})
             self.close_connection = True
             return None
+        self.server.guard.reading(self.connection, body=True)
         body = self.rfile.read(length) if length else b""
+        self.server.guard.answering(self.connection)
+        if len(body) < length:
+            self.close_connection = True
+            return None  # the client went away (or was too slow) before sending its whole body
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if body and ctype != "application/json":
             # a browser sends a cross-site form post as text/plain or a form type, never as application/json
@@ -294,14 +324,15 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _snapshot(self, stream: StreamOutput) -> None:
-        if not stream.add_client():
-            self._json(503, {"error": "too many stream clients"})
-            return
-        try:  # registering as a client makes the encoder produce a fresh JPEG of the next frame
+        # registering as a client makes the encoder produce a fresh JPEG of the next frame; when the streams are
+        # full, their clients keep it encoding anyway, so a snapshot never waits for a stream client to leave
+        registered = stream.add_client()
+        try:
             latest = stream.latest_jpeg()
             got = stream.wait_jpeg(0 if latest is None else latest[1], 2.0) or latest
         finally:
-            stream.remove_client()
+            if registered:
+                stream.remove_client()
         if got is None:
             self._json(503, {"error": "no frame yet"})
         else:
@@ -342,6 +373,7 @@ class HttpServer(ThreadingHTTPServer):
     daemon_threads = True  # a client thread never keeps the process alive at exit
     allow_reuse_address = True
     block_on_close = False
+    request_queue_size = 128  # a burst of connections waits in the kernel, not refused
 
     def __init__(self, host: str, port: int, app: HttpApp, token: str | None = None,
                  allowed_hosts: tuple[str, ...] = (), extra_handler: RouteHandler | None = None,
@@ -353,12 +385,28 @@ class HttpServer(ThreadingHTTPServer):
         self.allowed_names = frozenset(h.lower().rstrip(".") for h in ("localhost", host, *allowed_hosts))
         self.page = page if page is not None else page_html()
         self.stopping = False
+        self.guard = ConnectionGuard()
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             super().__init__((host, port), _Handler)
         except OSError as e:
             raise EdgeError(f"--http: cannot listen on {host}:{port}: {e.strerror or e}; choose another port or host") from e
         self._thread: threading.Thread | None = None
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.guard.admit(request, str(client_address[0])):
+            return True
+        try:  # every connection is being answered: say so without waiting on this client
+            request.setblocking(False)
+            request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
+                         b"Connection: close\r\n\r\n")
+        except OSError:
+            pass
+        return False
+
+    def shutdown_request(self, request: Any) -> None:
+        self.guard.release(request)
+        super().shutdown_request(request)
 
     def host_allowed(self, header: str) -> bool:
         """May a request with this Host header be answered? (See the module docstring: DNS rebinding.)"""
@@ -378,6 +426,7 @@ class HttpServer(ThreadingHTTPServer):
 
     def stop(self) -> None:
         self.stopping = True
+        self.guard.close()
         if self._thread is not None:
             self.shutdown()
             self._thread.join(timeout=2.0)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import EdgeError
-from edge.core.fsutil import ensure_writable_dir
+from edge.core.fsutil import ensure_writable_dir, remove_stale_temps
 from edge.core.metadata import ModelMeta
 from edge.core.preprocess import PreprocessSpec
 from edge.runtime.backends.base import Backend
@@ -206,4 +206,5 @@ def teach(cfg: TeachConfig) -> int:
         raise EdgeError(problem)
     if cfg.output is not None:
         ensure_writable_dir(cfg.output, "output folder")
+        remove_stale_temps(cfg.output)  # half-written models of an export that was killed
     return TeachService(cfg).run()

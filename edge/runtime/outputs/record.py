@@ -1,8 +1,11 @@
 """Record the annotated stream to a video file (`edge serve --record`, `edge demo`).
 
 `write` only copies the frame into a bounded queue; a writer thread encodes (OpenCV VideoWriter: `.mp4` ->
-mp4v, `.avi`/`.mkv` -> MJPG, `.webm` -> VP8, which browsers play; `fourcc` picks another codec, e.g. "avc1" for
-H.264 in `.mp4` where the OpenCV build has an H.264 encoder). When the encoder falls behind, frames are dropped
+H.264 where this OpenCV has an encoder for it, else MPEG-4 Part 2 (mp4v, which browsers do not play: said in one
+line at start), `.avi`/`.mkv` -> MJPG, `.webm` -> VP8, which browsers play; `fourcc` picks another codec).
+A disk that fills up stops the recording with one error line (the output is then dead, as `edge_output_alive`
+shows): the writer stops while a little space is left, so the file is finalized and plays up to there; a file
+that cannot be read back is removed. When the encoder falls behind, frames are dropped
 and counted, never queued without bound. The file is written under a temporary name and moved into place on
 `close()`, so a crash never leaves a half-written video under the final name. With `realtime=True` (default)
 frames are repeated or skipped to keep the video's clock equal to the wall clock, so a 10 s run plays for 10 s
@@ -23,14 +26,17 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from edge.core.errors import EdgeError
+from edge.core.errors import DiskFullError, EdgeError
 from edge.core.fsutil import TEMP_PREFIX, ensure_writable_dir, make_readable
 from edge.runtime.outputs.base import Output
+from edge.runtime.outputs.video import mpeg4_part2_hint, writes_and_reads_back
 from edge.runtime.prediction import Prediction
 
 log = logging.getLogger(__name__)
 
 CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG", ".webm": "VP80"}
+MIN_FREE_BYTES = 8 << 20  # stop recording below this much free space (or 1/20 of a small disk), to finalize the file
+FREE_CHECK_S = 0.5
 _STOP = object()
 
 
@@ -60,6 +66,11 @@ class RecordOutput(Output):
         if len(self.fourcc) != 4:
             raise EdgeError(f"a video codec is a 4-character code (e.g. avc1, VP80, mp4v), got {self.fourcc!r}")
         ensure_writable_dir(self.path.parent, "recording directory")
+        if fourcc is None and suffix == ".mp4":  # what browsers play, where this OpenCV can write it
+            if writes_and_reads_back(self.path.parent, ".mp4", "avc1"):
+                self.fourcc = "avc1"
+            else:
+                log.warning("%s; or record to a .webm file, which browsers play", mpeg4_part2_hint(self.path, "mp4v"))
         self.fps = float(fps)
         self.realtime = realtime
         self.frames_written = 0
@@ -73,6 +84,7 @@ class RecordOutput(Output):
         self._size: tuple[int, int] | None = None
         self._t0: float | None = None
         self._error: BaseException | None = None
+        self._free_checked = 0.0
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="edge-record", daemon=True)
         self._thread.start()
@@ -121,12 +133,32 @@ class RecordOutput(Output):
                 for _ in range(max(0, min(repeats, max(1, int(self.fps * 5))))):
                     self._writer.write(frame)
                     self.frames_written += 1
+                self._check_free()
             except Exception as e:  # noqa: BLE001 - reported to the pipeline on the next write()
-                log.error("recording to %s failed: %s", self.path, e)
+                log.error("recording to %s failed after %d frames: %s", self.path, self.frames_written, e)
                 self._error = e
+                self.alive = False  # said once, here: the pipeline skips a dead output (edge_output_alive 0)
                 return
             finally:
                 self._pool.put(item[0])
+
+    def _check_free(self) -> None:
+        """Raise DiskFullError when the disk is (nearly) full: OpenCV's writer fails silently there."""
+        now = time.monotonic()
+        if now - self._free_checked < FREE_CHECK_S:
+            return
+        self._free_checked = now
+        st = os.statvfs(self._tmp.parent)
+        free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        if free < min(MIN_FREE_BYTES, total // 20):
+            raise DiskFullError(self.path)
+
+    def _playable(self) -> bool:
+        reader = cv2.VideoCapture(str(self._tmp))
+        try:
+            return bool(reader.isOpened() and reader.read()[0])
+        finally:
+            reader.release()
 
     def close(self) -> None:
         if self._closed:
@@ -140,13 +172,23 @@ class RecordOutput(Output):
             self._thread.join(30)
         if self._writer is not None:
             self._writer.release()
-        if self._writer is not None and self.frames_written and self._error is None:
-            with open(self._tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            make_readable(self._tmp)  # mkstemp creates 0600; a recording is meant to be shared
-            os.replace(self._tmp, self.path)
-            log.info("recorded %d frames to %s (%d dropped)", self.frames_written, self.path, self.dropped)
-        else:
+        keep = self._writer is not None and self.frames_written and (self._error is None or self._playable())
+        try:
+            if keep:
+                with open(self._tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                make_readable(self._tmp)  # mkstemp creates 0600; a recording is meant to be shared
+                os.replace(self._tmp, self.path)
+        except OSError as e:
+            log.error("cannot finish the recording %s: %s; removed it", self.path, e.strerror or e)
+            keep = False
+        if not keep:
             self._tmp.unlink(missing_ok=True)
-            if self._error is None:
-                log.warning("nothing recorded to %s (no frames)", self.path)
+        if keep and self._error is None:
+            log.info("recorded %d frames to %s (%d dropped)", self.frames_written, self.path, self.dropped)
+        elif keep:
+            log.warning("kept the %d frames recorded to %s before it failed", self.frames_written, self.path)
+        elif self._error is not None:
+            log.warning("removed %s: what was recorded before it failed cannot be played", self.path)
+        else:
+            log.warning("nothing recorded to %s (no frames)", self.path)

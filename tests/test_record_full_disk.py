@@ -1,0 +1,78 @@
+"""Issue 18: `--record` on a full disk says so once, marks itself dead, and leaves a playable file or none;
+`.mp4` is what browsers play where OpenCV can write it, else one line says what was written."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.runtime.outputs.record import RecordOutput
+from edge.runtime.outputs.video import writes_and_reads_back
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (root only, where mounting is allowed); skipped elsewhere."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    where = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (no CAP_SYS_ADMIN)")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _frames_readable(path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mp4"])
+def test_recording_onto_a_full_disk_stops_once_dead_and_leaves_a_playable_file_or_none(small_disk, suffix, caplog):
+    caplog.set_level(logging.INFO, logger="edge.runtime.outputs.record")
+    rec = RecordOutput(small_disk / f"run{suffix}", fps=30.0, realtime=False)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (240, 320, 3), np.uint8) for _ in range(4)]  # noise: barely compressible
+    for i in range(3000):
+        if not rec.alive:
+            break
+        rec.write(frames[i % 4], None)
+        if i % 8 == 0:
+            import time
+
+            time.sleep(0.02)  # let the writer thread follow
+    rec.close()
+    assert not rec.alive, "the disk never filled up"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "no space left" in errors[0].getMessage()
+    assert "recorded" not in " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+    left = [p.name for p in small_disk.iterdir()]
+    assert left in ([], [f"run{suffix}"])  # no temporary file
+    if left:
+        assert _frames_readable(small_disk / f"run{suffix}") > 0
+
+
+def test_an_mp4_recording_is_h264_where_opencv_can_write_it_else_one_line_says_what(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="edge.runtime.outputs.record")
+    rec = RecordOutput(tmp_path / "run.mp4", fps=10.0, realtime=False)
+    for i in range(5):
+        rec.write(np.full((48, 64, 3), 40 * i, np.uint8), None)
+    rec.close()
+    assert _frames_readable(tmp_path / "run.mp4") > 0
+    if writes_and_reads_back(tmp_path, ".mp4", "avc1"):
+        assert rec.fourcc == "avc1" and not caplog.records
+    else:
+        said = [r.getMessage() for r in caplog.records]
+        assert rec.fourcc == "mp4v" and len(said) == 1 and "browsers do not play" in said[0] and ".webm" in said[0]
