@@ -217,7 +217,8 @@ def test_slow_and_vanishing_clients_never_block_the_pipeline(server):
             f.close()
             s.close()
         time.sleep(0.01)
-    assert worst < 0.05, f"write() blocked for {worst:.3f} s"
+    # a write that waited for the stuck client would block until it read (never); 1 s allows a busy machine's pauses
+    assert worst < 1.0, f"write() blocked for {worst:.3f} s"
     stuck.close()
     deadline = time.monotonic() + 5
     while app.stream.clients and time.monotonic() < deadline:
@@ -268,7 +269,7 @@ def test_stop_ends_streaming_clients_quickly(server):
     t0 = time.monotonic()
     srv.stop()
     app.stream.close()
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 < 10.0  # the client never disconnects: without the stop it would stream forever
     s.close()
 
 

@@ -188,7 +188,7 @@ def test_test_uri_cameras_are_batched_on_one_thread():
         pipe.stop()
     assert not pipe.running and all(c.state == "stopped" for c in cams), [c.state for c in cams]  # started here
     sizes = backend.sizes
-    assert max(sizes) == 2 and sizes.count(2) >= len(sizes) * 0.7  # mostly full batches
+    assert max(sizes) == 2 and sizes.count(2) >= len(sizes) * 0.5  # mostly full batches, even on a busy machine
     s = pipe.stats
     assert s["batches"] == len(sizes) and s["frames"] == sum(sizes) == len(preds)
     for cam, ps in by_camera(preds).items():
@@ -262,7 +262,9 @@ def test_a_lost_camera_does_not_slow_the_others_and_comes_back(outage):
         assert wait_until(lambda: lost.state == "reconnecting", timeout=10)
         lost_seen = pipe.slots[1].frames
         rate_during = _rate(preds, 0, 1.5)
-        assert rate_during >= 0.8 * rate_before, (rate_before, rate_during)
+        # waiting for the lost camera would cut the rate to a few per second (its stall timeout); a busy machine
+        # makes both rates wobble, so only a big drop counts
+        assert rate_during >= 0.5 * rate_before, (rate_before, rate_during)
         assert pipe.stats["cameras"][1]["state"] == "reconnecting"
         assert pipe.slots[1].frames - lost_seen <= 1  # at most one frame that was in flight
         if server is not None:

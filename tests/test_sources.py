@@ -70,8 +70,8 @@ def test_realtime_paces_to_fps_and_realtime_false_does_not():
     with open_source(uri, realtime=False) as src:
         read_all(src)
     fast = time.monotonic() - t0
-    assert paced >= 0.28  # 6 intervals of 50 ms
-    assert fast < 0.2
+    assert paced >= 0.28  # 6 intervals of 50 ms (a busy machine only makes it longer)
+    assert fast < paced  # unpaced: no waiting between frames (a wall-clock bound would fail on a busy machine)
 
 
 @pytest.mark.parametrize("name", ["clip.avi", "clip.mp4"])
@@ -93,7 +93,7 @@ def test_video_file_as_fast_as_possible_and_looping(tmp_path):
     with open_source(str(path), realtime=False, loop=True) as src:
         frames = read_all(src, limit=15)
     assert len(frames) == 15
-    assert time.monotonic() - t0 < 1.0  # 5 fps paced would take 3 s
+    assert time.monotonic() - t0 < 2.8  # 14 intervals at 5 fps, paced, would take at least 2.8 s
     assert abs(int(frames[6].mean()) - int(frames[0].mean())) < 8  # back at the first frame
 
 

@@ -14,14 +14,16 @@ from edge.service.health import ServiceHealth
 
 def cameras_json(sources: Sequence[str], cameras: Sequence[Any], health: ServiceHealth,
                  slots: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """/api/cameras: each camera's id, source (credentials redacted), state, health status, fps, frames, drops,
-    reconnects and shown label. `slots`: the pipeline's per-camera stats (None before it exists)."""
+    """/api/cameras: each camera's id, source (credentials redacted), state, health status, reason and error, fps, frames,
+    drops, reconnects and shown label. `slots`: the pipeline's per-camera stats (None before it exists)."""
     slots = slots or [{} for _ in cameras]
     return [{
         "camera": i,
         "source": redact_uri(uri),
         "state": h.source_state,
         "status": h.status,
+        "reason": h.reason,  # why it is not ok ("" when it is)
+        "error": h.source_error,  # the camera's last error while it reconnects, e.g. why it cannot be opened
         "fps": slot.get("fps", 0.0) if h.ok else 0.0,
         "frames": slot.get("frames", 0),
         "drops": slot.get("drops", 0),
