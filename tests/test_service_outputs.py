@@ -113,54 +113,57 @@ def _in_process_service(**cfg):
     from edge.service.config import ServeConfig
 
     svc = Service(ServeConfig(model="m.pt", source="test://", **cfg))
-    svc.camera = SimpleNamespace(state="streaming", frame_time=time.monotonic(), last_error="", frame_id=0)
+    svc.state.cameras = [SimpleNamespace(state="streaming", frame_time=time.monotonic(), last_error="", frame_id=0,
+                                         reconnects=0, errors=0)]
     return svc
 
 
 def _prediction(label: str = "up", frame: int = 1):
     return SimpleNamespace(label=label, confidence=0.9, probabilities={"up": 0.9, "down": 0.1}, raw_label=label,
                            frame_id=frame, timestamp=time.time(), fps=10.0, infer_ms=1.0, latency_ms=2.0,
-                           frame_age_ms=1.0)
+                           frame_age_ms=1.0, camera=0, novelty=None)
 
 
 def test_healthz_and_api_agree_and_a_wall_clock_jump_changes_nothing(monkeypatch):
     """One staleness decision for /healthz and /api/prediction, on monotonic clocks: NTP setting the wall clock
     back an hour must not hide an inference stall (nor forward fake one)."""
     svc = _in_process_service(health_max_age=0.5)
-    svc._on_prediction(_prediction())
-    ok, health = svc.health()
-    assert ok and health["status"] == "ok" and svc.prediction_json()["stale"] is False
+    svc.state.on_prediction(_prediction())
+    ok, health = svc.state.health()
+    assert ok and health["status"] == "ok" and svc.state.prediction_json()["stale"] is False
 
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() - 3600)  # NTP sync: the wall clock jumps back
     time.sleep(0.7)  # frames keep coming, but no prediction for 0.7 s
-    svc.camera.frame_time = time.monotonic()
-    ok, health = svc.health()
-    pred = svc.prediction_json()
+    svc.state.cameras[0].frame_time = time.monotonic()
+    ok, health = svc.state.health()
+    pred = svc.state.prediction_json()
     assert not ok and health["status"] == "stale" and "no prediction for 0.7 s" in health["reason"]
     assert pred["stale"] is True and pred["reason"] == health["reason"]
 
     monkeypatch.setattr(time, "time", lambda: real_time() + 86400)  # and forward a day: fresh stays fresh
-    svc._on_prediction(_prediction(frame=2))
-    ok, health = svc.health()
-    assert ok and svc.prediction_json()["stale"] is False and "reason" not in svc.prediction_json()
+    svc.state.on_prediction(_prediction(frame=2))
+    ok, health = svc.state.health()
+    assert ok and svc.state.prediction_json()["stale"] is False and "reason" not in svc.state.prediction_json()
 
 
 def test_label_change_is_decided_once_for_events_on_change_and_metric(monkeypatch, tmp_path):
     """The service's events, on-change and edge_label_changes_total share one decision: same count, first included."""
     svc = _in_process_service(events=str(tmp_path / "ev.jsonl"),
                               on_change=f"echo $1 >> {tmp_path / 'runs.txt'}", on_change_interval=0.0)
-    svc._build_outputs()
+    from edge.service.assembly import build_outputs
+
+    outputs = build_outputs(svc.cfg, svc.state.changes).shared
     frame = np.zeros((4, 4, 3), np.uint8)
     for i, label in enumerate(["up", "up", "down", "down"]):
         pred = _prediction(label, i)
-        for out in svc.outputs:  # what the pipeline does per frame: outputs, then listeners
+        for out in outputs:  # what the pipeline does per frame: outputs, then listeners
             out.write(frame, pred)
-        svc.prom.listener(pred)
+        svc.state.prom.listener(pred)
         time.sleep(0.3)  # let the on-change command of this change run before the next one
-    for out in svc.outputs:
+    for out in outputs:
         out.close()
     events = read_events(tmp_path / "ev.jsonl")
     assert [(e["label"], e["previous"]) for e in events] == [("up", None), ("down", "up")]
-    assert metric(svc.prom.render().decode(), "edge_label_changes_total", camera="0") == 2
+    assert metric(svc.state.prom.render().decode(), "edge_label_changes_total", camera="0") == 2
     assert (tmp_path / "runs.txt").read_text().split() == ["up", "down"]
