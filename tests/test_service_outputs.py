@@ -167,3 +167,59 @@ def test_label_change_is_decided_once_for_events_on_change_and_metric(monkeypatc
     assert [(e["label"], e["previous"]) for e in events] == [("up", None), ("down", "up")]
     assert metric(svc.state.prom.render().decode(), "edge_label_changes_total", camera="0") == 2
     assert (tmp_path / "runs.txt").read_text().split() == ["up", "down"]
+
+
+# ---------------------------------------------------------------------------------------------- the outputs table
+def test_every_output_entry_reads_options_the_config_has():
+    from edge.service.config import OPTIONS
+    from edge.service.outputs import OUTPUTS
+
+    names = {o.name for o in OPTIONS}
+    assert {opt for entry in OUTPUTS.values() for opt in entry.options} <= names
+    assert {"record", "stream", "events", "on_change", "display"} <= set(OUTPUTS)
+
+
+def test_a_new_output_is_one_table_entry(monkeypatch):
+    """One entry in OUTPUTS is all the service needs to build an output, shared or one per camera."""
+    from edge.runtime.outputs.base import CallbackOutput
+    from edge.service import outputs as outputs_mod
+    from edge.service.assembly import build_outputs
+    from edge.service.config import ServeConfig
+
+    table = dict(outputs_mod.OUTPUTS)
+    table["fake"] = outputs_mod.OutputEntry(("events",), lambda cfg, place: CallbackOutput(
+        lambda f, p: None, name=f"fake{place.camera}"), per_camera=True)
+    table["fake_shared"] = outputs_mod.OutputEntry(("overlay",), lambda cfg, place: CallbackOutput(
+        lambda f, p: None, name="shared"), enabled=lambda cfg: cfg.overlay)
+    monkeypatch.setattr(outputs_mod, "OUTPUTS", table)
+    monkeypatch.setattr("edge.service.assembly.OUTPUTS", table)
+    svc = _in_process_service()
+    built = build_outputs(ServeConfig(model="m.pt", source=("test://", "test://?seed=2"), events="-"),
+                          svc.state.changes)
+    try:
+        assert [o.name for o in built.shared] == ["events", "shared"]
+        assert [[o.name for o in outs] for outs in built.per_camera] == [["fake0"], ["fake1"]]
+    finally:
+        built.close()
+    assert not build_outputs(ServeConfig(model="m.pt", source="test://", overlay=False), svc.state.changes).all()
+
+
+def test_teach_composes_the_service_through_public_names_only():
+    """Teach builds on the Service's parts, never by subclassing it or reaching into a private name of another
+    package's object (only its own `self._x`)."""
+    import ast
+
+    import edge.teach
+
+    folder = Path(edge.teach.__file__).parent
+    reached = []
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                assert not any(isinstance(b, ast.Name) and b.id == "Service" for b in node.bases), path.name
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = node.value
+                if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls", "os")):  # os._exit: stdlib's
+                    reached.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    assert reached == []
