@@ -144,15 +144,17 @@ def _service_prediction(model_path: Path, images: Path, events: Path, **cfg) -> 
     from edge.service.config import build_config
 
     svc = Service(build_config({}, {"model": str(model_path), "source": "test://", "device": "cpu", **cfg}, env={}))
-    backend = svc._load_backend()
+    backend = svc.model.load()
     out = EventsOutput(str(events))
-    svc.pipeline = Pipeline(ImageFolderSource(str(images), {}, images, realtime=False), backend, overlay=False,
-                            smoother=Smoother(backend.meta.class_names), outputs=[out], listeners=[svc._on_prediction])
-    svc.cameras = [slot.camera for slot in svc.pipeline.slots]  # what the service's health reads, as serve builds it
-    svc.pipeline.run(max_frames=len(list(images.iterdir())))
-    svc.pipeline.stop()
+    state = svc.state
+    pipeline = Pipeline(ImageFolderSource(str(images), {}, images, realtime=False), backend, overlay=False,
+                        smoother=Smoother(backend.meta.class_names), outputs=[out], listeners=[state.on_prediction])
+    state.pipeline = pipeline
+    state.cameras = [slot.camera for slot in pipeline.slots]  # what the service's health reads, as serve builds it
+    pipeline.run(max_frames=len(list(images.iterdir())))
+    pipeline.stop()
     backend.close()
-    return svc.prediction_json(), [json.loads(ln) for ln in events.read_text().splitlines()]
+    return state.prediction_json(), [json.loads(ln) for ln in events.read_text().splitlines()]
 
 
 def test_serve_novelty_threshold_option_overrides_the_model(model, tmp_path):

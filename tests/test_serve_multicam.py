@@ -301,9 +301,10 @@ def _service(**cfg):
     cfg.setdefault("source", ("test://", "rtsp://user:pw@cam.local/live"))
     svc = Service(ServeConfig(model="m.pt", **cfg))
     now = time.monotonic()
-    svc.cameras = [SimpleNamespace(state="streaming", frame_time=now, last_error="", frame_id=5, reconnects=0),
-                   SimpleNamespace(state="reconnecting", frame_time=now - 10, last_error="timeout", frame_id=3,
-                                   reconnects=2)]
+    svc.state.cameras = [SimpleNamespace(state="streaming", frame_time=now, last_error="", frame_id=5,
+                                         reconnects=0, errors=0),
+                         SimpleNamespace(state="reconnecting", frame_time=now - 10, last_error="timeout", frame_id=3,
+                                         reconnects=2, errors=4)]
     return svc
 
 
@@ -311,31 +312,33 @@ def test_service_answers_per_camera(tmp_path):
     svc = _service(health_max_age=1.0)
     p0 = SimpleNamespace(label="up", confidence=0.9, probabilities={"up": 0.9, "down": 0.1}, raw_label="up",
                          frame_id=5, timestamp=time.time(), fps=10.0, infer_ms=1.0, latency_ms=2.0, frame_age_ms=1.0,
-                         camera=0)
-    svc._on_prediction(p0)
-    assert svc.prediction_json(0)["camera"] == 0 and svc.prediction_json(0)["stale"] is False
-    assert svc.prediction_json(1) is None  # camera 1 never classified a frame
-    svc._on_prediction(SimpleNamespace(**{**vars(p0), "label": "down", "camera": 1}))
-    assert svc.prediction_json(1)["label"] == "down" and svc.prediction_json(0)["label"] == "up"
-    ok, body = svc.health()
+                         camera=0, novelty=None)
+    svc.state.on_prediction(p0)
+    assert svc.state.prediction_json(0)["camera"] == 0 and svc.state.prediction_json(0)["stale"] is False
+    assert svc.state.prediction_json(1) is None  # camera 1 never classified a frame
+    svc.state.on_prediction(SimpleNamespace(**{**vars(p0), "label": "down", "camera": 1}))
+    assert svc.state.prediction_json(1)["label"] == "down" and svc.state.prediction_json(0)["label"] == "up"
+    ok, body = svc.state.health()
     assert not ok and [c["status"] for c in body["cameras"]] == ["ok", "stale"]
-    cams = svc.cameras_json()
+    cams = svc.state.cameras_json()
     assert [c["source"] for c in cams] == ["test://", "rtsp://***@cam.local/live"]
     assert [c["state"] for c in cams] == ["streaming", "reconnecting"] and cams[1]["reconnects"] == 2
     assert "pw" not in json.dumps(cams)
-    assert svc._serving_status() == "serving m.pt on test://, rtsp://***@cam.local/live"
+    assert svc.model.status() == "serving m.pt on test://, rtsp://***@cam.local/live"
 
 
 def test_several_cameras_record_to_one_file_each_and_stream_each(tmp_path):
     svc = _service(record=str(tmp_path / "run.mp4"), http="127.0.0.1:0", events=str(tmp_path / "ev.jsonl"))
-    svc._build_outputs()
+    from edge.service.assembly import build_outputs
+
+    outputs = build_outputs(svc.cfg, svc.state.changes)
     try:
-        assert [o.name for o in svc.outputs] == ["events"]  # shared: every camera's label changes
-        assert [[o.name for o in outs] for outs in svc.camera_outputs] == [["record", "http-stream"]] * 2
-        assert [o.path.name for o, _ in svc.camera_outputs] == ["run.cam0.mp4", "run.cam1.mp4"]
-        assert svc.streams == [outs[1] for outs in svc.camera_outputs]
+        assert [o.name for o in outputs.shared] == ["events"]  # shared: every camera's label changes
+        assert [[o.name for o in outs] for outs in outputs.per_camera] == [["record", "http-stream"]] * 2
+        assert [o.path.name for o, _ in outputs.per_camera] == ["run.cam0.mp4", "run.cam1.mp4"]
+        assert outputs.streams == [outs[1] for outs in outputs.per_camera]
     finally:
-        svc._close_unstarted(None)
+        outputs.close()
 
 
 def test_config_with_several_sources_builds_one_pipeline_of_several_cameras():
@@ -345,8 +348,7 @@ def test_config_with_several_sources_builds_one_pipeline_of_several_cameras():
     svc = _service(source=cfg.source, max_batch=cfg.max_batch)
     backend = SimpleNamespace(meta=SimpleNamespace(class_names=["up", "down"], preprocess=SimpleNamespace(
         input_size=8)), name="fake")
-    svc._build_outputs()
-    svc._build_pipeline(backend)
+    svc.build(backend)
     assert [c.uri for c in svc.cameras] == ["test://?seed=1", "test://?seed=2"]
     assert len(svc.pipeline.slots) == 2 and svc.pipeline.max_batch == 1
     assert svc.pipeline.slots[1].smoother is not svc.pipeline.slots[0].smoother

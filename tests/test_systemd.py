@@ -76,7 +76,8 @@ def test_notifier_survives_a_vanished_socket(tmp_path, caplog):
 
 def test_watchdog_pings_only_while_the_pipeline_loops(tmp_path, monkeypatch):
     """A hung inference loop (stale heartbeat) stops the WATCHDOG=1 pings, so systemd restarts the service."""
-    from edge.service import app as service_mod
+    from edge.service import supervisor as supervisor_mod
+    from edge.service.app import Service
 
     path = str(tmp_path / "notify.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -84,18 +85,20 @@ def test_watchdog_pings_only_while_the_pipeline_loops(tmp_path, monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     monkeypatch.setenv("WATCHDOG_USEC", "400000")  # 0.4 s: pings every 0.2 s
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    monkeypatch.setattr(service_mod, "TICK_S", 0.02)
-    svc = service_mod.Service(ServeConfig(model="m.pt", source="test://"))
-    pred = SimpleNamespace(label="up", timestamp=time.time())
-    svc.pipeline = SimpleNamespace(latest=pred, heartbeat=time.monotonic(), running=True)
-    svc.camera = SimpleNamespace(state="streaming", frame_time=time.monotonic())
-    t = threading.Thread(target=svc._supervise, daemon=True)
+    monkeypatch.setattr(supervisor_mod, "TICK_S", 0.02)
+    svc = Service(ServeConfig(model="m.pt", source="test://"))
+    camera = SimpleNamespace(state="streaming", frame_time=time.monotonic(), last_error="")
+    pipeline = SimpleNamespace(heartbeat=time.monotonic(), running=True)
+    svc.state.cameras = [camera]
+    svc.state.on_prediction(SimpleNamespace(camera=0))
+    running = supervisor_mod.Running(pipeline, [camera], svc.sources)
+    t = threading.Thread(target=svc.supervisor.supervise, args=(running,), daemon=True)
     t.start()
     try:
         for _ in range(40):  # healthy loop for 0.8 s
-            svc.pipeline.heartbeat = time.monotonic()
-            pred.timestamp = time.time()
-            svc.camera.frame_time = time.monotonic()
+            pipeline.heartbeat = time.monotonic()
+            svc.state.on_prediction(SimpleNamespace(camera=0))
+            camera.frame_time = time.monotonic()
             time.sleep(0.02)
         healthy = _recv_all(srv)
         time.sleep(0.3)  # the loop hangs: heartbeat no longer moves (a ping may still go out meanwhile)
@@ -103,7 +106,7 @@ def test_watchdog_pings_only_while_the_pipeline_loops(tmp_path, monkeypatch):
         time.sleep(0.8)
         hung = _recv_all(srv)
     finally:
-        svc._stop_signal = "SIGTERM"
+        svc.supervisor.stop_signal = "SIGTERM"
         t.join(2)
         srv.close()
     assert healthy[0].startswith("READY=1")  # first prediction present -> ready

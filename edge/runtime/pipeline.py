@@ -21,7 +21,7 @@ import copy
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -41,17 +41,6 @@ log = logging.getLogger(__name__)
 __all__ = ["CameraSlot", "Listener", "Pipeline"]
 
 Listener = Callable[["Prediction", dict[str, float]], None]
-
-
-class _CameraLike(Protocol):  # what the pipeline needs from edge.runtime.camera.Camera
-    def read_latest(self, after_id: int = -1, timeout: float | None = None): ...
-
-    # and, for a pipeline of several cameras:
-    def poll_latest(self, after_id: int = -1): ...
-
-    def add_frame_callback(self, callback: Callable[[], None]) -> None: ...
-
-    def remove_frame_callback(self, callback: Callable[[], None]) -> None: ...
 
 
 def _ended(camera: Any) -> bool:
@@ -167,15 +156,6 @@ class Pipeline:
     @property
     def backend(self) -> Any:
         return self._backend
-
-    @property
-    def camera(self) -> Any:
-        """The first (or only) camera."""
-        return self.slots[0].camera
-
-    @property
-    def cameras(self) -> list[Any]:
-        return [s.camera for s in self.slots]
 
     @property
     def smoother(self) -> Smoother:

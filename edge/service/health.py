@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from edge.runtime.sources import redact_uri
+
+
+class CameraStatus(Protocol):
+    """What health and the camera views read of a camera (edge.runtime.camera.Camera has all of it)."""
+
+    state: str  # starting, streaming, reconnecting, ended, stopped
+    frame_time: float  # time.monotonic() of the newest frame (0 before the first)
+    last_error: str
+    frame_id: int  # the newest frame's id (-1 before the first)
+    reconnects: int
+    errors: int
 
 
 @dataclass(frozen=True)
@@ -44,13 +55,13 @@ class Health:
         return out
 
 
-def assess(camera: Any, prediction_at: float | None, max_age: float, now: float | None = None) -> Health:
+def assess(camera: CameraStatus, prediction_at: float | None, max_age: float, now: float | None = None) -> Health:
     """Health from the camera (`state`, `frame_time` and `last_error`) and the time.monotonic() of the newest
     prediction (None before the first): ok while both the newest frame and prediction are at most `max_age` old."""
     now = time.monotonic() if now is None else now
-    state = str(getattr(camera, "state", "stopped"))
-    error = redact_uri(str(getattr(camera, "last_error", "") or "")) if state == "reconnecting" else ""
-    frame_time = float(getattr(camera, "frame_time", 0.0) or 0.0)
+    state = str(camera.state)
+    error = redact_uri(str(camera.last_error or "")) if state == "reconnecting" else ""
+    frame_time = float(camera.frame_time or 0.0)
     frame_age = now - frame_time if frame_time else None
     prediction_age = None if prediction_at is None else now - prediction_at
     camera = f"camera reconnecting: {error}" if error else f"source {state}"
@@ -120,7 +131,7 @@ class ServiceHealth:
         return out
 
 
-def assess_all(cameras: Sequence[Any], prediction_at: Sequence[float | None], max_age: float,
+def assess_all(cameras: Sequence[CameraStatus], prediction_at: Sequence[float | None], max_age: float,
                now: float | None = None) -> ServiceHealth:
     """`assess` for each camera (with the time.monotonic() of its newest prediction), at one `now`."""
     now = time.monotonic() if now is None else now

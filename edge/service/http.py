@@ -1,9 +1,9 @@
 """The HTTP side of `edge serve`: live page, MJPEG stream, JSON API, health and Prometheus metrics (stdlib server).
 
-- `StreamOutput` is the pipeline output behind /stream.mjpg: `write` only keeps a copy of the newest frame;
-  one encoder thread turns it into a JPEG once per frame (and only while someone watches), and every client
-  thread sends that same JPEG. A slow client only falls behind itself (it skips to the newest JPEG); a client that
-  disconnects or stalls past the socket timeout just ends its own thread.
+- Dependencies are handed in, typed: `HttpServer(host, port, app, token, allowed_hosts, extra_handler, page)`;
+  `app` is an `HttpApp` (what the service's state gives: each camera's `StreamOutput`, predictions, cameras, health,
+  metrics; edge.service.state.LiveState in `edge serve` and `edge teach`). /stream.mjpg and /snapshot.jpg send the
+  JPEGs of a camera's `StreamOutput` (edge.runtime.outputs.stream: one encoder, every client the same JPEG).
 - Endpoints: `/` (page), `/stream.mjpg`, `/snapshot.jpg`, `/api/prediction`, `/api/cameras`, `/healthz`,
   `/metrics`. One StreamOutput per camera: `?camera=N` picks the camera of /stream.mjpg, /snapshot.jpg and
   /api/prediction (none: camera 0, so single-camera clients never change); a camera the service lacks is a 404.
@@ -28,6 +28,7 @@ import re
 import socket
 import threading
 from dataclasses import dataclass, field
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Callable, Protocol, Sequence
@@ -58,7 +59,7 @@ class Request:
     path: str
     query: dict[str, list[str]]
     body: bytes = b""
-    headers: Any = None
+    headers: Message = field(default_factory=Message)
 
 
 @dataclass

@@ -12,7 +12,7 @@ reloads, `edge_model_info`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,6 +24,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edge.runtime.outputs.changes import LabelChanges
+from edge.runtime.prediction import Prediction
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -49,7 +50,7 @@ _PER_CAMERA = {
 }
 
 
-def _family(name: str, kind: str, help_: str, labels: list[str] | None = None) -> Any:
+def _family(name: str, kind: str, help_: str, labels: list[str] | None = None) -> CounterMetricFamily | GaugeMetricFamily:
     return (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, help_, labels=labels)
 
 
@@ -57,7 +58,7 @@ class _LiveCollector:
     def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
         self._stats = stats
 
-    def collect(self):
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         s = self._stats()
         for key, (name, kind, help_) in _SERVICE.items():
             if s.get(key) is not None:
@@ -94,7 +95,7 @@ class _LiveCollector:
             fam.add_metric([str(v) for v in model.values()], 1.0)
             yield fam
 
-    def describe(self):  # no fixed description: labels of edge_model_info vary
+    def describe(self) -> list[GaugeMetricFamily]:  # no fixed description: labels of edge_model_info vary
         return []
 
 
@@ -122,15 +123,11 @@ class ServiceMetrics:
         self.registry.register(_LiveCollector(stats))
         self.changes = changes or LabelChanges()
 
-    def listener(self, prediction: Any, timings: Any = None) -> None:
+    def listener(self, prediction: Prediction, timings: dict[str, float] | None = None) -> None:
         """Pipeline listener: called on the inference thread after each prediction (cheap: a few adds)."""
-        camera = str(getattr(prediction, "camera", 0))
-        infer_ms = getattr(prediction, "infer_ms", None)
-        if infer_ms is not None:
-            self.inference.observe(infer_ms / 1000.0 / max(1.0, (timings or {}).get("batch", 1.0)))
-        latency_ms = getattr(prediction, "latency_ms", None)
-        if latency_ms is not None:
-            self.latency.labels(camera).observe(latency_ms / 1000.0)
+        camera = str(prediction.camera)
+        self.inference.observe(prediction.infer_ms / 1000.0 / max(1.0, (timings or {}).get("batch", 1.0)))
+        self.latency.labels(camera).observe(prediction.latency_ms / 1000.0)
         if self.changes.observe(prediction) is not None:
             self.label_changes.labels(camera).inc()
 

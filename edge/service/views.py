@@ -6,13 +6,16 @@ A camera that is not healthy shows fps 0, not the last rate it had: a dashboard 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from edge.runtime.sources import redact_uri
-from edge.service.health import ServiceHealth
+from edge.service.health import CameraStatus, ServiceHealth
+
+if TYPE_CHECKING:
+    from edge.runtime.outputs.stream import StreamOutput
 
 
-def cameras_json(sources: Sequence[str], cameras: Sequence[Any], health: ServiceHealth,
+def cameras_json(sources: Sequence[str], cameras: Sequence[CameraStatus], health: ServiceHealth,
                  slots: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """/api/cameras: each camera's id, source (credentials redacted), state, health status, reason and error, fps, frames,
     drops, reconnects and shown label. `slots`: the pipeline's per-camera stats (None before it exists)."""
@@ -27,23 +30,23 @@ def cameras_json(sources: Sequence[str], cameras: Sequence[Any], health: Service
         "fps": slot.get("fps", 0.0) if h.ok else 0.0,
         "frames": slot.get("frames", 0),
         "drops": slot.get("drops", 0),
-        "reconnects": getattr(camera, "reconnects", None),
+        "reconnects": camera.reconnects,
         "label": slot.get("label"),
     } for i, (uri, camera, h, slot) in enumerate(zip(sources, cameras, health.cameras, slots))]
 
 
-def metrics_stats(sources: Sequence[str], cameras: Sequence[Any], health: ServiceHealth, stats: dict[str, Any],
-                  streams: Sequence[Any], model: dict[str, str]) -> dict[str, Any]:
+def metrics_stats(sources: Sequence[str], cameras: Sequence[CameraStatus], health: ServiceHealth,
+                  stats: dict[str, Any], streams: Sequence[StreamOutput], model: dict[str, str]) -> dict[str, Any]:
     """What edge.service.metrics reads at scrape time: service-wide values and one entry per camera. `stats`:
     `Pipeline.stats`; `streams`: each camera's StreamOutput (empty without --http); `model`: edge_model_info."""
     per_camera = [{
         "camera": i,
         "source": redact_uri(uri),
-        "frames_captured": max(0, int(getattr(cam, "frame_id", -1)) + 1),
+        "frames_captured": max(0, int(cam.frame_id) + 1),
         "frames_processed": slot["frames"],
         "frames_dropped": slot["drops"],
-        "source_reconnects": getattr(cam, "reconnects", None),
-        "source_errors": getattr(cam, "errors", None),
+        "source_reconnects": cam.reconnects,
+        "source_errors": cam.errors,
         "fps": slot["fps"] if h.ok else 0.0,
         "frame_age_seconds": h.frame_age_s,
         "healthy": 1 if h.ok else 0,

@@ -1,10 +1,11 @@
-"""`edge teach`: `edge serve`'s Service (camera, pipeline, HTTP server, token, Host check, overlay, health,
-metrics, signals, systemd) plus the teaching page and API, starting without a model.
+"""`edge teach`: `edge serve`'s parts (camera, pipeline, HTTP server, token, Host check, overlay, health, metrics,
+signals, systemd) plus the teaching page and API, starting without a model.
 
-Until the first training the pipeline runs a `NullBackend` (one placeholder class, an 8x8 input, no compute):
-frames flow to the live view and /healthz as in `edge serve`, the overlay is off and /api/prediction reports
-each frame with `label: null`. A finished training swaps the new model in (`Pipeline.swap_backend`), after a
-test inference, between two frames; a model that fails to load leaves the live one in place.
+Composed, not inherited: a `Service` started without a model, given the page, the API's routes and a listener of
+its own. Until the first training the pipeline runs `NullBackend` (edge.runtime.backends.null): frames flow to
+the live view and /healthz as in `edge serve`, the overlay is off and /api/prediction reports each frame with
+`label: null`. A finished training goes live through `Service.model.go_live` (the path SIGHUP's reload takes):
+after a test inference, between two frames; a model that fails to load leaves the live one in place.
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ import logging
 import os
 import threading
 import time
-from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.core.errors import EdgeError
 from edge.core.fsutil import ensure_writable_dir, remove_stale_temps
-from edge.core.metadata import ModelMeta
-from edge.core.preprocess import PreprocessSpec
-from edge.runtime.backends.base import Backend
+from edge.runtime.backends.null import NO_MODEL
+from edge.runtime.prediction import Prediction
 from edge.runtime.sources import redact_uri, validate_source_uri
 from edge.service.app import Service
 
@@ -33,10 +32,12 @@ from .api import TeachApi
 from .config import TeachConfig
 from .dataset import ApiError, TeachDataset, flat_dataset_problem
 
+if TYPE_CHECKING:
+    from .features import FeatureCache
+    from .jobs import Jobs
+
 log = logging.getLogger(__name__)
 
-# the placeholder class of the null backend: a label cannot start with '.', so no real label is this
-NO_MODEL = ".no-model"
 WORKER_GRACE_S = 2.5  # SIGTERM ends the process within 5 s, the service's own shutdown included
 
 
@@ -44,30 +45,14 @@ def page_html() -> bytes:
     return resources.files("edge.teach").joinpath("page.html").read_bytes()
 
 
-class NullBackend(Backend):
-    """Stands in for a model until the first training: one placeholder class, a tiny input, no computation."""
-
-    name = "none"
-
-    def __init__(self) -> None:
-        super().__init__(ModelMeta("none", [NO_MODEL], PreprocessSpec(8, 8)))
-
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, None]:
-        return np.ones((len(batch), 1), np.float32), None
-
-    def describe(self) -> str:
-        return "no model yet (train one on the page)"
-
-
-class TeachService(Service):
+class TeachService:
     """One running `edge teach` (or `capture --web`, without training). `run()` blocks until SIGTERM/SIGINT."""
 
     def __init__(self, cfg: TeachConfig) -> None:
-        super().__init__(cfg.serve)
         self.teach = cfg
         self.dataset = TeachDataset(cfg.data, cfg.quality)
-        self.features: Any = None
-        self.jobs: Any = None
+        self.features: FeatureCache | None = None
+        self.jobs: Jobs | None = None
         if cfg.can_train:
             from .features import FeatureCache
             from .jobs import Jobs
@@ -75,54 +60,19 @@ class TeachService(Service):
             self.features = FeatureCache(cfg.arch, cfg.cache_views, cfg.serve.device)
             self.jobs = Jobs(self.dataset, self.features, self, cfg.output, cfg.epochs)
         self.api = TeachApi(self)
-        self._have_model = cfg.initial_model is not None
+        self.service = Service(cfg.serve, without_model=cfg.initial_model is None, page=page_html(),
+                               routes=self.api.handle, listeners=[self._on_prediction])
         self._swap_lock = threading.Lock()
         self._version = 0
         self._pending_live: tuple[int, int] | None = None  # (version, camera frame id at its swap)
         self._live_at: dict[int, float] = {}  # version -> time.monotonic() of its first prediction
 
-    # ------------------------------------------------------------------ the Service's seams
-    def _load_backend(self) -> Any:
-        if self._have_model:
-            return super()._load_backend()
-        if self.pipeline is not None:  # SIGHUP before any training
-            raise EdgeError("no model yet: train one on the page first")
-        return NullBackend()
-
-    def _set_model_info(self, backend: Any) -> None:
-        if isinstance(backend, NullBackend):
-            self._model_info = {}
-        else:
-            super()._set_model_info(backend)
-
-    def _serving_status(self) -> str:
-        if not self._have_model:
-            return f"teaching on {redact_uri(self.cfg.sources[0])}: no model yet"
-        return super()._serving_status()
-
-    def _build_outputs(self) -> None:
-        super()._build_outputs()
-        if self.http is not None:
-            self.http.page = page_html()
-            self.http.extra_handler = self.api.handle
-
-    def _build_pipeline(self, backend: Any) -> None:
-        super()._build_pipeline(backend)
-        if isinstance(backend, NullBackend):
-            self.pipeline.overlay = False  # nothing to draw yet; the page says so
-
-    def _on_prediction(self, prediction: Any, timings: Any = None) -> None:
-        super()._on_prediction(prediction, timings)
+    def _on_prediction(self, prediction: Prediction, timings: dict[str, float] | None = None) -> None:
+        """Pipeline listener: the first prediction of a model that went live (its time is `live_at`)."""
         pending = self._pending_live
         if pending is not None and prediction.frame_id > pending[1] and prediction.raw_label != NO_MODEL:
             self._live_at[pending[0]] = time.monotonic()
             self._pending_live = None
-
-    def prediction_json(self, camera: int = 0) -> dict[str, Any] | None:
-        out = super().prediction_json(camera)
-        if out is not None and out["raw_label"] == NO_MODEL:
-            out.update(label=None, confidence=None, probabilities={}, raw_label=None, model=None)
-        return out
 
     def run(self) -> int:
         if self.teach.first_label:
@@ -131,7 +81,7 @@ class TeachService(Service):
             self.features.start()
             self.features.submit(p for label in self.dataset.labels() for p in self.dataset.images(label))
         try:
-            code = super().run()
+            code = self.service.run()
         finally:
             ended = self._close_workers()
         if not ended:
@@ -153,19 +103,19 @@ class TeachService(Service):
 
     # ------------------------------------------------------------------ what the API and the jobs use
     def model_info(self) -> dict[str, str] | None:
-        return dict(self._model_info) if self._have_model else None
+        return self.service.state.model_info
 
     def newest_frame(self) -> tuple[np.ndarray, int]:
         """The camera's newest frame and its id; 409 when there is none yet or it is stale."""
-        cam = self.camera
+        cam = self.service.cameras[0] if self.service.cameras else None
         got = cam.read_latest(-1, 0) if cam is not None else None
-        state = getattr(cam, "state", "starting")
+        state = cam.state if cam is not None else "starting"
         if got is None:
             raise ApiError(409, f"no camera frame yet (source {state}); wait a moment and snap again")
         frame, frame_id, at = got
         age = time.monotonic() - at
-        if age > self.cfg.health_max_age:
-            error = getattr(cam, "last_error", "")
+        if age > self.teach.serve.health_max_age:
+            error = cam.last_error if cam is not None else ""
             raise ApiError(409, f"the newest camera frame is {age:.1f} s old (source {state}"
                            f"{': ' + redact_uri(error) if error else ''}); snap when the camera is back")
         return frame, frame_id
@@ -173,18 +123,10 @@ class TeachService(Service):
     def go_live(self, model: Path) -> int:
         """Load and test-run `model`, swap it into the running pipeline -> its version (for live_at)."""
         with self._swap_lock:
-            previous, had = self.cfg, self._have_model
-            self.cfg, self._have_model = replace(self.cfg, model=str(model)), True
-            try:
-                new = super()._load_backend()  # SIGHUP's path: a model that cannot run is refused here
-            except BaseException:
-                self.cfg, self._have_model = previous, had
-                raise
-            self.pipeline.swap_backend(new)
-            self.pipeline.overlay = self.cfg.overlay
-            self._set_model_info(new)
+            new = self.service.model.go_live(model)  # SIGHUP's path: a model that cannot run is refused here
             self._version += 1
-            newest = self.camera.read_latest(-1, 0)
+            cam = self.service.cameras[0]
+            newest = cam.read_latest(-1, 0)
             # frames newer than this one are read after the swap: their predictions come from the new model
             self._pending_live = (self._version, newest[1] if newest else -1)
             log.info("live: %s (%s)", model, ", ".join(new.meta.class_names))

@@ -27,6 +27,12 @@ class SyncSource:
     processed frame by frame, and for tests.
     """
 
+    # what a camera's status shows (edge.service.health.CameraStatus): a plain source neither reconnects nor retries
+    frame_time = 0.0
+    last_error = ""
+    reconnects = 0
+    errors = 0
+
     def __init__(self, source) -> None:
         self.source = source
         self.frame_id = -1
@@ -49,7 +55,8 @@ class SyncSource:
             self.state = "ended"
             return None
         self.frame_id += 1
-        return frame, self.frame_id, time.monotonic()
+        self.frame_time = time.monotonic()
+        return frame, self.frame_id, self.frame_time
 
 
 class PrefetchSource(SyncSource):
@@ -126,7 +133,7 @@ class PrefetchSource(SyncSource):
             self.state = "ended"
             return None
         self._slot.release()
-        self.frame_id = item[1]
+        self.frame_id, self.frame_time = item[1], item[2]
         return item
 
     def stop(self) -> None:
