@@ -7,7 +7,7 @@ The steps:
 1. the system user `edge-camera` (no login, no home) in the `video` group;
 2. /etc/systemd/system/edge-camera.service, with ExecStart pointing at this environment's `edge`;
 3. /etc/edge-camera/config.toml and edge-camera.env (mode 0640): an existing file is kept, and only the keys the
-   flags name change in it (--force starts again from the templates);
+   flags name change in it (--force starts again from the files of the top-level `systemd/` folder);
 4. the model and the files it needs (an engine's JSON sidecar) copied into the state directory /var/lib/edge-camera
    (the service cannot read /home);
 5. `systemctl daemon-reload`, `systemctl enable` and `systemctl restart` (unless --no-start).
@@ -43,14 +43,19 @@ CONFIG_FILE = f"{CONFIG_DIR}/config.toml"
 ENV_FILE = f"{CONFIG_DIR}/edge-camera.env"
 UNIT_DIR = "/etc/systemd/system"
 UNIT_FILE = f"{UNIT_DIR}/{UNIT_NAME}"
-TEMPLATES = ("edge-camera.service", "config.toml", "edge-camera.env")
+TEMPLATES = ("edge-camera.service", "config.toml", "edge-camera.env")  # the files of systemd/
+CHECKOUT_SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
 
 
 def template_text(name: str) -> str:
-    """A file shipped in edge/service/templates/ (package data, so it works from an installed wheel too)."""
+    """A file of the checkout's top-level `systemd/` folder (the unit, its environment file, the config example).
+    An installed wheel carries that folder as `edge/service/systemd/` (setup.py copies it at build time)."""
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}; one of {', '.join(TEMPLATES)}")
-    return resources.files("edge.service").joinpath("templates", name).read_text(encoding="utf-8")
+    packaged = resources.files("edge.service").joinpath("systemd", name)
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (CHECKOUT_SYSTEMD_DIR / name).read_text(encoding="utf-8")  # a checkout, or an editable install
 
 
 def edge_executable() -> Path:
