@@ -7,14 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
+from edge.core.devices import torch_device
 from edge.core.errors import EdgeError, cli_entry
+from edge.core.logs import setup_logging
 from edge.core.memory import keep_freed_memory
 from edge.core.registry import list_models
 
 from .config import BOUNDS, MODES, TrainConfig, default_of
 from .distributed import FailedOnMain, env_rank, process_group
 from .presets import AugmentSpec
-from .trainer import resolve_device, train_model
+from .trainer import train_model
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,12 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     keep_freed_memory()
     main_rank = env_rank() == 0  # under torchrun, rank 0 alone logs and prints
-    logging.basicConfig(level=logging.INFO if main_rank and not a.quiet else logging.WARNING, format="%(message)s",
-                        stream=sys.stdout)
+    setup_logging(logging.INFO if main_rank and not a.quiet else logging.WARNING, stream=sys.stdout, plain=True)
     cfg = TrainConfig.from_mapping(vars(a), augment=AugmentSpec(hflip=a.hflip))  # flags' dests are its fields
     cfg.validate()
     try:
-        with process_group(resolve_device(cfg.device)):
+        with process_group(torch_device(cfg.device)):
             result = train_model(cfg, progress=False if a.no_progress else None)
     except FailedOnMain:
         # rank 0 prints the one error line and exits non-zero, which is what torchrun reports; failing here too

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.core.errors import EdgeError
 from edge.runtime.backends.base import Backend, Outputs, check_batch
 
 log = logging.getLogger(__name__)
@@ -25,12 +24,10 @@ class TorchBackend(Backend):
                  threads: int | None = None) -> None:
         import torch
 
+        from edge.core.devices import torch_device
         from edge.core.metadata import load_model
 
-        cuda = torch.cuda.is_available()
-        if device == "cuda" and not cuda:
-            raise EdgeError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
-        dev = "cuda" if device in ("auto", "cuda") and cuda else "cpu"
+        dev = torch_device(device).type  # "cuda" or "cpu"
         if threads:
             torch.set_num_threads(int(threads))
         model, meta = load_model(Path(path), device="cpu", with_novelty=True)
