@@ -38,12 +38,13 @@ import torch
 
 from benchmarks.bench_novelty import Features, rates
 from benchmarks.realdata import PHOTO_SPLITS, Scenario, all_scenarios, photo_library
+from edge.core.devices import torch_device
 from edge.core.memory import keep_freed_memory
 from edge.core.metadata import load_model
 from edge.core.preprocess import preprocess_image
 from edge.core.registry import create_model, get_arch
 from train.presets import AugmentSpec, EvalTransform, train_transform
-from train.trainer import TrainConfig, resolve_device, train_model
+from train.trainer import TrainConfig, train_model
 
 
 def write_imagefolder(s: Scenario, root: Path) -> Path:
@@ -145,7 +146,7 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     keep_freed_memory()
-    device = resolve_device(a.device)
+    device = torch_device(a.device)
     s = next(x for x in all_scenarios(a.seed, photo_library()) if x.name == a.scenario)
     results: dict[str, Any] = {"scenario": s.summary(), "device": str(device), "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:

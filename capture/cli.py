@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Iterator
 
 from edge.core.errors import EdgeError, cli_entry
+from edge.core.labels import SPLITS
+from edge.core.logs import setup_logging
 from edge.runtime.camera import Camera
 from edge.runtime.sources import SOURCE_HELP, open_source
 
 from . import display as display_mod
 from .dataset import DatasetWriter, describe_totals
 from .importer import import_photos
-from edge.core.labels import SPLITS
-
 from .labels import label_dir
 from .session import ChangeFilter, Interactive, Shooter, capture_live, capture_media
 
@@ -227,8 +227,7 @@ def _interactive(a, first, shooter: Shooter, kwargs) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if a.verbose else logging.WARNING)
     return run(a)
 
 

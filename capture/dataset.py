@@ -21,7 +21,6 @@ from edge.core.fsutil import (
     atomic_write_text,
     ensure_writable_dir,
 )
-
 from edge.core.labels import SPLITS, check_label
 
 from .labels import label_dir

@@ -8,6 +8,7 @@ import sys
 import time
 
 from edge.core.errors import EdgeError, cli_entry
+from edge.core.logs import setup_logging
 
 from .options import (
     DEFAULT_MAX_BATCH,
@@ -107,7 +108,7 @@ def _size(path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose >= 2 else logging.INFO if args.verbose == 1 else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level)
     progress = _ProgressLine()
 
     def show(f: ExportedFile) -> None:

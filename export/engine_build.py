@@ -26,7 +26,7 @@ from typing import Any
 from edge.core.errors import EdgeError
 from edge.core.fsutil import atomic_write_bytes, ensure_writable_dir
 from edge.core.metadata import ModelMeta, sha256_file
-from edge.core.model_files import PRECISIONS, EngineKey, read_onnx_meta
+from edge.core.model_files import EngineKey, read_onnx_meta
 from edge.runtime.backends.tensorrt_backend import TensorRTBackend, trt_logger
 
 from .cache import (

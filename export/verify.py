@@ -279,11 +279,6 @@ def onnxruntime_outputs(onnx_path: str | os.PathLike, batch: np.ndarray, provide
     return np.asarray(ys.get(OUTPUT_NAME, ys[names[0]])), None if novelty is None else np.asarray(novelty)
 
 
-def onnxruntime_probabilities(onnx_path: str | os.PathLike, batch: np.ndarray, providers: Sequence[str] | None = None) -> np.ndarray:
-    """Run an exported ONNX file in onnxruntime (CPU by default) -> NxC probabilities."""
-    return onnxruntime_outputs(onnx_path, batch, providers)[0]
-
-
 def torch_outputs(model: Any, batch: np.ndarray, chunk: int = 16) -> Outputs:
     """(softmax probabilities, novelty or None) of an eval-mode PyTorch model on CPU, in chunks to bound memory.
 
@@ -300,11 +295,6 @@ def torch_outputs(model: Any, batch: np.ndarray, chunk: int = 16) -> Outputs:
             else:
                 probs.append(torch.softmax(y.float(), dim=1).numpy())
     return np.concatenate(probs), np.concatenate(novelty) if novelty else None
-
-
-def torch_probabilities(model: Any, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
-    """Softmax probabilities of an eval-mode PyTorch model on CPU, in chunks to bound memory."""
-    return torch_outputs(model, batch, chunk)[0]
 
 
 def verify_onnx(

@@ -260,7 +260,7 @@ def _can_build_wheels_here() -> bool:
 
 @pytest.mark.slow
 def test_templates_ship_in_the_wheel_and_install_works_without_a_checkout(tmp_path):
-    """A wheel carries the unit and config templates; from it (no source tree) install-service finds them."""
+    """A wheel carries the top-level systemd/ folder; from it (no source tree) install-service finds its files."""
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns(".git", ".venv*", "__pycache__", "*.egg-info", "build", "tests", "benchmarks")
     shutil.copytree(REPO, src, ignore=ignore)
@@ -272,7 +272,9 @@ def test_templates_ship_in_the_wheel_and_install_works_without_a_checkout(tmp_pa
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {f"edge/service/templates/{t}" for t in install.TEMPLATES} <= names
+    assert {f"edge/service/systemd/{t}" for t in install.TEMPLATES} <= names
+    for t in install.TEMPLATES:  # built from the top-level systemd/ folder: the same bytes, no hand-kept copy
+        assert zipfile.ZipFile(wheel).read(f"edge/service/systemd/{t}") == (REPO / "systemd" / t).read_bytes()
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("from edge.service import install; import sys; "

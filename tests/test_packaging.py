@@ -91,3 +91,40 @@ def test_lowest_versions_run_tests_the_floors_themselves(name):
     """Where a Python 3.11 wheel of the floor exists, the lowest-versions CI run uses exactly it."""
     floor = Version(next(s for s in _requirements()[name].specifier if s.operator == ">=").version)
     assert _pins()[name].release[:len(floor.release)] == floor.release  # 4.8.0.76 is the floor 4.8
+
+
+def test_systemd_folder_is_the_one_home_of_the_unit_and_the_wheel_is_built_from_it(tmp_path):
+    """systemd/ holds the unit, its environment file and the config example; the package has no copy of its own.
+    The build copies the folder into the wheel where install-service reads it (tests/test_install.py builds a
+    real wheel; here the build step runs alone)."""
+    import importlib.util
+
+    from setuptools import Distribution
+
+    from edge.service import install
+
+    assert sorted(p.name for p in (REPO / "systemd").iterdir()) == sorted(install.TEMPLATES)
+    assert not (REPO / "edge" / "service" / "templates").exists()
+    assert not (REPO / "edge" / "service" / "systemd").exists()  # only ever inside a built wheel
+    assert "graft systemd" in (REPO / "MANIFEST.in").read_text().splitlines()  # an sdist carries it too
+    for name in install.TEMPLATES:
+        assert install.template_text(name) == (REPO / "systemd" / name).read_text(encoding="utf-8")
+
+    spec = importlib.util.spec_from_file_location("project_setup", REPO / "setup.py")
+    setup_module = importlib.util.module_from_spec(spec)
+    import setuptools
+
+    real_setup = setuptools.setup
+    setuptools.setup = lambda **kw: None  # load the command class without running a build
+    try:
+        spec.loader.exec_module(setup_module)
+    finally:
+        setuptools.setup = real_setup
+    command = setup_module.BuildPyWithSystemd(Distribution({"packages": []}))
+    command.initialize_options()
+    command.build_lib = str(tmp_path)
+    command.finalize_options()
+    command.run()
+    built = tmp_path.joinpath(*setup_module.PACKAGED_AS)
+    assert {p.name: p.read_bytes() for p in built.iterdir()} == \
+        {name: (REPO / "systemd" / name).read_bytes() for name in install.TEMPLATES}

@@ -11,14 +11,16 @@ from edge.core.threads import yield_when_waiting
 
 yield_when_waiting()  # before .trainer imports torch: waiting OpenMP threads sleep instead of spinning
 
+from edge.core.devices import torch_device  # noqa: E402
 from edge.core.errors import EdgeError, cli_entry  # noqa: E402
+from edge.core.logs import setup_logging  # noqa: E402
 from edge.core.memory import keep_freed_memory  # noqa: E402
 from edge.core.registry import DEFAULT_ARCH, list_models  # noqa: E402
 
-from .config import BOUNDS, MODES, TrainConfig  # noqa: E402
+from .config import BOUNDS, MODES, TrainConfig, default_of  # noqa: E402
 from .distributed import FailedOnMain, env_rank, process_group  # noqa: E402
 from .presets import AugmentSpec  # noqa: E402
-from .trainer import resolve_device, train_model  # noqa: E402
+from .trainer import train_model  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,16 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
         "`torchrun --nproc-per-node N -m train ...`, it trains data-parallel on N GPUs (or N CPU processes).",
     )
     p.add_argument("--data", required=True, type=Path, help="ImageFolder dataset directory")
-    p.add_argument("--arch", default=DEFAULT_ARCH,
+    p.add_argument("--arch", default=default_of("arch"),
                    help=f"model architecture (default {DEFAULT_ARCH}: its ImageNet weights ship offline): "
                         f"{', '.join(list_models())}")
-    p.add_argument("--weights", default="imagenet",
+    p.add_argument("--weights", default=default_of("weights"),
                    help="imagenet (downloaded and cached by torchvision; efficientnet_lite0's ship offline), none "
                         "(random init), or PATH to a torchvision .pth or one of our model.pt files")
-    p.add_argument("--mode", default="head", choices=MODES,
+    p.add_argument("--mode", default=default_of("mode"), choices=MODES,
                    help="head: freeze the backbone, train the classifier on cached features (seconds); "
                         "finetune: train all layers, backbone at a lower LR; two-stage: head, then finetune")
-    p.add_argument("--epochs", type=_number("epochs"), default=20, help="epochs (per stage in two-stage mode)")
+    p.add_argument("--epochs", type=_number("epochs"), default=default_of("epochs"),
+                   help="epochs (per stage in two-stage mode)")
     p.add_argument("--finetune-epochs", type=_number("finetune_epochs"), default=None,
                    help="two-stage: epochs of the finetune stage")
     p.add_argument("--batch-size", type=_number("batch_size"), default=None,
@@ -71,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_number("lr"), default=None,
                    help="learning rate of the head (default 1e-2 on cached features, 1e-3 when fine-tuning; "
                         "the backbone gets x0.1)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--output", type=Path, default=Path("runs/model"), help="output directory")
-    p.add_argument("--val-fraction", type=_number("val_fraction"), default=0.2,
+    p.add_argument("--device", default=default_of("device"), help="auto, cpu or cuda")
+    p.add_argument("--output", type=Path, default=default_of("output"), help="output directory")
+    p.add_argument("--val-fraction", type=_number("val_fraction"), default=default_of("val_fraction"),
                    help="stratified validation split when DATA has no val/")
-    p.add_argument("--seed", type=_number("seed"), default=0)
-    p.add_argument("--patience", type=_number("patience"), default=5,
+    p.add_argument("--seed", type=_number("seed"), default=default_of("seed"))
+    p.add_argument("--patience", type=_number("patience"), default=default_of("patience"),
                    help="early stop after N epochs without better val accuracy")
-    p.add_argument("--cache-views", type=_number("cache_views"), default=4,
+    p.add_argument("--cache-views", type=_number("cache_views"), default=default_of("cache_views"),
                    help="head mode: feature views per image (1 clean + augmented)")
     p.add_argument("--no-hflip", dest="hflip", action="store_false",
                    help="disable horizontal-flip augmentation (when left vs right is the label)")
@@ -86,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_number("threads"), default=None,
                    help="CPU threads for the network (default: the cores not kept busy by other processes, "
                         "re-measured as training goes)")
-    p.add_argument("--novelty-keep", type=_number("novelty_keep"), default=0.95,
+    p.add_argument("--novelty-keep", type=_number("novelty_keep"), default=default_of("novelty_keep"),
                    help="fraction of val images that must stay under the novelty threshold (the rest would be "
                         "called 'unknown'); higher = fewer false 'unknown', more unfamiliar images let through")
     p.add_argument("--no-novelty", dest="novelty", action="store_false",
@@ -102,18 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     keep_freed_memory()
     main_rank = env_rank() == 0  # under torchrun, rank 0 alone logs and prints
-    logging.basicConfig(level=logging.INFO if main_rank and not a.quiet else logging.WARNING, format="%(message)s",
-                        stream=sys.stdout)
-    cfg = TrainConfig(
-        data=a.data, output=a.output, arch=a.arch, weights=a.weights, mode=a.mode, epochs=a.epochs,
-        finetune_epochs=a.finetune_epochs, batch_size=a.batch_size, lr=a.lr, device=a.device,
-        val_fraction=a.val_fraction, seed=a.seed, patience=a.patience, cache_views=a.cache_views,
-        augment=AugmentSpec(hflip=a.hflip), workers=a.workers, threads=a.threads, resume=a.resume,
-        novelty=a.novelty, novelty_keep=a.novelty_keep,
-    )
+    setup_logging(logging.INFO if main_rank and not a.quiet else logging.WARNING, stream=sys.stdout, plain=True)
+    cfg = TrainConfig.from_mapping(vars(a), augment=AugmentSpec(hflip=a.hflip))  # flags' dests are its fields
     cfg.validate()
     try:
-        with process_group(resolve_device(cfg.device)):
+        with process_group(torch_device(cfg.device)):
             result = train_model(cfg, progress=False if a.no_progress else None)
     except FailedOnMain:
         # rank 0 prints the one error line and exits non-zero, which is what torchrun reports; failing here too

@@ -4,8 +4,9 @@ parse time and by `TrainConfig.validate` for callers of `train_model`)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Mapping
 
 from edge.core.errors import EdgeError
 from edge.core.registry import DEFAULT_ARCH, get_arch
@@ -92,6 +93,13 @@ class TrainConfig:
     novelty: bool = True  # fit the novelty score (edge.core.novelty) after training
     novelty_keep: float = DEFAULT_KEEP  # fraction of val images whose novelty stays under the threshold
 
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], **overrides: Any) -> "TrainConfig":
+        """The config from `values` (e.g. vars() of the parsed `train` flags: a flag's dest is its field name;
+        other keys are ignored), then `overrides`."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in values.items() if k in known}, **overrides})
+
     def validate(self) -> None:
         get_arch(self.arch)
         if self.mode not in MODES:
@@ -112,3 +120,9 @@ class TrainConfig:
         if self.mode == "finetune":
             return [("finetune", self.epochs)]
         return [("head", self.epochs), ("finetune", self.finetune_epochs or self.epochs)]
+
+
+def default_of(name: str) -> Any:
+    """TrainConfig's default for field `name` (the `train` flags use it, so a default is written once)."""
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]

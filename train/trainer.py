@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.core.devices import torch_device
 from edge.core.errors import EdgeError
 from edge.core.files import load_torch_file
 from edge.core.fsutil import atomic_write_bytes, atomic_write_text, ensure_writable_dir
@@ -63,14 +64,6 @@ class TrainResult:
     metrics: dict[str, Any]
     model: nn.Module
     meta: ModelMeta
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EdgeError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(name)
 
 
 def default_batch_size(device: torch.device, arch: str) -> int:
@@ -363,7 +356,7 @@ def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[Job, dict[str
     info = dist.on_main(lambda: scan_checked(cfg))
     for line in info.summary_lines():
         log.info(line)
-    device = dist.train_device(resolve_device(cfg.device))
+    device = dist.train_device(torch_device(cfg.device))
     batch_size = cfg.batch_size or default_batch_size(device, cfg.arch)
     resume = dist.on_main(lambda: read_resume(cfg, info.classes)) if cfg.resume else None
     model = create_model(cfg.arch, len(info.classes), "none" if resume else cfg.weights).to(device)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from typing import Any
 
+from edge.core.logs import setup_logging
 from edge.runtime.backends import BACKEND_CHOICES, DEVICE_CHOICES
 
 
@@ -39,4 +38,4 @@ def backend_options(threads: int | None) -> dict[str, Any]:
 
 def log_to_stderr(level: int) -> None:
     """The model commands' log lines (backend choice, warnings) go to stderr, so stdout stays their results."""
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level)

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from edge.core.errors import EdgeError, cli_entry
+from edge.core.logs import setup_logging
 from edge.core.fsutil import (
     atomic_write_bytes,
     atomic_write_text,
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, stream=sys.stdout, format="%(message)s")
+    setup_logging(logging.DEBUG if a.verbose else logging.INFO, stream=sys.stdout, plain=True)
     m = run_demo(a.output, per_class=a.per_class, epochs=a.epochs, seconds=a.seconds, fps=a.fps)
     r, f = m["run"], m["files"]
     print()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 
 from edge.core.errors import cli_entry
+from edge.core.logs import setup_logging
 from edge.service.config import add_arguments, config_from_args
 
 EPILOG = """\
@@ -41,13 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str) -> None:
-    # under systemd the journal adds timestamps itself
-    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr, force=True)
-
-
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
@@ -60,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.print_config:
         print(json.dumps(cfg.redacted(), indent=2))
         return 0
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, timestamps=True, force=True)  # the journal adds its own timestamps
     from edge.service.app import (
         serve,  # heavy imports (torch, cv2) only once the config is known to be good
     )

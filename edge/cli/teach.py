@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from edge.core.errors import cli_entry
+from edge.core.logs import setup_logging
 from edge.service.config import add_arguments
 
 EPILOG = """\
@@ -34,10 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     from edge.teach.config import config_from_args
-    from edge.cli.serve import setup_logging
 
     cfg = config_from_args(build_parser().parse_args(argv))
-    setup_logging(cfg.serve.log_level)
+    setup_logging(cfg.serve.log_level, timestamps=True, force=True)
     from edge.teach.service import teach  # torch, cv2: only once the configuration is known to be good
 
     return teach(cfg)

@@ -7,7 +7,8 @@ The steps:
 1. the system user `edge-camera` (no login, no home) in the `video` group;
 2. /etc/systemd/system/edge-camera.service (root:root 0644), with ExecStart pointing at this environment's `edge`;
 3. /etc/edge-camera/ (root:edge-camera 0750) with config.toml and edge-camera.env (root:edge-camera 0640): an
-   existing file is kept, and only the keys the flags name change in it (--force starts again from the templates);
+   existing file is kept, and only the keys the flags name change in it (--force starts again from the files of the
+   top-level `systemd/` folder);
    secrets (the HTTP token, the MQTT password) go to the environment file, never the config;
 4. the model and the files it needs (an engine's JSON sidecar) copied (root:edge-camera 0640) into the state
    directory /var/lib/edge-camera (edge-camera 0750; the service cannot read /home);
@@ -51,14 +52,19 @@ ENV_FILE = f"{CONFIG_DIR}/edge-camera.env"
 UNIT_DIR = "/etc/systemd/system"
 UNIT_FILE = f"{UNIT_DIR}/{UNIT_NAME}"
 SYSTEMD_RUN_DIR = Path("/run/systemd/system")  # exists exactly when systemd is the running init (sd_booted)
-TEMPLATES = ("edge-camera.service", "config.toml", "edge-camera.env")
+TEMPLATES = ("edge-camera.service", "config.toml", "edge-camera.env")  # the files of systemd/
+CHECKOUT_SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
 
 
 def template_text(name: str) -> str:
-    """A file shipped in edge/service/templates/ (package data, so it works from an installed wheel too)."""
+    """A file of the checkout's top-level `systemd/` folder (the unit, its environment file, the config example).
+    An installed wheel carries that folder as `edge/service/systemd/` (setup.py copies it at build time)."""
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}; one of {', '.join(TEMPLATES)}")
-    return resources.files("edge.service").joinpath("templates", name).read_text(encoding="utf-8")
+    packaged = resources.files("edge.service").joinpath("systemd", name)
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (CHECKOUT_SYSTEMD_DIR / name).read_text(encoding="utf-8")  # a checkout, or an editable install
 
 
 def edge_executable() -> Path:

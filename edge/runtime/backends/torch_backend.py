@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.core.errors import EdgeError
 from edge.core.threads import apply_torch_threads
 from edge.runtime.backends.base import Backend, Outputs, check_batch
 
@@ -30,12 +29,10 @@ class TorchBackend(Backend):
                  threads: int | None = None) -> None:
         import torch
 
+        from edge.core.devices import torch_device
         from edge.core.metadata import load_model
 
-        cuda = torch.cuda.is_available()
-        if device == "cuda" and not cuda:
-            raise EdgeError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
-        dev = "cuda" if device in ("auto", "cuda") and cuda else "cpu"
+        dev = torch_device(device).type  # "cuda" or "cpu"
         if dev == "cpu" or threads:  # --threads, else the cores other processes leave free (edge.core.threads)
             apply_torch_threads(threads)
         model, meta = load_model(Path(path), device="cpu", with_novelty=True)

@@ -1,6 +1,6 @@
 """What the pipeline fans its annotated frames and predictions out to.
 
-Contract (docs/INTERFACES.md, "Pipeline"): the pipeline calls `write(frame, prediction)` on its own inference
+Contract (docs/ARCHITECTURE.md, "The data path"): the pipeline calls `write(frame, prediction)` on its own inference
 thread after every inference. `write` must return quickly: an output that does slow work (files, network,
 encoding) hands off to its own thread or queue and drops (and counts) what it cannot keep up with. The frame is
 a buffer the pipeline reuses for the next frame: an output that keeps it past `write` must copy it. An exception
