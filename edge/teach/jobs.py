@@ -267,20 +267,22 @@ class Jobs:
         return net, history, evaluate(net, val, device)
 
     def _train_full(self, job: Job, mode: str, epochs: int) -> None:
-        """finetune / two-stage: train's own train_model (minutes on a CPU); progress from its epoch lines."""
+        """finetune / two-stage: train's own train_model (minutes on a CPU) in a child process, so that its memory
+        returns when it ends (edge.teach.child); progress from its epoch lines."""
         from train.config import TrainConfig
-        from train.trainer import train_model
+
+        from .child import train_isolated
 
         handler = _EpochLines(job, 2 if mode == "two-stage" else 1)
         logging.getLogger("train").addHandler(handler)
         try:
-            result = train_model(TrainConfig(
+            output, classes, metrics = train_isolated(TrainConfig(
                 data=self.dataset.root, output=self.output, arch=self.features.arch.name, mode=mode, epochs=epochs,
                 device=self.features.device.type, seed=SEED, val_fraction=VAL_FRACTION,
-                cache_views=self.features.views, novelty=False), progress=False)  # see the module docstring
+                cache_views=self.features.views, novelty=False), self._stop.is_set)  # see the module docstring
         finally:
             logging.getLogger("train").removeHandler(handler)
-        self._went_live(job, result.output / "model.pt", result.meta.class_names, result.metrics, written=True)
+        self._went_live(job, output / "model.pt", classes, metrics, written=True)
 
     def _went_live(self, job: Job, model: Path, classes: list[str], metrics: dict[str, Any],
                    written: bool = False) -> None:
