@@ -11,10 +11,12 @@ MAX_LABEL_LENGTH = 64
 SPLITS = ("train", "val")
 
 
-def check_label(label: str) -> str:
-    """Return `label` if it is a safe class-folder name, else raise EdgeError naming the rule it breaks."""
+def check_label(label: str, flag_hints: bool = True) -> str:
+    """Return `label` if it is a safe class-folder name, else raise EdgeError naming the rule it breaks.
+
+    `flag_hints=False` (the teach page) words the advice without command-line flags."""
     if not label or not label.strip():
-        raise EdgeError("label is empty; give a class name, e.g. --label thumbs_up")
+        raise EdgeError("label is empty; give a class name, e.g. " + ("--label " if flag_hints else "") + "thumbs_up")
     if len(label) > MAX_LABEL_LENGTH:
         raise EdgeError(f"label {label[:20]!r}... is {len(label)} characters; the limit is {MAX_LABEL_LENGTH}")
     bad = next((c for c in label if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
@@ -30,8 +32,9 @@ def check_label(label: str) -> str:
     if label != label.strip():
         raise EdgeError(f"label {label!r} starts or ends with whitespace; remove it")
     if label in SPLITS:
-        raise EdgeError(f"label {label!r} is reserved for the train/val split folders; use --split {label} "
-                        "to write into it, with another label")
+        raise EdgeError(f"label {label!r} is reserved for the train/val split folders; "
+                        + (f"use --split {label} to write into it, with another label" if flag_hints
+                           else "choose another label"))
     return label
 
 

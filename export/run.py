@@ -52,6 +52,7 @@ def run_export(
     force: bool = False,
     progress: Callable[[str], None] | None = None,
     on_file: Callable[[ExportedFile], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> list[ExportedFile]:
     """Export `model` (a training checkpoint, or for engines also an exported .onnx file) as asked.
 
@@ -77,6 +78,10 @@ def run_export(
         raise EdgeError(f"--format all writes several files; --output must be a directory (ending in '/'), not {str(output)!r}")
     if output is not None:
         check_output_suffix(output, fmt)  # fmt is "onnx" or "engine" here: "all" takes a directory
+    if model.is_dir():
+        inside = model / "model.pt"
+        raise EdgeError(f"{str(model)!r} is a folder; pass the model file in it"
+                        + (f", e.g. `edge export {inside}`" if inside.is_file() else " (train writes model.pt)"))
     if not model.is_file():
         raise EdgeError(f"model file {str(model)!r} not found")
     if wants_engine:
@@ -110,6 +115,9 @@ def run_export(
                 target = Path(output).parent / default_onnx_path(model, half).name
             else:
                 target = None
+            if on_phase is not None:  # tens of seconds on a CPU: say what is going on
+                on_phase(f"exporting {model.name} to ONNX{' (FP16)' if half else ''} and checking it against PyTorch "
+                         f"on up to {verify_images} images...")
             path, report = export_onnx_verified(
                 model, target, opset=opset, fp16=half, calib_data=calib_data, verify_images=verify_images
             )

@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from edge.core.errors import EdgeError, cli_entry
+from edge.core.cli_parser import CliParser
+from edge.core.errors import cli_entry
 from edge.core.memory import keep_freed_memory
 from edge.core.registry import DEFAULT_ARCH, list_models
 
@@ -15,11 +16,6 @@ from .config import BOUNDS, MODES, TrainConfig
 from .distributed import FailedOnMain, env_rank, process_group
 from .presets import AugmentSpec
 from .trainer import resolve_device, train_model
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, like every other error of this tool
-        raise EdgeError(f"{message} (see `train --help`)")
 
 
 def _number(setting: str):
@@ -41,7 +37,7 @@ def _number(setting: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = CliParser(
         prog="train",
         description="Fine-tune a pretrained CNN on DATA/<label>/*.jpg (or DATA/train + DATA/val) and write "
         "model.pt, labels.txt, metrics.json, confusion_matrix.png, training_curves.png and mistakes.png to --output. "
@@ -71,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("runs/model"), help="output directory")
     p.add_argument("--val-fraction", type=_number("val_fraction"), default=0.2,
                    help="stratified validation split when DATA has no val/")
-    p.add_argument("--seed", type=_number("seed"), default=0)
+    p.add_argument("--seed", type=_number("seed"), default=0, help="seed of the split, the augmentation and the head")
     p.add_argument("--patience", type=_number("patience"), default=5,
                    help="early stop after N epochs without better val accuracy")
     p.add_argument("--cache-views", type=_number("cache_views"), default=4,

@@ -161,6 +161,9 @@ class Service:
         from edge.runtime.outputs.on_change import OnChangeOutput
 
         cfg = self.cfg
+        if not (cfg.events or cfg.on_change or cfg.display or cfg.record or cfg.http is not None):
+            log.warning("no output configured: nothing will show what the camera sees; add --http [HOST:]PORT, "
+                        "--record FILE, --events FILE, --on-change CMD or --display")
         if cfg.events:
             self.outputs.append(EventsOutput(cfg.events, changes=self.changes))
         if cfg.on_change:

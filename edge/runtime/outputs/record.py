@@ -145,7 +145,8 @@ class RecordOutput(Output):
                 os.fsync(f.fileno())
             make_readable(self._tmp)  # mkstemp creates 0600; a recording is meant to be shared
             os.replace(self._tmp, self.path)
-            log.info("recorded %d frames to %s (%d dropped)", self.frames_written, self.path, self.dropped)
+            log.info("recorded %d video frames to %s (%d dropped by the recorder's full queue)", self.frames_written,
+                     self.path, self.dropped)
         else:
             self._tmp.unlink(missing_ok=True)
             if self._error is None:
