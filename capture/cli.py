@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from edge.core.cli_parser import CliParser
 from edge.core.errors import EdgeError, cli_entry
 from edge.core.labels import SPLITS
 from edge.core.logs import setup_logging
@@ -27,7 +28,7 @@ HEADLESS_INTERVAL_S, BURST_INTERVAL_S = 1.0, 0.25
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="capture",
         description="Collect labeled camera snapshots into DIR/LABEL/ (an ImageFolder dataset), headless or with a "
         "live preview, or import a folder of existing photos.",

@@ -7,7 +7,8 @@ import logging
 import sys
 import time
 
-from edge.core.errors import EdgeError, cli_entry
+from edge.core.cli_parser import CliParser
+from edge.core.errors import cli_entry
 from edge.core.logs import setup_logging
 
 from .options import (
@@ -35,17 +36,11 @@ version, GPU, precision and input shape are unchanged.
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, like every other error of this tool
-        raise EdgeError(f"{message} (see `edge export --help`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = CliParser(
         prog="edge export",
         description="Export a trained checkpoint to ONNX (verified against PyTorch) and build TensorRT engines.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", help="model.pt written by `train` (or, with --format engine, an exported .onnx)")
     p.add_argument("--format", dest="fmt", default="onnx", metavar="|".join(FORMATS),
@@ -122,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
     options = ExportOptions.from_mapping(vars(args))  # the flags' dests are the options' field names
     try:
-        run_export(args.model, options, progress=progress, on_file=show)
+        run_export(args.model, options, progress=progress, on_file=show,
+                   on_phase=lambda line: print(line, flush=True))
     finally:
         progress.end()
     return 0

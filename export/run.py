@@ -33,6 +33,7 @@ def run_export(
     *,
     progress: Callable[[str], None] | None = None,
     on_file: Callable[[ExportedFile], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> list[ExportedFile]:
     """Export `model` (a training checkpoint, or for engines also an exported .onnx file) as `options` ask.
 
@@ -47,6 +48,10 @@ def run_export(
             f"{model.name} is already ONNX; to export ONNX pass the training checkpoint (model.pt), or build an engine "
             f"from it with --format engine"
         )
+    if model.is_dir():
+        inside = model / "model.pt"
+        raise EdgeError(f"{str(model)!r} is a folder; pass the model file in it"
+                        + (f", e.g. `edge export {inside}`" if inside.is_file() else " (train writes model.pt)"))
     if not model.is_file():
         raise EdgeError(f"model file {str(model)!r} not found")
     if options.wants_engine:
@@ -70,6 +75,9 @@ def run_export(
         else:  # engine from a checkpoint: the FP32 ONNX beside the engine
             variants = [False]
         for half in variants:
+            if on_phase is not None:  # tens of seconds on a CPU: say what is going on
+                on_phase(f"exporting {model.name} to ONNX{' (FP16)' if half else ''} and checking it against PyTorch "
+                         f"on up to {options.verify_images} images...")
             path, report = export_onnx_verified(model, options, fp16=half)
             done(ExportedFile("onnx-fp16" if half else "onnx", path, report))
             if not half:

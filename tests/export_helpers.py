@@ -30,7 +30,10 @@ def make_checkpoint(path: Path, arch: str, training: dict | None = None, prefix:
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    rc = export_main([str(a) for a in argv])
+    try:
+        rc = export_main([str(a) for a in argv])
+    except SystemExit as e:  # a wrong flag: argparse's exit 2 (the error and one hint line on stderr)
+        rc = int(e.code or 0)
     out, err = capsys.readouterr()
     return rc, out, err
 

@@ -185,6 +185,7 @@ def test_on_a_pc_jetson_parts_are_not_required(jetson):
     jetson.mp.setitem(sys.modules, "tensorrt", None)
     jetson.mp.setattr("platform.machine", lambda: "x86_64")
     jetson.probe("cuda_probe", lambda: (False, "torch sees no CUDA GPU"))
+    jetson.probe("torch_cuda_build", lambda: None)  # a CPU-only torch
     jetson.probe("opencv_build_information", lambda: "GStreamer: NO\n")
     results = {r.name: r for r in dc.run_checks(jetson.machine)}
     assert results["jetpack"].status == "pass" and "not a Jetson" in results["jetpack"].detail
@@ -220,3 +221,14 @@ def test_doctor_is_an_edge_command_and_runs_here():
     assert len(checks) == len(dc.CHECKS) and {c["status"] for c in checks} <= {"pass", "warn", "fail"}
     assert "--root" not in subprocess.run([sys.executable, "-m", "edge", "doctor", "--help"], capture_output=True,
                                           text=True, timeout=60).stdout  # a test hook, not a user option
+
+
+def test_a_cuda_torch_without_a_gpu_is_not_told_to_install_a_cuda_torch(jetson):
+    """On a CPU-only PC, pip's torch is a CUDA build: the advice is about the driver or the smaller CPU build."""
+    (jetson.root / "etc/nv_tegra_release").unlink()
+    jetson.mp.setattr("platform.machine", lambda: "x86_64")
+    jetson.probe("cuda_probe", lambda: (False, "torch 2.9.0 sees no CUDA GPU"))
+    jetson.probe("torch_cuda_build", lambda: "12.8")
+    cuda = next(r for r in dc.run_checks(jetson.machine) if r.name == "cuda")
+    assert cuda.status == "warn" and "CUDA 12.8 build" in cuda.detail
+    assert "install a CUDA build" not in cuda.fix and "driver" in cuda.fix and "CPU build" in cuda.fix

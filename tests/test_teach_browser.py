@@ -144,7 +144,8 @@ def test_teach_from_the_page_and_watch_the_label_follow_the_arrow(browser, teach
     browser.find_element(By.ID, "train").click()
     wait(browser, "the training", lambda d: text(d, "train-phase").startswith(("done", "failed")), 180)
     assert text(browser, "train-phase").startswith("done"), text(browser, "train-phase")
-    assert float(text(browser, "val-accuracy").rstrip("%")) >= 75
+    accuracy = text(browser, "val-accuracy")  # "87.5% (7 of 8 validation images: too few for a reliable figure)"
+    assert float(accuracy.split("%")[0]) >= 75 and " validation image" in accuracy, accuracy
     assert len(browser.find_elements(By.CSS_SELECTOR, "#confusion tr")) == 3  # header + one row per label
 
     # the page's label follows the scene's arrow (frames away from a flip), and so does the API

@@ -316,11 +316,13 @@ def test_an_image_linked_into_both_train_and_val_stays_in_val(tmp_path):
 ])
 def test_bad_numeric_flag_is_one_line_naming_it(flag, value, valid, synthetic_dataset, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = train_main(["--data", str(synthetic_dataset), "--weights", "none", "--output", str(out), "--mode",
-                     "two-stage", flag, value])
+    with pytest.raises(SystemExit) as e:  # argparse's exit code 2, with the error and one hint line
+        train_main(["--data", str(synthetic_dataset), "--weights", "none", "--output", str(out), "--mode",
+                    "two-stage", flag, value])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2
-    assert len(err) == 1 and err[0].startswith(f"error: argument {flag}: must be ") and valid in err[0], err
+    assert e.value.code == 2
+    assert len(err) == 2 and err[0].startswith(f"error: argument {flag}: must be ") and valid in err[0], err
+    assert err[1] == "see `train --help` for the options"
     assert not out.exists()
 
 

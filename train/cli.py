@@ -11,8 +11,9 @@ from edge.core.threads import yield_when_waiting
 
 yield_when_waiting()  # before .trainer imports torch: waiting OpenMP threads sleep instead of spinning
 
+from edge.core.cli_parser import CliParser  # noqa: E402
 from edge.core.devices import torch_device  # noqa: E402
-from edge.core.errors import EdgeError, cli_entry  # noqa: E402
+from edge.core.errors import cli_entry  # noqa: E402
 from edge.core.logs import setup_logging  # noqa: E402
 from edge.core.memory import keep_freed_memory  # noqa: E402
 from edge.core.registry import DEFAULT_ARCH, list_models  # noqa: E402
@@ -21,11 +22,6 @@ from .config import BOUNDS, MODES, TrainConfig, default_of  # noqa: E402
 from .distributed import FailedOnMain, env_rank, process_group  # noqa: E402
 from .presets import AugmentSpec  # noqa: E402
 from .trainer import train_model  # noqa: E402
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, like every other error of this tool
-        raise EdgeError(f"{message} (see `train --help`)")
 
 
 def _number(setting: str):
@@ -47,7 +43,7 @@ def _number(setting: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = CliParser(
         prog="train",
         description="Fine-tune a pretrained CNN on DATA/<label>/*.jpg (or DATA/train + DATA/val) and write "
         "model.pt, labels.txt, metrics.json, confusion_matrix.png, training_curves.png and mistakes.png to --output. "
@@ -78,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=default_of("output"), help="output directory")
     p.add_argument("--val-fraction", type=_number("val_fraction"), default=default_of("val_fraction"),
                    help="stratified validation split when DATA has no val/")
-    p.add_argument("--seed", type=_number("seed"), default=default_of("seed"))
+    p.add_argument("--seed", type=_number("seed"), default=default_of("seed"),
+                   help="seed of the split, the augmentation and the head")
     p.add_argument("--patience", type=_number("patience"), default=default_of("patience"),
                    help="early stop after N epochs without better val accuracy")
     p.add_argument("--cache-views", type=_number("cache_views"), default=default_of("cache_views"),

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from edge.cli._options import add_model_arguments, backend_options, log_to_stderr
+from edge.core.cli_parser import CliParser
 from edge.core.errors import EdgeError, cli_entry
 from edge.runtime.pipeline import Pipeline
 from edge.runtime.timings import TimingWindow
@@ -52,14 +53,20 @@ def run_bench(
         raise EdgeError(f"--frames must be >= 1, got {frames}")
     if warmup < 0:
         raise EdgeError(f"--warmup must be >= 0, got {warmup}")
+    log.info("bench: loading %s", model)
     be = load_backend(model, backend, device, **backend_options(threads))
     measured = TimingWindow(MEASURED, size=None)
     seen = 0
     t_begin = t_end = 0.0  # the measured span: from the last warm-up frame (or the start) to the last frame
+    next_report = time.monotonic() + PROGRESS_EVERY_S
 
     def listen(_pred, timings: dict[str, float]) -> None:
-        nonlocal seen, t_begin, t_end
+        nonlocal seen, t_begin, t_end, next_report
         seen += 1
+        if time.monotonic() >= next_report:  # a slow model (a .pt on a CPU) takes minutes: say how far it is
+            next_report = time.monotonic() + PROGRESS_EVERY_S
+            log.info("bench: %d of %d frames (%s)", seen, warmup + frames,
+                     "warming up" if seen <= warmup else f"{len(measured)} measured")
         if seen <= warmup:
             t_begin = time.monotonic()
         else:
@@ -115,6 +122,7 @@ def run_bench(
 
 
 CAPTURE_CHOICES = ("auto", "camera", "prefetch", "sync")
+PROGRESS_EVERY_S = 2.0
 MEASURED = ("e2e_ms", "infer_ms", "preprocess_ms", "overlay_ms", "frame_age_ms", "drops")
 
 
@@ -131,14 +139,16 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge bench", description=__doc__.split("\n")[0].split(": ", 1)[-1])
+    p = CliParser(prog="edge bench", description=__doc__.split("\n")[0].split(": ", 1)[-1])
     add_model_arguments(p)
     p.add_argument("--source", default="test://", help="video source URI (default test://, 640x480 synthetic)")
     p.add_argument("--frames", type=int, default=300, help="frames to measure (after --warmup)")
     p.add_argument("--warmup", type=int, default=10, help="frames run first and not measured")
     p.add_argument("--no-overlay", dest="overlay", action="store_false", help="skip drawing the overlay")
     p.add_argument("--capture", default="auto", choices=CAPTURE_CHOICES,
-                   help="how frames reach the pipeline (see above); auto: camera for live sources, else prefetch")
+                   help="how frames reach the pipeline: camera (the service's capture thread, newest frame wins), "
+                        "prefetch (a reader thread decodes one frame ahead), sync (decoded on the inference thread); "
+                        "default auto: camera for live sources, else prefetch")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 

@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.core.cli_parser import CliParser
 from edge.core.errors import EdgeError, cli_entry
 from edge.core.logs import setup_logging
 from edge.core.fsutil import (
@@ -149,7 +150,8 @@ def run_demo(
     # 1. data
     t = time.monotonic()
     data = out / "data"
-    log.info("[1/4] writing the synthetic up/down dataset (%d images per class) to %s", per_class, data)
+    log.info("[1/4] writing the synthetic up/down dataset (%d images per class: %d drawn + %d test-camera "
+             "snapshots) to %s", per_class + per_class // 2, per_class, per_class // 2, data)
     make_dataset(data, per_class=per_class, classes=("up", "down"), seed=0)
     # plus snapshots of the demo camera itself, as `capture --source test://` takes them: a model knows its own
     # camera's scene (without them it calls the camera's frames `unknown`, which is its novelty score doing its job)
@@ -227,7 +229,8 @@ def run_demo(
     stages["total_s"] = round(time.monotonic() - t_all, 2)
     metrics: dict[str, Any] = {
         "wall_s": stages,
-        "dataset": {"path": str(data), "classes": names, "images_per_class": per_class},
+        "dataset": {"path": str(data), "classes": names, "images_per_class": per_class + per_class // 2,
+                    "drawn_per_class": per_class, "camera_snapshots_per_class": per_class // 2},
         "training": {
             "arch": DEMO_ARCH,
             "epochs": epochs,
@@ -286,7 +289,8 @@ def _report(m: dict[str, Any]) -> str:
         f"- Label timeline (scene time): {changes}.",
         f"- Total wall time: {st['total_s']} s.",
         "",
-        f"Video: `{m['files']['video']}` ({r['recorded_frames']} frames, {r['video_codec']}). "
+        f"Video: `{m['files']['video']}` ({r['recorded_frames']} frames at the camera's rate, {r['video_codec']}: "
+        f"the recording follows the wall clock, so it repeats a frame where the pipeline dropped one). "
         f"Metrics: `{m['files']['metrics']}`.",
         *(["", f"{m['files']['video_hint']}."] if m["files"]["video_hint"] else []),
         "",
@@ -294,7 +298,7 @@ def _report(m: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge demo", description=__doc__.split("\n")[0].split(": ", 1)[-1])
+    p = CliParser(prog="edge demo", description=__doc__.split("\n")[0].split(": ", 1)[-1])
     p.add_argument("--output", default="demo-output", help="directory for data, model, video and report")
     p.add_argument("--per-class", type=int, default=80, help="synthetic images per class")
     p.add_argument("--epochs", type=int, default=8, help="training epochs (head mode)")
@@ -311,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     m = run_demo(a.output, per_class=a.per_class, epochs=a.epochs, seconds=a.seconds, fps=a.fps)
     r, f = m["run"], m["files"]
     print()
-    print(f"demo done in {m['wall_s']['total_s']:.0f} s: val accuracy {m['training']['val_accuracy']}, "
+    va = m["training"]["val_accuracy"]
+    print(f"demo done in {m['wall_s']['total_s']:.0f} s: val accuracy {va if va is None else format(va, '.3f')}, "
           f"{r['fps']} fps on {r['backend']}, label agrees with the scene on {r['agreement_with_scene'] * 100:.0f}% "
           f"of frames")
     print(f"  video    {f['video']}")

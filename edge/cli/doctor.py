@@ -8,12 +8,13 @@ import json
 import sys
 from pathlib import Path
 
+from edge.core.cli_parser import CliParser
 from edge.core.errors import cli_entry
 from edge.service.doctor_checks import FAIL, PASS, WARN, Machine, run_checks
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge doctor", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    p = CliParser(prog="edge doctor", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     p.add_argument("--json", action="store_true", help='print {"checks": [{"name", "status", "detail", "fix"}, ...]}')
     p.add_argument("--data", type=Path, default=Path("."), help="where datasets and runs go (free-space check; default .)")
     p.add_argument("--mqtt", metavar="URL", help="check this MQTT broker (reachable, credentials accepted; "
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    if not a.json:  # importing torch and probing the GPU and cameras takes seconds: say so first
+        print("checking this machine (JetPack, torch, CUDA, TensorRT, onnxruntime, OpenCV, cameras)...", flush=True)
     results = run_checks(Machine(root=a.root, data_dir=a.data, mqtt=a.mqtt))
     if a.json:
         print(json.dumps({"checks": [r.to_dict() for r in results]}, indent=2))

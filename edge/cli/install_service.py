@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge.core.cli_parser import CliParser
 from edge.core.errors import cli_entry
 from edge.service import install
 from edge.service.config import MQTT_PASSWORD_ENV, TOKEN_ENV
@@ -22,8 +23,8 @@ written to {install.ENV_FILE} (mode 0640), or --allow-no-token on a trusted netw
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge install-service", description=__doc__.split(": ", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p = CliParser(prog="edge install-service", description=__doc__.split(": ", 1)[1],
+                                epilog=EPILOG)
     p.add_argument("--model", help=f"model file to serve, copied with the files it needs into {install.STATE_DIR}")
     p.add_argument("--source", help="video source (default: keep the config's; csi://0 in the example)")
     p.add_argument("--http", help="[HOST:]PORT for the web view/API (default: keep the config's; 127.0.0.1:8080)")

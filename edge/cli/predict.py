@@ -25,6 +25,7 @@ from typing import IO, Iterator, Sequence
 import numpy as np
 
 from edge.cli._options import add_model_arguments, backend_options, log_to_stderr
+from edge.core.cli_parser import CliParser
 from edge.core.errors import EdgeError, cli_entry
 from edge.core.files import IMAGE_EXTENSIONS, list_images, read_image_bgr
 from edge.core.images import pixel_problem
@@ -142,12 +143,12 @@ def _novelty_threshold(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge predict", description=__doc__.split("\n")[0].split(": ", 1)[-1])
+    p = CliParser(prog="edge predict", description=__doc__.split("\n")[0].split(": ", 1)[-1])
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files and/or folders (walked recursively), video files, test://, rtsp://..., "
                         "csi://0, v4l2:///dev/video0, 0: whatever `edge serve --source` takes")
     add_model_arguments(p)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="images per inference call")
     p.add_argument("--top-k", type=int, default=1, help="also list the K most likely labels")
     p.add_argument("--novelty-threshold", type=_novelty_threshold, default=None, metavar="T",
                    help="label `unknown` above this novelty (default: the threshold calibrated by `train`; 0 = "

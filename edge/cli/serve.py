@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from edge.core.cli_parser import CliParser
 from edge.core.errors import cli_entry
 from edge.core.logs import setup_logging
 from edge.service.config import add_arguments, config_from_args
@@ -28,9 +29,9 @@ flags override the file.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="edge serve", description="Classify a live video source and serve the results, unattended.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
     add_arguments(parser)
     parser.add_argument("--print-config", action="store_true",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edge.core.cli_parser import CliParser
 from edge.core.errors import cli_entry
 from edge.core.logs import setup_logging
 from edge.service.config import add_arguments
@@ -23,9 +24,9 @@ is a normal model.pt (with labels.txt, metrics.json, confusion_matrix.png) in --
 def build_parser() -> argparse.ArgumentParser:
     from edge.teach.config import add_teach_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="edge teach", description="Collect, train and go live from a browser, on a headless device.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
     add_arguments(parser)
     add_teach_arguments(parser)

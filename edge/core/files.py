@@ -38,6 +38,8 @@ def load_torch_file(path: str | os.PathLike, what: str = "PyTorch file", hint: s
     import torch
 
     p = Path(path)
+    if p.is_dir():
+        raise EdgeError(f"{what} {str(p)!r} is a folder, not a file" + (f"; {hint}" if hint else ""))
     if not p.is_file():
         raise EdgeError(f"{what} {str(p)!r} not found" + (f"; {hint}" if hint else ""))
     try:

@@ -16,10 +16,12 @@ SPLITS = ("train", "val")
 UNKNOWN_LABEL = "unknown"
 
 
-def check_label(label: str) -> str:
-    """Return `label` if it is a safe class-folder name, else raise EdgeError naming the rule it breaks."""
+def check_label(label: str, flag_hints: bool = True) -> str:
+    """Return `label` if it is a safe class-folder name, else raise EdgeError naming the rule it breaks.
+
+    `flag_hints=False` (the teach page) words the advice without command-line flags."""
     if not label or not label.strip():
-        raise EdgeError("label is empty; give a class name, e.g. --label thumbs_up")
+        raise EdgeError("label is empty; give a class name, e.g. " + ("--label " if flag_hints else "") + "thumbs_up")
     if len(label) > MAX_LABEL_LENGTH:
         raise EdgeError(f"label {label[:20]!r}... is {len(label)} characters; the limit is {MAX_LABEL_LENGTH}")
     if any(unicodedata.category(c) == "Cs" for c in label):  # a folder name that is not UTF-8, or a lone surrogate
@@ -37,8 +39,9 @@ def check_label(label: str) -> str:
     if label != label.strip():
         raise EdgeError(f"label {label!r} starts or ends with whitespace; remove it")
     if label in SPLITS:
-        raise EdgeError(f"label {label!r} is reserved for the train/val split folders; use --split {label} "
-                        "to write into it, with another label")
+        raise EdgeError(f"label {label!r} is reserved for the train/val split folders; "
+                        + (f"use --split {label} to write into it, with another label" if flag_hints
+                           else "choose another label"))
     if label.strip().lower() == UNKNOWN_LABEL:
         raise EdgeError(f"label {label!r} uses the reserved label {UNKNOWN_LABEL!r} (what a model shows for what it "
                         "is unsure of or has never seen); use e.g. 'none' or 'background'")

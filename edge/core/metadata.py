@@ -146,6 +146,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], ModelMeta,
 
     p = Path(path)
     obj = load_torch_file(p, "model file")
+    if isinstance(obj, dict) and "optimizer" in obj and "model" in obj and "stage" in obj:  # train's last.pt
+        model_pt = p.parent / "model.pt"
+        raise EdgeError(
+            f"{str(p)!r} is the resume state `train` keeps for `--resume`, not a model; use the model.pt written "
+            f"beside it ({str(model_pt)!r}) when training finishes"
+        )
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise EdgeError(
             f"{str(p)!r} is not a checkpoint written by `train` (no model metadata: arch, labels, preprocessing); "

@@ -169,6 +169,9 @@ def build_outputs(cfg: ServeConfig, changes: LabelChanges, registry: Any = None)
         built.close()
         raise
     built.streams = [o for outs in built.per_camera for o in outs if isinstance(o, StreamOutput)]
+    if not built.all():
+        log.warning("no output configured: nothing will show what the camera sees; add --http [HOST:]PORT, "
+                    "--record FILE, --events FILE, --on-change CMD, --mqtt URL or --display")
     return built
 
 

@@ -187,6 +187,13 @@ def _torch_fix(m: Machine) -> str:
     return "pip install -e '.[dev]' (brings torch from PyPI; for an NVIDIA GPU see pytorch.org for a CUDA build)"
 
 
+def torch_cuda_build() -> str | None:
+    """The CUDA version this torch was built for (torch.version.cuda); None for a CPU-only build."""
+    import torch
+
+    return torch.version.cuda
+
+
 def check_cuda(m: Machine) -> CheckResult:
     try:
         usable, detail = cuda_probe()
@@ -199,6 +206,13 @@ def check_cuda(m: Machine) -> CheckResult:
         return CheckResult("cuda", PASS, detail)
     if m.is_jetson:
         return CheckResult("cuda", FAIL, detail + " on a Jetson (a CPU-only torch?)", _torch_fix(m))
+    built_for = torch_cuda_build()
+    if built_for:  # the advice must match what is installed: the CUDA build is here, the GPU or driver is not
+        return CheckResult("cuda", WARN, f"{detail} (this torch is a CUDA {built_for} build): training and the torch "
+                           "backend run on the CPU",
+                           "with an NVIDIA GPU: install or fix its driver (`nvidia-smi` must list the GPU); without "
+                           "one, the CPU build of torch is about 3 GB smaller (pip install torch --index-url "
+                           "https://download.pytorch.org/whl/cpu)")
     return CheckResult("cuda", WARN, detail + ": training and the torch backend run on the CPU",
                        "for an NVIDIA GPU: install a CUDA build of torch (pytorch.org) and the NVIDIA driver")
 

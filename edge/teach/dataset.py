@@ -176,7 +176,7 @@ class TeachDataset:
         if not isinstance(name, str):
             raise ApiError(400, f"a label must be a string, got {name!r}")
         try:
-            label_dir(self.root, check_label(name))
+            label_dir(self.root, check_label(name, flag_hints=False))
         except EdgeError as e:
             raise ApiError(400, str(e)) from e
         return name

@@ -48,6 +48,7 @@ WEIGHT_DECAY = 1e-4
 PATIENCE = 10
 MAX_EPOCHS = 1000
 _EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) \[([\w-]+)\]")
+_CLI_FLAG = re.compile(r"(?<![\w-])--[a-z]")  # a command-line flag such as --no-novelty
 # what a job reports once it is done, present (as null) before, so scripts can read the keys at any time
 RESULT_KEYS: dict[str, dict[str, Any]] = {
     "train": {"model": None, "classes": None, "val_accuracy": None, "confusion_matrix": None},
@@ -335,7 +336,8 @@ class _EpochLines(logging.Handler):
         message = record.getMessage()
         m = _EPOCH_LINE.search(message)
         if m is None:
-            self.job.update(message[:200])
+            if not _CLI_FLAG.search(message):  # train's advice names its flags, which mean nothing on the page
+                self.job.update(message[:200])
             return
         epoch, epochs, stage = int(m.group(1)), int(m.group(2)), m.group(3)
         if stage not in self.stage_names:

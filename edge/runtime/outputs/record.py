@@ -185,7 +185,8 @@ class RecordOutput(Output):
         if not keep:
             self._tmp.unlink(missing_ok=True)
         if keep and self._error is None:
-            log.info("recorded %d frames to %s (%d dropped)", self.frames_written, self.path, self.dropped)
+            log.info("recorded %d video frames to %s (%d dropped by the recorder's full queue)", self.frames_written,
+                     self.path, self.dropped)
         elif keep:
             log.warning("kept the %d frames recorded to %s before it failed", self.frames_written, self.path)
         elif self._error is not None:

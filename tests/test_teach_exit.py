@@ -1,0 +1,32 @@
+"""Ctrl-C (SIGINT) or SIGTERM ends `edge teach` within 5 s, as `edge serve` promises, even while it is busy
+caching the backbone features of a dataset."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from teach_helpers import Teach
+
+from edge.core.synthetic import make_dataset
+
+STOP_PROMISE_S = 5.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_teach_stops_within_5_s_while_caching_features(tmp_path, sig):
+    make_dataset(tmp_path / "data", per_class=60, size=(320, 240), seed=5)  # minutes of feature caching on a CPU
+    teach = Teach(tmp_path, ["--source", "test://?width=160&height=120&fps=10", "--data", "data"]).start()
+    try:
+        teach.wait_for("features being cached", lambda: (f := teach.ok("GET", "api/dataset")["features"])
+                       and f.get("ready") and f.get("pending"), 180)
+        t0 = time.monotonic()
+        teach.proc.send_signal(sig)
+        rc = teach.proc.wait(30)
+        took = time.monotonic() - t0
+    finally:
+        teach.stop()
+    print(f"{sig.name}: exit {rc} after {took:.2f} s")
+    assert rc in (0, 130) and took < STOP_PROMISE_S, (rc, took, teach.log()[-3000:])
