@@ -168,6 +168,7 @@ def fit_novelty_detail(
     bank_dtype: torch.dtype = torch.float32,
     holdout_fraction: float = HOLDOUT_FRACTION,
     holdout: Holdout | None = None,
+    augmented: Tensor | None = None,
 ) -> tuple[NoveltyScorer, NoveltyReport, Tensor]:
     """Build the novelty bank and calibrate its threshold -> (scorer, report, the calibration images' novelty).
 
@@ -176,7 +177,9 @@ def fit_novelty_detail(
     into the bank. val_features: [M, D] clean validation images, or None / empty to hold out a slice of the
     training images (train_labels, [n] class indices, make that slice per class). The scorer is on
     train_features' device. holdout (train.bursts.holdout_groups of the train and val images' capture times):
-    calibrate on images unseen in time instead of on the val images as they are.
+    calibrate on images unseen in time instead of on the val images as they are. augmented: features of augmented
+    views of training images (the crops, flips and light changes the head learnt as their class): the threshold
+    is raised to their `keep` quantile when that is higher (AUGMENTED_FLOOR).
     """
     if not 0.0 < keep <= 1.0:
         raise EdgeError(f"novelty keep must be in (0, 1], got {keep}; 0.95 keeps 95% of known images")
@@ -221,6 +224,13 @@ def fit_novelty_detail(
             note = (note + "; " if note else "") + f"only {len(calib)} calibration images: the threshold is rough"
     else:
         threshold = UNCALIBRATED_THRESHOLD
+    if augmented is not None and len(augmented) and len(calib):
+        floor = float(torch.quantile(_scores(scorer, augmented).double().cpu(), keep))
+        if floor > threshold:
+            note = (note + "; " if note else "") + (
+                f"threshold raised from {threshold:.4f} to {floor:.4f}, where {keep:.0%} of {len(augmented)} "
+                "augmented views of training images stay (live frames differ from the saved images by as much)")
+            threshold = floor
     unknown = int((calib > threshold).sum())
     report = NoveltyReport(
         k=scorer.k,
@@ -315,18 +325,19 @@ class NoveltyFit:
 def calibrate(train_features: Tensor, val_features: Tensor, keep: float = DEFAULT_KEEP,
               train_labels: Sequence[int] | None = None, *, train_paths: Sequence[str] | None = None,
               val_paths: Sequence[str] | None = None, val_labels: Sequence[int] | None = None,
-              class_names: Sequence[str] = ()) -> NoveltyFit:
+              class_names: Sequence[str] = (), augmented: Tensor | None = None) -> NoveltyFit:
     """fit_novelty on the clean training features (bank) -> NoveltyFit with the val images' novelty.
 
     With the images' paths (and train and val labels), the threshold comes from images unseen in time (capture
-    times from the names or file times: train.bursts); else from the val images as they are.
+    times from the names or file times: train.bursts); else from the val images as they are. augmented:
+    augmented views' features of training images, the threshold's floor (fit_novelty_detail).
     """
     holdout = None
     if train_paths is not None and val_paths is not None and train_labels is not None and val_labels is not None:
         holdout = holdout_groups(capture_times(train_paths), train_labels, capture_times(val_paths), val_labels,
                                  class_names)
     scorer, report, calib = fit_novelty_detail(train_features, val_features, keep, train_labels=train_labels,
-                                               holdout=holdout)
+                                               holdout=holdout, augmented=augmented)
     scorer = scorer.cpu()
     val = _scores(scorer, val_features.cpu()).float() if len(val_features) else torch.empty(0)
     near = None
@@ -336,16 +347,18 @@ def calibrate(train_features: Tensor, val_features: Tensor, keep: float = DEFAUL
 
 
 def fit_model_novelty(enabled: bool, keep: float, features: Callable[[], tuple[Tensor, Tensor]],
-                      train_labels: Sequence[int] | None = None, **paths: Any) -> NoveltyFit | None:
+                      train_labels: Sequence[int] | None = None,
+                      augmented: Callable[[], Tensor | None] = lambda: None, **paths: Any) -> NoveltyFit | None:
     """The trainer's hook: the trained model's novelty score from `features()` -> (clean train, val) backbone
     features of its final weights, logged in one line; None (also logged) when not `enabled` (--no-novelty).
-    paths: calibrate's train_paths, val_paths, val_labels and class_names (calibration unseen in time)."""
+    paths: calibrate's train_paths, val_paths, val_labels and class_names (calibration unseen in time);
+    augmented() -> augmented views' features of (some) training images, the threshold's floor."""
     if not enabled:
         log.info("novelty: not fitted (--no-novelty); this model will never say %r for unfamiliar images",
                  UNKNOWN_LABEL)
         return None
     t = time.perf_counter()
-    fit = calibrate(*features(), keep=keep, train_labels=train_labels, **paths)
+    fit = calibrate(*features(), keep=keep, train_labels=train_labels, augmented=augmented(), **paths)
     fit.seconds = time.perf_counter() - t
     line = fit.near_copy_summary()
     if line:

@@ -427,6 +427,15 @@ def clean_features(job: Job) -> tuple[torch.Tensor, torch.Tensor]:
     return train_f, val_f
 
 
+def augmented_view(job: Job, most: int = 256) -> torch.Tensor:
+    """Backbone features of one augmented view of up to `most` training images (evenly spaced), final weights."""
+    job.model.eval()
+    images = job.train_images[::max(1, -(-len(job.train_images) // most))]
+    tf, bs = train_transform(job.spec, job.cfg.augment), job.batch_size
+    batches = (torch.stack([tf(img) for img in images[i:i + bs]]) for i in range(0, len(images), bs))
+    return extract_features(job, batches, len(range(0, len(images), bs)), "augmented features for novelty")
+
+
 def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
     """Evaluate the best epoch's weights, fit the novelty score and write model.pt, labels.txt, metrics.json,
     confusion_matrix.png, training_curves.png and mistakes.png."""
@@ -462,7 +471,7 @@ def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
         "val_fraction": cfg.val_fraction, "cache_views": cfg.cache_views, "augment": cfg.augment.to_dict(),
     }
     novelty = fit_model_novelty(  # calibrated on images unseen in time (train.bursts), not on near-copies
-        cfg.novelty, cfg.novelty_keep, lambda: clean_features(job), job.train_targets,
+        cfg.novelty, cfg.novelty_keep, lambda: clean_features(job), job.train_targets, lambda: augmented_view(job),
         train_paths=[s.path for s in info.train], val_paths=[s.path for s in info.val],
         val_labels=[s.target for s in info.val], class_names=info.classes)
     metrics["novelty"] = novelty.metrics() if novelty is not None else None

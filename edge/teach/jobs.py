@@ -5,9 +5,10 @@ Train, head mode (the default): the dataset folder is scanned again and split ex
 clean views still missing are waited for), a new linear head is fitted on them with train's own loop pieces
 (train.engine), and the model (ImageNet backbone + head) is saved as a normal model.pt with its metrics, labels
 and confusion matrix, then goes live in the running pipeline. `finetune` and `two-stage` run train_model itself.
-The model carries no novelty score (train fits one): snapshots taken in bursts are near-duplicates, so a threshold
-calibrated on their val split is far too tight (measured on test://: val novelty median 0.01, live frames 0.07 to
-0.10, threshold 0.05: every live frame `unknown`). `train --data DIR` on the collected dataset fits one.
+The model carries a novelty score fitted exactly as `train` fits it (train.novelty.calibrate on the clean features:
+the bank of training images, the threshold from images unseen in time, leave-one-burst-out by the snapshots'
+time-stamped names): snapshots taken in bursts are near-duplicates, so a threshold from their random val split
+would call every later live frame `unknown`.
 Export: the verified ONNX (and a TensorRT engine where TensorRT exists) of the newest model, which then replaces
 the live one (it is the faster runtime, and verified to give the same answers).
 """
@@ -33,6 +34,7 @@ from edge.core.metadata import ModelMeta, save_checkpoint
 from train.config import BOUNDS, HEAD_LR, MODES
 from train.dataset import scan_dataset
 from train.engine import EarlyStopper, TensorBatches, evaluate, make_grad_scaler, train_one_epoch, warmup_cosine
+from train.novelty import DEFAULT_KEEP, calibrate
 from train.report import classification_metrics, plot_confusion_matrix
 from train.trainer import CachedFeaturesHead
 
@@ -47,11 +49,12 @@ HEAD_BATCH = 32
 WEIGHT_DECAY = 1e-4
 PATIENCE = 10
 MAX_EPOCHS = 1000
+AUGMENTED_NOW = 16  # augmented views computed at training time when the cache has fewer (novelty's floor)
 _EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) \[([\w-]+)\]")
 _CLI_FLAG = re.compile(r"(?<![\w-])--[a-z]")  # a command-line flag such as --no-novelty
 # what a job reports once it is done, present (as null) before, so scripts can read the keys at any time
 RESULT_KEYS: dict[str, dict[str, Any]] = {
-    "train": {"model": None, "classes": None, "val_accuracy": None, "confusion_matrix": None},
+    "train": {"model": None, "classes": None, "val_accuracy": None, "confusion_matrix": None, "novelty": None},
     "export": {"files": [], "live": None},
 }
 
@@ -198,6 +201,7 @@ class Jobs:
             self._stop.is_set)
         job.mark("features")
         rows, targets, val_rows, val_targets = [], [], [], []
+        clean, clean_paths, clean_targets, val_paths = [], [], [], []
         augmented = 0
         for s in info.train:
             e = entries[s.path]
@@ -207,35 +211,60 @@ class Jobs:
             augmented += bool(e.augmented)
             rows += views
             targets += [s.target] * len(views)
+            clean.append(e.clean)
+            clean_paths.append(s.path)
+            clean_targets.append(s.target)
         for s in info.val:
             if entries[s.path].clean is not None:
                 val_rows.append(entries[s.path].clean)
                 val_targets.append(s.target)
+                val_paths.append(s.path)
         if not rows or not val_rows:
             raise EdgeError("no readable images left to train or validate on; snap again")
         job.update(f"fitting the head on {len(rows)} feature rows", 0.5)
         net, history, final = self._fit(job, len(info.classes), epochs, torch.stack(rows), torch.tensor(targets),
                                         torch.stack(val_rows), torch.tensor(val_targets))
         job.mark("fitted")
+        job.update("calibrating unknown", 0.87)
+        novelty = calibrate(torch.stack(clean), torch.stack(val_rows), DEFAULT_KEEP, clean_targets,
+                            train_paths=clean_paths, val_paths=val_paths, val_labels=val_targets,
+                            class_names=info.classes, augmented=self._augmented(clean_paths, entries))
+        job.mark("novelty")
         metrics = classification_metrics(final.targets.tolist(), final.predictions, info.classes)
         metrics.update({
             "val_loss": final.loss, "epochs": history, "train_images": len(info.train), "val_images": len(info.val),
             "train_counts": info.counts("train"), "val_counts": info.counts("val"), "skipped_images": len(info.skipped),
             "warnings": info.warnings, "device": str(self.features.device), "feature_rows": len(rows),
             "augmented_images": augmented, "feature_cache_seconds": round(self.features.seconds, 2),
+            "novelty": novelty.metrics(),
         })
         arch = self.features.arch
         meta = ModelMeta(arch=arch.name, class_names=list(info.classes), preprocess=arch.preprocess,
                          metrics={"val_accuracy": metrics["val_accuracy"], "val_loss": final.loss},
                          training={"data": str(Path(self.dataset.root).resolve()), "mode": "head", "tool": "edge teach",
                                    "weights": "imagenet", "epochs": epochs, "seed": SEED, "val_fraction": VAL_FRACTION,
-                                   "cache_views": self.features.views, "augment": self.features.augment.to_dict()})
+                                   "cache_views": self.features.views, "augment": self.features.augment.to_dict(),
+                                   "novelty_keep": DEFAULT_KEEP},
+                         novelty=novelty.report.to_dict())
         with self.features.model_lock:
             state = {k: v.detach().contiguous().clone() for k, v in self.features.model.state_dict().items()}
         model = self.output / "model.pt"
-        save_checkpoint(model, state, meta)
+        save_checkpoint(model, state, meta, novelty_bank=novelty.scorer.bank)
         job.mark("saved")
         self._went_live(job, model, info.classes, metrics)
+
+    def _augmented(self, paths: list[str], entries: dict) -> torch.Tensor:
+        """One augmented view's features per training image where the cache has one; else computed now for
+        up to AUGMENTED_NOW images (the novelty threshold's floor, as `train` computes it)."""
+        views = [entries[p].augmented[0] for p in paths if entries[p].augmented]
+        if len(views) >= min(AUGMENTED_NOW, len(paths)):
+            return torch.stack(views)
+        from train.dataset import load_rgb
+        from train.presets import train_transform
+
+        tf = train_transform(self.features.arch.preprocess, self.features.augment)
+        chosen = paths[::max(1, -(-len(paths) // AUGMENTED_NOW))]
+        return self.features.features(torch.stack([tf(load_rgb(p)) for p in chosen]))
 
     def _fit(self, job: Job, n_classes: int, epochs: int, x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor,
              val_y: torch.Tensor):
@@ -280,7 +309,7 @@ class Jobs:
             output, classes, metrics = train_isolated(TrainConfig(
                 data=self.dataset.root, output=self.output, arch=self.features.arch.name, mode=mode, epochs=epochs,
                 device=self.features.device.type, seed=SEED, val_fraction=VAL_FRACTION,
-                cache_views=self.features.views, novelty=False), self._stop.is_set)  # see the module docstring
+                cache_views=self.features.views), self._stop.is_set)  # in a child: its memory returns
         finally:
             logging.getLogger("train").removeHandler(handler)
         self._went_live(job, output / "model.pt", classes, metrics, written=True)
@@ -296,6 +325,7 @@ class Jobs:
             "val_loss": metrics.get("val_loss"), "per_class": metrics.get("per_class"),
             "confusion_matrix": metrics["confusion_matrix"], "confusion_matrix_url": "api/train/confusion_matrix.png",
             "notes": label_notes(self.dataset.counts()) + list(metrics.get("warnings") or []),
+            "novelty": {k: (metrics.get("novelty") or {}).get(k) for k in ("threshold", "calibration", "note")},
         }
         if not written:
             job.update("writing metrics", 0.95)
