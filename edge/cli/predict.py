@@ -51,8 +51,6 @@ def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
 def predict_files(backend, paths: Sequence[Path], batch_size: int = 16, top_k: int = 1) -> Iterator[dict]:
     """Yield one result dict per path, in order: path, label, confidence (+ top, + novelty and top_label), or
     path and error."""
-    from edge.runtime.backends.base import run_model
-
     spec = backend.meta.preprocess
     threshold = getattr(backend, "novelty_threshold", None)
     names = backend.meta.class_names
@@ -69,7 +67,7 @@ def predict_files(backend, paths: Sequence[Path], batch_size: int = 16, top_k: i
             preprocess_image(img, spec, "BGR", out=batch[n])
             slots.append(n)
             n += 1
-        probs, novelty = run_model(backend, batch[:n]) if n else (np.empty((0, len(names)), np.float32), None)
+        probs, novelty = backend.run(batch[:n]) if n else (np.empty((0, len(names)), np.float32), None)
         for p, slot in zip(chunk, slots):
             if slot is None:
                 log.warning("cannot decode %s; skipped", p)

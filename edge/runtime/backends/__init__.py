@@ -8,8 +8,8 @@
 
 `auto` picks by file type (the fastest runtime that can read that file): `.engine`/`.plan`/`.trt` -> tensorrt,
 `.onnx` -> onnxruntime, `.pt`/`.pth` -> torch, and logs its choice. Labels, preprocessing and the novelty
-threshold always come from the model file. `backend.run(batch)` gives (probabilities, novelty or None);
-`backend.infer(batch)` the probabilities alone. Heavy imports (torch, onnxruntime, tensorrt) happen only inside
+threshold always come from the model file. `backend.run(batch)`, the one way to run a model, gives
+(probabilities, novelty or None). Heavy imports (torch, onnxruntime, tensorrt) happen only inside
 each backend's module.
 """
 
