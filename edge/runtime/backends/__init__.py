@@ -28,14 +28,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "BACKENDS", "BACKEND_CHOICES", "DEVICE_CHOICES", "load_backend", "backend_for_file", "softmax",
-           "run_model"]
+__all__ = ["Backend", "BACKENDS", "BACKEND_CHOICES", "DEVICE_CHOICES", "load_backend", "backend_for_file", "softmax"]
 
 
 def __getattr__(name: str):
     # the interface module imports numpy and the model metadata: only when asked for, so `edge serve --help` and
     # the service's config (which takes BACKEND_CHOICES from here) stay light
-    if name in ("Backend", "softmax", "run_model"):
+    if name in ("Backend", "softmax"):
         from edge.runtime.backends import base
 
         return getattr(base, name)
