@@ -113,12 +113,12 @@ def model_scaling(model: Path, threads: int | None, batches=(1, 2, 4), repeats: 
     runs: dict[int, list[float]] = {n: [] for n in batches}
     try:
         for n in batches:
-            backend.infer(x[:n])  # warm-up: first calls allocate
+            backend.run(x[:n])  # warm-up: first calls allocate
         for _ in range(repeats):
             for n in batches:
                 t = time.perf_counter()
                 for _ in range(8 // n):
-                    backend.infer(x[:n])
+                    backend.run(x[:n])
                 runs[n].append((time.perf_counter() - t) / (8 // n * n) * 1e3)
     finally:
         backend.close()

@@ -77,14 +77,14 @@ class FakeBackend:
         self.closed = False
         self.calls = 0
 
-    def infer(self, batch):
+    def run(self, batch):
         self.calls += 1
         if self.delay:
             time.sleep(self.delay)
         b = np.clip(batch.mean(axis=(1, 2, 3)) * 0.5 + 0.5, 0, 1)  # per frame; input normalised to [-1, 1]
         p = np.zeros((batch.shape[0], len(self.meta.class_names)), np.float32)
         p[:, 0], p[:, 1] = b, 1 - b
-        return p
+        return p, None
 
     def close(self):
         self.closed = True

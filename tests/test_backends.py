@@ -66,7 +66,7 @@ def test_torch_backend_probabilities_and_labels_from_the_file(squeezenet_models,
     assert "auto-selected backend torch" in caplog.text
     assert be.name == "torch" and be.device == "cpu"
     assert be.meta.class_names == CLASSES
-    p = be.infer(batch_of(3))
+    p = be.run(batch_of(3))[0]
     assert p.shape == (3, 3) and p.dtype == np.float32
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
     assert (p >= 0).all()
@@ -79,7 +79,7 @@ def test_onnxruntime_matches_torch(squeezenet_models):
     with load_backend(pt, "torch", "cpu") as t, load_backend(onnx_path, "auto", "cpu") as o:
         assert o.name == "onnxruntime" and o.providers == ["CPUExecutionProvider"]
         assert o.meta.class_names == CLASSES and o.meta.preprocess == t.meta.preprocess
-        pt_probs, ort_probs = t.infer(x), o.infer(x)
+        pt_probs, ort_probs = t.run(x)[0], o.run(x)[0]
     np.testing.assert_allclose(ort_probs, pt_probs, atol=1e-4)
     # the exported graph already ends in softmax; applying it twice would break the parity above
     from edge.runtime.backends import softmax
@@ -91,7 +91,7 @@ def test_onnx_without_softmax_gets_softmax(tmp_path, onnx_classifier):
     path, w = tiny_onnx(onnx_classifier, tmp_path / "logits.onnx", softmax=False)
     x = batch_of(2, size=8)
     with load_backend(path) as be:
-        p = be.infer(x)
+        p = be.run(x)[0]
     logits = x.mean(axis=(2, 3)) @ w
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(p, expected, rtol=1e-5, atol=1e-6)
@@ -102,7 +102,7 @@ def test_fixed_batch_onnx_takes_any_batch(tmp_path, onnx_classifier):
     x = batch_of(5, size=8)
     with load_backend(path) as be:
         assert be.max_batch == 1
-        p = be.infer(x)
+        p = be.run(x)[0]
     assert p.shape == (5, 2)
     np.testing.assert_allclose(p.argmax(1), (x.mean(axis=(2, 3)) @ w).argmax(1))
 
@@ -110,7 +110,7 @@ def test_fixed_batch_onnx_takes_any_batch(tmp_path, onnx_classifier):
 def test_wrong_input_shape_is_rejected(tmp_path, squeezenet_models):
     _, onnx_path = squeezenet_models
     with load_backend(onnx_path) as be, pytest.raises(ValueError, match="Nx3x224x224"):
-        be.infer(np.zeros((1, 3, 100, 100), np.float32))
+        be.run(np.zeros((1, 3, 100, 100), np.float32))
 
 
 def test_onnx_without_metadata_is_refused(tmp_path, onnx_classifier):
@@ -156,7 +156,7 @@ def test_torch_backend_cuda_fp16_matches_cpu(squeezenet_models):
     x = batch_of(2, seed=2)
     with load_backend(pt, "torch", "cuda") as g, load_backend(pt, "torch", "cpu") as c:
         assert g.device == "cuda" and g.fp16
-        np.testing.assert_allclose(g.infer(x), c.infer(x), atol=2e-2)
+        np.testing.assert_allclose(g.run(x)[0], c.run(x)[0], atol=2e-2)
 
 
 @pytest.mark.gpu
@@ -190,7 +190,7 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path, onnx_classifier):
     x = batch_of(6, size=8)
     with load_backend(engine_path) as t, load_backend(onnx_path, device="cpu") as o:
         assert t.name == "tensorrt" and t.max_batch == 4
-        np.testing.assert_allclose(t.infer(x), o.infer(x), atol=1e-4)
+        np.testing.assert_allclose(t.run(x)[0], o.run(x)[0], atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------ novelty
@@ -211,7 +211,6 @@ def test_torch_and_onnxruntime_compute_the_same_novelty(novelty_models):
         assert t.novelty_threshold == o.novelty_threshold == t.meta.novelty["threshold"] > 0
         x = arrow_batch(t.meta)
         (tp, tn), (op, on) = t.run(x), o.run(x)
-        assert np.array_equal(t.infer(x), tp)  # infer is run's probabilities
     assert tn.shape == on.shape == (4,) and tn.dtype == on.dtype == np.float32
     np.testing.assert_allclose(on, tn, atol=1e-4)
     np.testing.assert_allclose(op, tp, atol=1e-4)

@@ -25,9 +25,9 @@ class RecordingBackend(FakeBackend):
         super().__init__(**kw)
         self.sizes: list[int] = []
 
-    def infer(self, batch):
+    def run(self, batch):
         self.sizes.append(batch.shape[0])
-        return super().infer(batch)
+        return super().run(batch)
 
 
 class ScriptedCamera:
@@ -141,11 +141,11 @@ def test_a_bad_frame_fails_alone_and_a_failed_batch_counts_each_frame(caplog):
     assert "camera 1 frame 0 failed" in caplog.text
 
     class FailsOnce(RecordingBackend):
-        def infer(self, batch):
+        def run(self, batch):
             if len(self.sizes) == 1:
                 self.sizes.append(batch.shape[0])
                 raise RuntimeError("cuda hiccup")
-            return super().infer(batch)
+            return super().run(batch)
 
     preds.clear()
     pipe = Pipeline([ScriptedCamera([frame(0)] * 3) for _ in range(2)], FailsOnce(),

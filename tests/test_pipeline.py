@@ -278,11 +278,11 @@ def test_record_output_queue_full_drops_and_counts(tmp_path, monkeypatch):
 
 def test_a_failing_frame_is_counted_and_skipped_but_endless_failure_stops(caplog):
     class Flaky(FakeBackend):
-        def infer(self, batch):
+        def run(self, batch):
             if self.calls == 1:
                 self.calls += 1
                 raise RuntimeError("cuda hiccup")
-            return super().infer(batch)
+            return super().run(batch)
 
     preds = []
     pipe = Pipeline(ListSource([frame(255)] * 4), Flaky(), listeners=[lambda p, t: preds.append(p.frame_id)])
@@ -290,7 +290,7 @@ def test_a_failing_frame_is_counted_and_skipped_but_endless_failure_stops(caplog
     assert preds == [0, 2, 3] and pipe.stats["errors"] == 1 and "cuda hiccup" in caplog.text
 
     class Dead(FakeBackend):
-        def infer(self, batch):
+        def run(self, batch):
             raise RuntimeError("gone")
 
     pipe = Pipeline(ListSource([frame(0)] * 10), Dead())

@@ -3,11 +3,11 @@ parse time and by `TrainConfig.validate` for callers of `train_model`)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from edge.core.bounds import Bounds
 from edge.core.errors import EdgeError
 from edge.core.registry import DEFAULT_ARCH, get_arch
 
@@ -19,42 +19,13 @@ HEAD_LR = 1e-2  # linear probe on cached features
 FINETUNE_LR = 1e-3
 
 
-@dataclass(frozen=True)
-class Bounds:
-    """A numeric range: int or float, inclusive bounds, or exclusive ones (`open`); None is unbounded."""
-
-    kind: type
-    lo: float | None = None
-    hi: float | None = None
-    open: bool = False
-
-    def problem(self, value: float) -> str | None:
-        """What is wrong with `value` ("must be ..."), or None when it is in range."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return f"must be {self}"
-        if self.kind is int and value != int(value):
-            return f"must be {self}"
-        below = self.lo is not None and (value <= self.lo if self.open else value < self.lo)
-        above = self.hi is not None and (value >= self.hi if self.open else value > self.hi)
-        return f"must be {self}" if below or above else None
-
-    def __str__(self) -> str:
-        what = "an integer" if self.kind is int else "a number"
-        lo, hi = (v if v is None or isinstance(v, int) else f"{v:g}" for v in (self.lo, self.hi))
-        if self.lo is not None and self.hi is not None:
-            return f"{what} between {lo} and {hi}" + (" (exclusive)" if self.open else "")
-        if self.lo is not None:
-            return f"{what} {'>' if self.open else '>='} {lo}"
-        return f"{what} {'<' if self.open else '<='} {hi}" if self.hi is not None else what
-
-
 # TrainConfig field -> valid range; the flag is --<field with dashes>
 BOUNDS: dict[str, Bounds] = {
     "epochs": Bounds(int, 1),
     "finetune_epochs": Bounds(int, 1),
     "batch_size": Bounds(int, 1),
-    "lr": Bounds(float, 0, open=True),
-    "val_fraction": Bounds(float, 0, 1, open=True),
+    "lr": Bounds(float, 0, lo_open=True),
+    "val_fraction": Bounds(float, 0, 1, lo_open=True, hi_open=True),
     "seed": Bounds(int, 0, 2**32 - 1),  # numpy's seed range
     "patience": Bounds(int, 1),
     "cache_views": Bounds(int, 1),

@@ -79,7 +79,7 @@ def default_batch_size(device: torch.device, arch: str) -> int:
 
 
 @dataclass
-class Job:
+class TrainRun:
     """Everything the stages share: the settings, the model, the decoded data and where outputs go."""
 
     cfg: TrainConfig
@@ -154,7 +154,7 @@ class CachedFeaturesHead(nn.Module):
         return self._logits(features.float())
 
 
-def extract_features(job: Job, batches: Iterable[torch.Tensor], n_batches: int, desc: str) -> torch.Tensor:
+def extract_features(job: TrainRun, batches: Iterable[torch.Tensor], n_batches: int, desc: str) -> torch.Tensor:
     """Run the frozen backbone once over `batches` of images; float16 features (half the cache, same accuracy)."""
     from tqdm import tqdm
 
@@ -171,7 +171,7 @@ def extract_features(job: Job, batches: Iterable[torch.Tensor], n_batches: int, 
     return torch.cat(feats)
 
 
-def head_stage(job: Job, epochs: int) -> Stage:
+def head_stage(job: TrainRun, epochs: int) -> Stage:
     """Freeze the backbone and cache its features of 1 clean + (cache_views - 1) augmented views per image."""
     cfg, bs = job.cfg, job.batch_size
     job.model.eval()
@@ -210,7 +210,7 @@ def head_stage(job: Job, epochs: int) -> Stage:
     )
 
 
-def finetune_stage(job: Job, epochs: int) -> Stage:
+def finetune_stage(job: TrainRun, epochs: int) -> Stage:
     """Train every layer on augmented images, the backbone at lr * backbone_lr_factor."""
     cfg, bs, cuda = job.cfg, job.batch_size, job.device.type == "cuda"
     job.model.requires_grad_(True)
@@ -234,7 +234,7 @@ def finetune_stage(job: Job, epochs: int) -> Stage:
     )
 
 
-STAGES: dict[str, Callable[[Job, int], Stage]] = {"head": head_stage, "finetune": finetune_stage}
+STAGES: dict[str, Callable[[TrainRun, int], Stage]] = {"head": head_stage, "finetune": finetune_stage}
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -247,7 +247,7 @@ def _fmt_epoch(stats: dict[str, Any], epochs: int) -> str:
     )
 
 
-def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: dict[str, Any] | None) -> None:
+def fit_stage(job: TrainRun, stage: Stage, first: int, progress: Progress, resume: dict[str, Any] | None) -> None:
     """Epochs `first`..stage.epochs of `stage`; `resume`: this stage's last.pt, to continue where it stopped."""
     cuda = job.device.type == "cuda"
     optimizer = torch.optim.AdamW(stage.param_groups, weight_decay=job.cfg.weight_decay)
@@ -300,7 +300,7 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
             break
 
 
-def save_last(job: Job, progress: Progress, stage: str, epoch: int, stopped_early: bool,
+def save_last(job: TrainRun, progress: Progress, stage: str, epoch: int, stopped_early: bool,
               optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler") -> None:
     if not job.dist.is_main:  # one writer
         return
@@ -349,7 +349,7 @@ def scan_checked(cfg: TrainConfig) -> DatasetInfo:
     return info
 
 
-def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[Job, dict[str, Any] | None]:
+def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[TrainRun, dict[str, Any] | None]:
     """Scan and decode the dataset, build the model (fresh, from --weights, or from last.pt) and the output dir."""
     # under torchrun, rank 0 reads what all need (and fails alone, with one message)
     dist = DistContext.current()
@@ -378,8 +378,8 @@ def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[Job, dict[str
     no_bar = None if progress_bars is None else not progress_bars
     if not dist.is_main:
         no_bar = True  # rank 0's bars only
-    job = Job(cfg, arch, info, device, batch_size, model, out, train_images, train_targets, val_x, val_y, no_bar,
-              dist=dist, threads=ThreadPolicy(cfg.threads))
+    job = TrainRun(cfg, arch, info, device, batch_size, model, out, train_images, train_targets, val_x, val_y, no_bar,
+                   dist=dist, threads=ThreadPolicy(cfg.threads))
     log.info("CPU threads: %d (%s)", job.threads.refresh(), "--threads" if cfg.threads else "the free cores")
     return job, resume
 
@@ -413,7 +413,7 @@ def train_model(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     return write_outputs(job, state, time.perf_counter() - t0)
 
 
-def clean_features(job: Job) -> tuple[torch.Tensor, torch.Tensor]:
+def clean_features(job: TrainRun) -> tuple[torch.Tensor, torch.Tensor]:
     """Backbone features of the clean training images and of the val images, with the model's final weights:
     head mode's cache when the backbone never changed, else one more pass over both."""
     if job.clean_features is not None and job.cfg.mode == "head":
@@ -427,7 +427,7 @@ def clean_features(job: Job) -> tuple[torch.Tensor, torch.Tensor]:
     return train_f, val_f
 
 
-def augmented_view(job: Job, most: int = 256) -> torch.Tensor:
+def augmented_view(job: TrainRun, most: int = 256) -> torch.Tensor:
     """Backbone features of one augmented view of up to `most` training images (evenly spaced), final weights."""
     job.model.eval()
     images = job.train_images[::max(1, -(-len(job.train_images) // most))]
@@ -436,7 +436,7 @@ def augmented_view(job: Job, most: int = 256) -> torch.Tensor:
     return extract_features(job, batches, len(range(0, len(images), bs)), "augmented features for novelty")
 
 
-def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
+def write_outputs(job: TrainRun, progress: Progress, seconds: float) -> TrainResult:
     """Evaluate the best epoch's weights, fit the novelty score and write model.pt, labels.txt, metrics.json,
     confusion_matrix.png, training_curves.png and mistakes.png."""
     cfg, info = job.cfg, job.info

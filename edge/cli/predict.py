@@ -25,12 +25,12 @@ from typing import IO, Iterator, Sequence
 import numpy as np
 
 from edge.cli._options import add_model_arguments, backend_options, log_to_stderr
+from edge.cli.predict_stream import result_dict
 from edge.core.cli_parser import CliParser
 from edge.core.errors import EdgeError, cli_entry
 from edge.core.files import IMAGE_EXTENSIONS, list_images, read_image_bgr
 from edge.core.images import pixel_problem
 from edge.core.preprocess import preprocess_image
-from edge.runtime.smoothing import decide, label_of
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,6 @@ def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
 def predict_files(backend, paths: Sequence[Path], batch_size: int = 16, top_k: int = 1) -> Iterator[dict]:
     """Yield one result dict per path, in order: path, label, confidence (+ top, + novelty and top_label), or
     path and error."""
-    from edge.runtime.backends.base import run_model
-
     spec = backend.meta.preprocess
     threshold = getattr(backend, "novelty_threshold", None)
     names = backend.meta.class_names
@@ -75,7 +73,7 @@ def predict_files(backend, paths: Sequence[Path], batch_size: int = 16, top_k: i
             preprocess_image(img, spec, "BGR", out=batch[n])
             slots.append(n)
             n += 1
-        probs, novelty = run_model(backend, batch[:n]) if n else (np.empty((0, len(names)), np.float32), None)
+        probs, novelty = backend.run(batch[:n]) if n else (np.empty((0, len(names)), np.float32), None)
         if probs.ndim != 2 or probs.shape[1] != len(names):
             width = probs.shape[1] if probs.ndim == 2 else tuple(probs.shape[1:])
             raise EdgeError(f"the model outputs {width} scores per image but names {len(names)} classes "
@@ -86,22 +84,11 @@ def predict_files(backend, paths: Sequence[Path], batch_size: int = 16, top_k: i
                 log.warning("cannot decode %s; skipped", p)
                 yield {"path": str(p), "error": error}
                 continue
-            row = probs[slot]
-            if not np.isfinite(row).all() or (novelty is not None and not np.isfinite(novelty[slot])):
-                log.warning("the model gave NaN or infinite scores for %s", p)
-                yield {"path": str(p), "error": "the model gave NaN or infinite scores (a broken model file?)"}
-                continue
-            top = int(np.argmax(row))
-            result = {"path": str(p), "label": names[top], "confidence": round(float(row[top]), 6)}
-            if novelty is not None and threshold is not None:
-                score = float(novelty[slot])
-                result.update(label=label_of(names, decide(row, novelty=score, novelty_threshold=threshold)),
-                              top_label=names[top],
-                              novelty=round(score, 6))
-            if top_k > 1:
-                order = np.argsort(-row)[:top_k]
-                result["top"] = [[names[i], round(float(row[i]), 6)] for i in order]
-            yield result
+            result = result_dict(names, probs[slot], None if novelty is None else float(novelty[slot]), threshold,
+                                 top_k)
+            if "error" in result:
+                log.warning("%s: %s", p, result["error"])
+            yield {"path": str(p), **result}
 
 
 def run_predict(model: str, inputs: Sequence[str], backend: str = "auto", device: str = "auto",

@@ -26,10 +26,15 @@ import numpy as np
 
 from edge.core.errors import EdgeError
 from edge.core.files import is_image_name, read_image_bgr
-from edge.core.fsutil import TEMP_PREFIX, atomic_write_bytes, ensure_writable_dir, make_readable
+from edge.core.fsutil import (
+    TEMP_PREFIX,
+    atomic_write_bytes,
+    ensure_writable_dir,
+    make_readable,
+)
 from edge.core.preprocess import preprocess_image
 from edge.runtime.prediction import Prediction
-from edge.runtime.smoothing import UNKNOWN
+from edge.runtime.smoothing import decide, label_of
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +50,15 @@ def is_stream_input(text: str) -> bool:
 
 def result_dict(names: list[str], row: np.ndarray, novelty: float | None, threshold: float | None,
                 top_k: int) -> dict[str, Any]:
-    """label, confidence (+ novelty, top_label; + top), as `edge predict` prints them for an image."""
+    """label, confidence (+ novelty, top_label; + top), as `edge predict` prints them for an image or a frame;
+    {"error": ...} when the model gave NaN or infinite scores (JSON has no NaN)."""
+    if not np.isfinite(row).all() or (novelty is not None and not np.isfinite(novelty)):
+        return {"error": "the model gave NaN or infinite scores (a broken model file?)"}
     top = int(np.argmax(row))
     result: dict[str, Any] = {"label": names[top], "confidence": round(float(row[top]), 6)}
     if novelty is not None and threshold is not None:
-        result.update(label=UNKNOWN if novelty > threshold else names[top], top_label=names[top],
-                      novelty=round(float(novelty), 6))
+        result.update(label=label_of(names, decide(row, novelty=novelty, novelty_threshold=threshold)),
+                      top_label=names[top], novelty=round(float(novelty), 6))
     if top_k > 1:
         order = np.argsort(-row)[:top_k]
         result["top"] = [[names[i], round(float(row[i]), 6)] for i in order]
@@ -133,7 +141,9 @@ class VideoSaver:
         if self._writer is None:
             h, w = frame.shape[:2]
             self._size = (w - w % 2, h - h % 2)  # H.264 (yuv420p) wants even sizes
-            from edge.cli.demo import _native_stderr_off  # FFmpeg's notes on the codec tag mean nothing here
+            from edge.cli.demo import (
+                _native_stderr_off,  # FFmpeg's notes on the codec tag mean nothing here
+            )
 
             with _native_stderr_off():
                 self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
@@ -167,7 +177,6 @@ def predict_source(backend: Any, uri: str, out: IO[str], *, frames: int | None =
                    batch_size: int = 16, top_k: int = 1, save: str | None = None) -> bool:
     """Classify `uri` frame by frame, one JSON line each on `out`; False when the source could not be read (an
     error line was written instead)."""
-    from edge.runtime.backends.base import run_model
     from edge.runtime.sources import SourceError, open_source, redact_uri
 
     shown = redact_uri(uri)
@@ -208,13 +217,13 @@ def predict_source(backend: Any, uri: str, out: IO[str], *, frames: int | None =
             if not chunk:
                 break
             started = time.perf_counter()
-            probs, novelty = run_model(backend, batch[: len(chunk)])
+            probs, novelty = backend.run(batch[: len(chunk)])
             infer_ms = (time.perf_counter() - started) * 1e3 / len(chunk)
             for n, (i, at, frame) in enumerate(chunk):
                 score = None if novelty is None else float(novelty[n])
                 result = result_dict(names, probs[n], score, threshold, top_k)
                 out.write(json.dumps({"source": shown, "frame": i, "time": round(at, 3), **result}) + "\n")
-                if saver is not None:
+                if saver is not None and "error" not in result:
                     saver.write(_annotate(frame, result, {k: float(p) for k, p in zip(names, probs[n])}, i,
                                           0.0 if live else fps, top_k if top_k > 1 else 0, infer_ms))
             out.flush()

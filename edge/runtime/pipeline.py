@@ -27,7 +27,6 @@ import numpy as np
 
 from edge.core.errors import EdgeError
 from edge.core.preprocess import preprocess_image
-from edge.runtime.backends.base import run_model
 from edge.runtime.outputs.base import Output
 from edge.runtime.overlay import draw_overlay
 from edge.runtime.prediction import Prediction
@@ -330,7 +329,7 @@ class Pipeline:
                 return
             t1 = time.monotonic()
             try:
-                probs, novelty = run_model(backend, self._batch[:len(ready)])
+                probs, novelty = backend.run(self._batch[:len(ready)])
             except Exception as e:  # noqa: BLE001 - a failed batch must not end the service
                 for item, _ in ready:
                     self._failed(item, e)

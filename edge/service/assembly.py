@@ -48,7 +48,7 @@ def check_model(backend: Backend, batch: int = 1) -> None:
     """Run one dummy inference, of the batch size the pipeline will use, so a model that loads but cannot run is
     refused before it replaces a good one."""
     spec = backend.meta.preprocess
-    probs = np.asarray(backend.infer(np.zeros((batch, 3, spec.input_size, spec.input_size), np.float32)))
+    probs = np.asarray(backend.run(np.zeros((batch, 3, spec.input_size, spec.input_size), np.float32))[0])
     n = backend.meta.num_classes
     if probs.shape != (batch, n) or not np.all(np.isfinite(probs)):
         raise EdgeError(f"test inference returned shape {probs.shape} (expected ({batch}, {n})) or non-finite values")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from edge.core.bounds import Bounds
 from edge.core.errors import EdgeError
 from edge.runtime.backends import BACKEND_CHOICES, DEVICE_CHOICES
 
@@ -41,16 +42,10 @@ class Option:
     repeatable: bool = False  # the flag may be given several times; the file may hold a list
 
 
-def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
-    def check(v: Any) -> str | None:
-        bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi))
-        if not bad:
-            return None
-        left = ("(" if lo_open else "[") + ("-inf" if lo is None else f"{lo:g}")
-        right = ("inf" if hi is None else f"{hi:g}") + (")" if hi_open else "]")
-        return f"must be in {left}, {right}"
-
-    return check
+def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+           kind: type = float) -> Callable[[Any], str | None]:
+    """An option's check: edge.core.bounds.Bounds, the range checker train uses too."""
+    return Bounds(kind, lo, hi, lo_open, hi_open).problem
 
 
 def _nonempty(v: str) -> str | None:
@@ -85,14 +80,14 @@ OPTIONS: tuple[Option, ...] = (
            "(e.g. another `edge serve`'s /stream.mjpg), an image folder or test://; repeat it for several cameras "
            "(camera 0, 1, ... in that order), classified together by one model", check=_nonempty, metavar="SRC",
            repeatable=True),
-    Option("width", int, None, "capture width (cameras)", check=_range(1), nullable=True),
-    Option("height", int, None, "capture height (cameras)", check=_range(1), nullable=True),
+    Option("width", int, None, "capture width (cameras)", check=_range(1, kind=int), nullable=True),
+    Option("height", int, None, "capture height (cameras)", check=_range(1, kind=int), nullable=True),
     Option("fps", float, None, "capture frame rate (cameras; files play at their own rate)", check=_range(0, lo_open=True),
            nullable=True),
     Option("loop", bool, False, "repeat a video file / image folder forever"),
     Option("max_batch", int, None, "at most N frames per inference call (default: the newest frame of every camera "
            "in one call); 1 = one call per frame, best for CPU onnxruntime, where batching does not pay",
-           check=_range(1), metavar="N", nullable=True),
+           check=_range(1, kind=int), metavar="N", nullable=True),
     Option("backend", str, "auto", "inference backend", choices=BACKEND_CHOICES),
     Option("device", str, "auto", "where the torch/onnxruntime backends run (auto = the GPU when usable)",
            choices=DEVICE_CHOICES),
@@ -105,8 +100,8 @@ OPTIONS: tuple[Option, ...] = (
            nullable=True),
     Option("hysteresis", float, 0.0, "a shown label keeps its place down to threshold - hysteresis",
            check=_range(0, 1, hi_open=True)),
-    Option("min_dwell", int, 1, "frames a new label must win in a row before it is shown", check=_range(1)),
-    Option("top_k", int, 0, "also draw the top-k classes on the overlay (0 = off)", check=_range(0)),
+    Option("min_dwell", int, 1, "frames a new label must win in a row before it is shown", check=_range(1, kind=int)),
+    Option("top_k", int, 0, "also draw the top-k classes on the overlay (0 = off)", check=_range(0, kind=int)),
     Option("overlay", bool, True, "draw label/confidence/FPS onto the video outputs"),
     Option("display", bool, False, "show a window (needs a desktop session and an OpenCV with GUI support)"),
     Option("record", str, None, "record the overlaid video to this file (.mp4/.avi/.mkv), finalized on exit",
@@ -145,7 +140,7 @@ OPTIONS: tuple[Option, ...] = (
            check=_range(0, lo_open=True)),
     Option("health_max_age", float, 3.0, "/healthz is 200 only while the newest frame and prediction are younger "
            "than this (seconds)", check=_range(0, lo_open=True)),
-    Option("jpeg_quality", int, 80, "JPEG quality of the HTTP stream", check=_range(1, 100)),
+    Option("jpeg_quality", int, 80, "JPEG quality of the HTTP stream", check=_range(1, 100, kind=int)),
     Option("log_level", str, "info", "log level", choices=LOG_LEVELS),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}

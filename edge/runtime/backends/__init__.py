@@ -8,8 +8,8 @@
 
 `auto` picks by file type (the fastest runtime that can read that file): `.engine`/`.plan`/`.trt` -> tensorrt,
 `.onnx` -> onnxruntime, `.pt`/`.pth` -> torch, and logs its choice. Labels, preprocessing and the novelty
-threshold always come from the model file. `backend.run(batch)` gives (probabilities, novelty or None);
-`backend.infer(batch)` the probabilities alone. Heavy imports (torch, onnxruntime, tensorrt) happen only inside
+threshold always come from the model file. `backend.run(batch)`, the one way to run a model, gives
+(probabilities, novelty or None). Heavy imports (torch, onnxruntime, tensorrt) happen only inside
 each backend's module.
 """
 
@@ -28,14 +28,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "BACKENDS", "BACKEND_CHOICES", "DEVICE_CHOICES", "load_backend", "backend_for_file", "softmax",
-           "run_model"]
+__all__ = ["Backend", "BACKENDS", "BACKEND_CHOICES", "DEVICE_CHOICES", "load_backend", "backend_for_file", "softmax"]
 
 
 def __getattr__(name: str):
     # the interface module imports numpy and the model metadata: only when asked for, so `edge serve --help` and
     # the service's config (which takes BACKEND_CHOICES from here) stay light
-    if name in ("Backend", "softmax", "run_model"):
+    if name in ("Backend", "softmax"):
         from edge.runtime.backends import base
 
         return getattr(base, name)

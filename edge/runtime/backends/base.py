@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -55,10 +55,9 @@ class Backend:
         self._novelty_override = None if threshold is None else float(threshold)
 
     def run(self, batch: np.ndarray) -> Outputs:
+        """The one way to run the model: an Nx3xSxS float32 batch -> (NxC probabilities, N novelty scores or None
+        when the model has no novelty score)."""
         raise NotImplementedError
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.run(batch)[0]
 
     def close(self) -> None:
         """Release the model (GPU memory, sessions). Idempotent."""
@@ -99,9 +98,3 @@ def check_batch(batch: np.ndarray, size: int) -> np.ndarray:
     if batch.dtype != np.float32:
         batch = batch.astype(np.float32)
     return np.ascontiguousarray(batch)
-
-
-def run_model(backend: Any, batch: np.ndarray) -> Outputs:
-    """(probabilities, novelty or None) from a Backend, or from any object with only `infer` (no novelty)."""
-    run = getattr(backend, "run", None)
-    return run(batch) if run is not None else (backend.infer(batch), None)
