@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 import numpy as np
@@ -30,6 +30,10 @@ from edge.service.http import Request, Response
 
 from .config import TeachConfig
 from .dataset import ApiError, TeachDataset
+
+if TYPE_CHECKING:
+    from .features import FeatureCache
+    from .jobs import Jobs
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,8 @@ class Teaching(Protocol):
 
     teach: TeachConfig
     dataset: TeachDataset
-    features: Any  # FeatureCache, or None without training
-    jobs: Any  # Jobs, or None without training
+    features: FeatureCache | None  # None without training
+    jobs: Jobs | None  # None without training
 
     def newest_frame(self) -> tuple[np.ndarray, int]: ...
 
