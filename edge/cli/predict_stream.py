@@ -141,11 +141,9 @@ class VideoSaver:
         if self._writer is None:
             h, w = frame.shape[:2]
             self._size = (w - w % 2, h - h % 2)  # H.264 (yuv420p) wants even sizes
-            from edge.cli.demo import (
-                _native_stderr_off,  # FFmpeg's notes on the codec tag mean nothing here
-            )
+            from edge.runtime.outputs.video import native_stderr_off
 
-            with _native_stderr_off():
+            with native_stderr_off():  # FFmpeg's notes on the codec tag mean nothing here
                 self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
                                                self._size)
             if not self._writer.isOpened():
