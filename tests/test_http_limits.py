@@ -251,7 +251,7 @@ def test_edge_serve_at_1024_open_files_answers_beside_1100_slow_connections(tmp_
 
         def trickle() -> None:  # a byte now and then: within any per-read socket timeout
             while not stop.wait(2.0):
-                for s in list(attackers):
+                for s in attackers:
                     try:
                         s.send(b"a")
                     except OSError:

@@ -76,3 +76,53 @@ def test_an_mp4_recording_is_h264_where_opencv_can_write_it_else_one_line_says_w
     else:
         said = [r.getMessage() for r in caplog.records]
         assert rec.fourcc == "mp4v" and len(said) == 1 and "browsers do not play" in said[0] and ".webm" in said[0]
+
+
+@pytest.mark.slow
+def test_edge_serve_recording_onto_a_full_disk(small_disk, tmp_path, onnx_classifier):
+    """What the user sees: one error line, edge_output_alive{output="record"} 0, no "recorded N frames", and a
+    playable file (or none) when the service stops."""
+    import re
+    import signal
+    import socket
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    model = onnx_classifier(tmp_path / "m.onnx", [[1, 0], [0, 1], [0, 0]], ["a", "b"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("EDGE_TOKEN", None)
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "--model", str(model), "--source",
+                                 "test://?width=640&height=480&fps=30", "--record", str(small_disk / "run.avi"),
+                                 "--http", f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            dead = re.compile(r'edge_output_alive\{[^}]*output="record"[^}]*\} 0')
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                        if dead.search(r.read().decode()):
+                            break
+                except OSError:
+                    pass
+                time.sleep(0.5)
+            assert proc.poll() is None  # the service goes on without its recording
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(60)
+    text = log_path.read_text()
+    assert rc == 0, text[-3000:]
+    errors = [line for line in text.splitlines() if "no space left" in line]
+    assert len(errors) == 1, text[-3000:]
+    assert not re.search(r"recorded \d+ frames", text)
+    left = [p.name for p in small_disk.iterdir()]
+    assert left in ([], ["run.avi"])
+    if left:
+        assert _frames_readable(small_disk / "run.avi") > 0

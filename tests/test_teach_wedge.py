@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from teach_helpers import SOURCE, Teach
 
 from edge.teach.features import FeatureCache
-from teach_helpers import SOURCE, Teach
 
 slow = pytest.mark.slow
 
