@@ -4,7 +4,8 @@
 
 Writes a grey PNG of `side` x `side` zeros (a few MB), then in a fresh interpreter per reader (so each peak RSS is
 its own) asks the reader for it: the header check, the folder source, a teach thumbnail, train's image check,
-capture's import (`edge predict`, which needs a model: tests/test_image_limits.py, about 135 MiB). Target: every one refuses in under a second of its own work, with its
+capture's import (`edge predict`, which needs a model: tests/test_image_limits.py, about 135 MiB). Target: every one
+refuses in under a second of its own work, with its
 peak RSS what the interpreter and libraries take (no image decoded); decoding it costs 6-8.5 GB.
 """
 
@@ -26,7 +27,8 @@ READERS = {
     "folder source": ("from edge.runtime.sources import open_source\n"
                       "try:\n    open_source(os.path.dirname(BOMB), realtime=False).read()\n"
                       "except Exception as e:\n    assert 'megapixels' in str(e), e"),
-    "teach thumbnail": ("import shutil; from pathlib import Path; from edge.teach.dataset import TeachDataset, snapshot_id\n"
+    "teach thumbnail": ("import shutil; from pathlib import Path; "
+                        "from edge.teach.dataset import TeachDataset, snapshot_id\n"
                         "d = Path(TMP) / 'data' / 'up'; d.mkdir(parents=True, exist_ok=True); "
                         "shutil.copy(BOMB, d / 'b.png')\n"
                         "try:\n    TeachDataset(d.parent).thumbnail(snapshot_id('up', Path('b.png')))\n"

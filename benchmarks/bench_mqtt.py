@@ -24,8 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from mqtt_helpers import Broker, arrow_model  # noqa: E402
-from serve_helpers import free_port  # noqa: E402
+from mqtt_helpers import Broker, arrow_model  # noqa: E402 - after sys.path takes in tests/ for the helpers
+from serve_helpers import free_port  # noqa: E402 - after sys.path takes in tests/ for the helpers
 
 MODES = ("none", "mqtt", "mqtt+outage")
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import make_models  # noqa: E402
+from bench_pipeline import make_models
 
 MODES = ("batched", "per-frame", "separate")
 
@@ -161,14 +161,16 @@ def main() -> None:
         print(json.dumps({"arch": a.arch, "fps": a.fps, "seconds": a.seconds, "rounds": a.rounds, "runs": table,
                           "batched_vs_per_frame": ratios, "model_ms_per_frame_by_batch": scaling}))
         return
-    print("\nmodel alone, ms per frame by batch size: " + ", ".join(f"batch {n}: {ms:.2f}" for n, ms in scaling.items()))
+    print("\nmodel alone, ms per frame by batch size: "
+          + ", ".join(f"batch {n}: {ms:.2f}" for n, ms in scaling.items()))
     print(f"{a.arch} on onnxruntime CPU, test:// 640x480 cameras paced at {a.fps:g} fps, {a.seconds:g} s measured, "
           f"round with the median fps of {a.rounds}")
     print(f"{'cams':>4} {'mode':<10}{'offered':>8}{'agg fps':>9}  {'per-camera fps':<28}{'min/mean':>9}{'batch':>7}"
           f"{'lat p50':>9}{'lat p95':>9}{'prep ms':>9}{'model ms/frame':>16}{'overlay ms':>12}")
     for r in table:
         cams = " ".join(f"{f:.1f}" for f in r["camera_fps"])
-        print(f"{r['cameras']:>4} {r['mode']:<10}{r['offered_fps']:>8g}{r['fps']:>9.1f}  {cams:<28}{r['min_share']:>9.2f}"
+        print(f"{r['cameras']:>4} {r['mode']:<10}{r['offered_fps']:>8g}{r['fps']:>9.1f}  {cams:<28}"
+              f"{r['min_share']:>9.2f}"
               f"{r['batch_avg']:>7.2f}{r['latency_ms_p50']:>9.1f}{r['latency_ms_p95']:>9.1f}{r['preprocess_ms']:>9.2f}"
               f"{r['infer_ms_per_frame']:>16.2f}{r['overlay_ms']:>12.2f}")
     if ratios:

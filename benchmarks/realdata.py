@@ -101,7 +101,8 @@ def photo_library() -> dict[str, Image]:
     return photos
 
 
-def random_crops(image: Image, n: int, rng: np.random.Generator, scale: tuple[float, float] = (0.5, 1.0)) -> list[Image]:
+def random_crops(image: Image, n: int, rng: np.random.Generator,
+                 scale: tuple[float, float] = (0.5, 1.0)) -> list[Image]:
     """n crops of `image`, each side a random fraction `scale` of the image's side, at random positions."""
     h, w = image.shape[:2]
     out = []

@@ -14,5 +14,6 @@ Modules (import what you need; nothing heavy is imported here):
   on real images), `export.cuda_binding` (GPU identity and buffers, through PyTorch).
 - `export.cache`: default file names, `engine_cache_key(...)`, `stale_reason(engine, key)`, `write_engine(...)`
   (no TensorRT needed).
-Reading metadata back (for the runtime): `edge.core.model_files.read_onnx_meta`, `edge.core.model_files.read_engine_sidecar`.
+Reading metadata back (for the runtime): `edge.core.model_files.read_onnx_meta`,
+`edge.core.model_files.read_engine_sidecar`.
 """

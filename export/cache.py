@@ -180,7 +180,8 @@ def write_engine(engine_path: str | os.PathLike, data: bytes, key: EngineKey, me
     return engine
 
 
-def timing_cache_path(cache_dir: str | os.PathLike, tensorrt_version: str, gpu_name: str, compute_capability: str) -> Path:
+def timing_cache_path(cache_dir: str | os.PathLike, tensorrt_version: str, gpu_name: str,
+                      compute_capability: str) -> Path:
     """TensorRT timing cache for one TensorRT version on one GPU (shared by all models; speeds up rebuilds)."""
     return Path(cache_dir) / f"timing-trt{slug(tensorrt_version)}-{slug(gpu_name)}-sm{slug(compute_capability)}.cache"
 
@@ -188,7 +189,8 @@ def timing_cache_path(cache_dir: str | os.PathLike, tensorrt_version: str, gpu_n
 def calibration_cache_path(cache_dir: str | os.PathLike, onnx_path: str | os.PathLike, key: EngineKey) -> Path:
     """INT8 calibration table for this ONNX file, calibration set, TensorRT version and GPU."""
     h = hashlib.sha256(
-        "|".join([key.onnx_sha256, key.calibration, key.tensorrt_version, key.gpu_name, key.compute_capability]).encode()
+        "|".join([key.onnx_sha256, key.calibration, key.tensorrt_version, key.gpu_name,
+                  key.compute_capability]).encode()
     ).hexdigest()[:12]
     return Path(cache_dir) / f"{_onnx_stem(onnx_path)}.int8.{h}.calib"
 

@@ -50,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-data", metavar="DIR",
                    help="images for verification and INT8 calibration (default: the training data, if still there)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
-                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET}: every JetPack TensorRT parses it)")
+                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} "
+                        f"(default {DEFAULT_OPSET}: every JetPack TensorRT parses it)")
     p.add_argument("--output", "-o", metavar="PATH",
-                   help="output file (.onnx; for an engine .engine or .plan), or a directory (default: beside the model)")
+                   help="output file (.onnx; for an engine .engine or .plan), "
+                        "or a directory (default: beside the model)")
     p.add_argument("--verify-images", type=int, default=DEFAULT_VERIFY_IMAGES, metavar="N",
                    help=f"images to verify on (default {DEFAULT_VERIFY_IMAGES})")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",

@@ -46,8 +46,9 @@ class TorchCudaBinding:
             import torch
 
             usable = torch.cuda.is_available()
-        except Exception as e:  # noqa: BLE001 - a broken torch/driver install counts as no CUDA
-            raise EdgeError(f"building a TensorRT engine needs PyTorch with CUDA; importing it failed ({brief(e)})") from e
+        except Exception as e:  # a broken torch/driver install counts as no CUDA
+            raise EdgeError(f"building a TensorRT engine needs PyTorch with CUDA; "
+                            f"importing it failed ({brief(e)})") from e
         if not usable:
             raise EdgeError(
                 "building a TensorRT engine needs a CUDA GPU visible to PyTorch, and torch.cuda.is_available() is "

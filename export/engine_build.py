@@ -66,7 +66,7 @@ INSTALL_HINT = (
 
 def tensorrt_available() -> bool:
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt  # noqa: F401 - imported only to see whether it loads
     except Exception:  # noqa: BLE001 - a broken install counts as missing
         return False
     return True
@@ -76,7 +76,7 @@ def require_tensorrt():
     """The `tensorrt` module, or EdgeError with one line saying how to get it."""
     try:
         import tensorrt as trt
-    except Exception as e:  # noqa: BLE001 - ImportError, or a binding that fails to load its libraries
+    except Exception as e:  # ImportError, or a binding that fails to load its libraries
         raise EdgeError(INSTALL_HINT) from e
     return trt
 
@@ -159,7 +159,8 @@ def build_serialized_engine(trt, onnx_path: Path, options: ExportOptions, inputs
     inp = network.get_input(0)
     dims = tuple(int(d) for d in inp.shape)
     if len(dims) != 4 or dims[1:] != (3, input_size, input_size):
-        raise EdgeError(f"{onnx_path.name} input {inp.name!r} has shape {dims}; expected (batch, 3, {input_size}, {input_size})")
+        raise EdgeError(f"{onnx_path.name} input {inp.name!r} has shape {dims}; "
+                        f"expected (batch, 3, {input_size}, {input_size})")
 
     config = builder.create_builder_config()
     _set_workspace(trt, config, options.workspace_mb)
@@ -209,11 +210,12 @@ def build_serialized_engine(trt, onnx_path: Path, options: ExportOptions, inputs
     return bytes(memoryview(serialized))
 
 
-def verify_engine(engine_data: bytes, meta: ModelMeta, onnx_path: Path, batch: InputBatch, precision: str) -> VerifyReport | None:
+def verify_engine(engine_data: bytes, meta: ModelMeta, onnx_path: Path, batch: InputBatch,
+                  precision: str) -> VerifyReport | None:
     """Run the engine through TensorRTBackend (what `edge serve` runs) and the ONNX file in onnxruntime (CPU) on
     `batch`; compare probabilities, and novelty when the model has it. None when onnxruntime is missing."""
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401 - imported only to see whether it is installed
     except ImportError:
         log.warning("engine not verified: onnxruntime is not installed (pip install onnxruntime)")
         return None
@@ -283,8 +285,10 @@ def build_engine_report(onnx_path: str | os.PathLike, options: ExportOptions,
         calib_files = pick_evenly(found, options.calib_images)
         calib_batch = max(1, min(options.calib_batch, max_batch, len(calib_files)))
         if len(calib_files) < MIN_CALIB_IMAGES:
-            log.warning("only %d calibration images in %s; INT8 accuracy may suffer (use a few hundred)", len(calib_files), folder)
-        calibration = calibration_digest(calib_files, extra=json.dumps(meta.preprocess.to_dict(), sort_keys=True) + f"|b{calib_batch}")
+            log.warning("only %d calibration images in %s; INT8 accuracy may suffer (use a few hundred)",
+                        len(calib_files), folder)
+        calibration = calibration_digest(
+            calib_files, extra=json.dumps(meta.preprocess.to_dict(), sort_keys=True) + f"|b{calib_batch}")
 
     key = engine_cache_key(
         onnx_sha256=sha256_file(onnx_path),
@@ -304,7 +308,8 @@ def build_engine_report(onnx_path: str | os.PathLike, options: ExportOptions,
         return EngineBuild(engine_path, False, "up to date", key)
     log.info("building %s: %s", engine_path.name, reason)
 
-    state = BuildProgress(label=f"building {precision} engine {engine_path.name} (TensorRT {trt.__version__}, {dev.name})")
+    state = BuildProgress(label=f"building {precision} engine {engine_path.name} "
+                                f"(TensorRT {trt.__version__}, {dev.name})")
     calibrator = None
     calib_shape = None
     if precision == "int8":

@@ -73,7 +73,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 self.progress(self.state.line())
-            except Exception:  # noqa: BLE001 - a broken progress sink must not break the build
+            except Exception:  # a broken progress sink must not break the build
                 log.debug("progress callback failed", exc_info=True)
 
     def __enter__(self) -> "Heartbeat":
@@ -108,14 +108,14 @@ def make_progress_monitor(trt, state: BuildProgress):
         def step_complete(self, phase_name, step):
             try:
                 state.step_complete(str(phase_name), int(step))
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - a broken progress sink must not break the build
                 pass
             return True  # False would cancel the build
 
         def phase_finish(self, phase_name):
             try:
                 state.phase_finish(str(phase_name))
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - a broken progress sink must not break the build
                 pass
 
     return _Monitor()

@@ -114,7 +114,8 @@ def _embed_metadata(path: Path, meta: ModelMeta, info: dict) -> None:
     model.producer_version = __version__
     novelty = f", {NOVELTY_OUTPUT} = novelty score (N)" if meta.novelty is not None else ""
     model.doc_string = (
-        f"{meta.arch} image classifier ({', '.join(meta.class_names)}); input {INPUT_NAME} Nx3x{meta.preprocess.input_size}"
+        f"{meta.arch} image classifier ({', '.join(meta.class_names)}); "
+        f"input {INPUT_NAME} Nx3x{meta.preprocess.input_size}"
         f"x{meta.preprocess.input_size} normalized RGB, output {OUTPUT_NAME} = softmax{novelty}; metadata in "
         f"{ONNX_META_KEY!r}"
     )
@@ -167,7 +168,8 @@ def export_onnx_verified(
     }
     if fp16 and not half_precision_runs_on_cpu():
         raise EdgeError(
-            f"--fp16 ONNX export on the CPU needs torch >= 2.2 (this is {torch.__version__}, which has no half-precision "
+            f"--fp16 ONNX export on the CPU needs torch >= 2.2 "
+            f"(this is {torch.__version__}, which has no half-precision "
             "convolution on the CPU); export fp32 and build the engine with --fp16 on the device"
         )
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=TEMP_PREFIX, suffix=".onnx")
@@ -182,7 +184,7 @@ def export_onnx_verified(
             _embed_metadata(tmp, meta, info)
         except EdgeError:
             raise
-        except Exception as e:  # noqa: BLE001 - exporter and checker errors are many types; the message matters
+        except Exception as e:  # exporter and checker errors are many types; the message matters
             if disk_full(e):
                 raise DiskFullError(out.parent, e) from e
             raise EdgeError(

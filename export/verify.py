@@ -1,7 +1,8 @@
 """Verification of exported models: run the export and a reference on the same inputs and compare their outputs.
 
 Inputs are real images when there are any (`--calib-data DIR`, else the training data recorded in the checkpoint if
-it still exists), preprocessed with the model's own spec (`edge.core.preprocess.preprocess_image`); otherwise seeded random
+it still exists), preprocessed with the model's own spec (`edge.core.preprocess.preprocess_image`); otherwise seeded
+random
 input. Two figures decide: the largest absolute difference between the two probability vectors, and top-1 agreement.
 
 Tolerances (on softmax probabilities, which lie in [0, 1]):
@@ -40,7 +41,8 @@ RANDOM_SEED = 0
 
 # precision -> (max abs diff on probabilities or None for no bound, minimum top-1 agreement)
 ONNX_TOLERANCES: dict[str, tuple[float | None, float]] = {"fp32": (1e-4, 1.0), "fp16": (2e-2, 0.99)}
-ENGINE_TOLERANCES: dict[str, tuple[float | None, float]] = {"fp32": (1e-3, 1.0), "fp16": (2e-2, 0.99), "int8": (None, 0.95)}
+ENGINE_TOLERANCES: dict[str, tuple[float | None, float]] = {
+    "fp32": (1e-3, 1.0), "fp16": (2e-2, 0.99), "int8": (None, 0.95)}
 # precision -> max abs diff on novelty scores (None: reported, not bounded)
 ONNX_NOVELTY_TOLERANCES: dict[str, float | None] = {"fp32": 1e-4, "fp16": 5e-3}
 ENGINE_NOVELTY_TOLERANCES: dict[str, float | None] = {"fp32": 1e-3, "fp16": 1e-2, "int8": None}
@@ -261,7 +263,8 @@ def verification_inputs(
     return InputBatch(data, f"{count} seeded random inputs (seed {seed}; {why})", False)
 
 
-def onnxruntime_outputs(onnx_path: str | os.PathLike, batch: np.ndarray, providers: Sequence[str] | None = None) -> Outputs:
+def onnxruntime_outputs(onnx_path: str | os.PathLike, batch: np.ndarray,
+                        providers: Sequence[str] | None = None) -> Outputs:
     """Run an exported ONNX file in onnxruntime (CPU by default) -> (NxC probabilities, N novelty or None)."""
     import onnxruntime as ort
 
@@ -273,7 +276,7 @@ def onnxruntime_outputs(onnx_path: str | os.PathLike, batch: np.ndarray, provide
         sess = ort.InferenceSession(str(onnx_path), opts, providers=list(providers or ["CPUExecutionProvider"]))
         names = [o.name for o in sess.get_outputs()]
         ys = dict(zip(names, sess.run(None, {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})))
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+    except Exception as e:  # onnxruntime raises its own exception types
         raise EdgeError(f"onnxruntime cannot run {Path(onnx_path).name}: {brief(e, 300)}") from e
     novelty = ys.get(NOVELTY_OUTPUT)
     return np.asarray(ys.get(OUTPUT_NAME, ys[names[0]])), None if novelty is None else np.asarray(novelty)

@@ -24,7 +24,8 @@ def make_checkpoint(path: Path, arch: str, training: dict | None = None, prefix:
     state = create_model(arch, len(CLASSES), "none").state_dict()
     if prefix:
         state = {prefix + k: v for k, v in state.items()}
-    meta = ModelMeta(arch=arch, class_names=list(CLASSES), preprocess=get_arch(arch).preprocess, training=training or {})
+    meta = ModelMeta(arch=arch, class_names=list(CLASSES), preprocess=get_arch(arch).preprocess,
+                     training=training or {})
     save_checkpoint(path, state, meta)
     return path
 
@@ -46,6 +47,7 @@ def parse_summary(out: str) -> dict:
 
 def leftovers(folder: Path) -> list[str]:
     """Files an export may have left: ONNX/engine outputs and temporary names."""
-    return sorted(p.name for p in folder.iterdir() if p.suffix in (".onnx", ".engine", ".json") or p.name.startswith(".tmp-"))
+    return sorted(p.name for p in folder.iterdir()
+                  if p.suffix in (".onnx", ".engine", ".json") or p.name.startswith(".tmp-"))
 
 

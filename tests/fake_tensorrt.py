@@ -11,6 +11,7 @@ import onnx
 
 from export import cuda_binding
 
+
 class FakeCuda:
     """Stands in for export.cuda_binding.TorchCudaBinding: a fixed GPU, buffers that record what is copied in."""
 

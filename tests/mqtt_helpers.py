@@ -24,7 +24,7 @@ def need_mosquitto() -> str:
     if MOSQUITTO is None:
         pytest.skip("needs the mosquitto broker (Debian: apt install mosquitto); not installed")
     try:
-        import paho.mqtt  # noqa: F401
+        import paho.mqtt  # noqa: F401 - imported only to see whether it is installed
     except ImportError:
         pytest.skip("needs paho-mqtt (pip install -e '.[mqtt]')")
     return MOSQUITTO

@@ -158,7 +158,8 @@ class Served:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                pytest.fail(f"edge serve exited ({self.proc.returncode}) while waiting for {what}:\n{self.log()[-4000:]}")
+                pytest.fail(f"edge serve exited ({self.proc.returncode}) while waiting for {what}:\n"
+                            f"{self.log()[-4000:]}")
             try:
                 got = cond()
             except (OSError, ValueError):

@@ -130,7 +130,8 @@ def test_corrupt_model_file_is_one_line_error(tmp_path, suffix):
 
 def test_provider_order_and_filtering():
     avail = ["AzureExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
-    assert select_providers(avail, "auto") == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(avail, "auto") == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                               "CPUExecutionProvider"]
     assert select_providers(avail, "cpu") == ["CPUExecutionProvider"]
     assert select_providers(["CPUExecutionProvider"], "auto") == ["CPUExecutionProvider"]
     with pytest.raises(EdgeError, match="no GPU provider"):
@@ -172,7 +173,8 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path, onnx_classifier):
     onnx_path, _ = tiny_onnx(onnx_classifier, tmp_path / "tiny.onnx", softmax=True)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    flags = (0 if int(trt.__version__.split(".")[0]) >= 10
+             else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     assert parser.parse(onnx_path.read_bytes())

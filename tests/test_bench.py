@@ -50,7 +50,8 @@ def test_camera_capture_counts_the_frames_a_slow_model_never_saw(color_model, sl
     assert r["infer_ms_p50"] >= 20 and r["fps"] < 50
     prefetched = run_bench(str(color_model), SOURCE, frames=10, warmup=2, capture="prefetch")
     assert prefetched["drops"] == 0  # read ahead one frame at a time: nothing decoded in vain
-    assert main(["--model", str(color_model), "--source", SOURCE, "--frames", "5", "--capture", "camera", "--json"]) == 0
+    assert main(["--model", str(color_model), "--source", SOURCE, "--frames", "5", "--capture", "camera",
+                 "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["drops"] >= 5  # and the CLI reports them
 
 

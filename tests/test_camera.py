@@ -1,4 +1,5 @@
-"""edge.runtime.camera.Camera: latest frame only, traits, retries with backoff, stall watchdog, device always released."""
+"""edge.runtime.camera.Camera: latest frame only, traits, retries with backoff, stall watchdog, device always
+released."""
 
 from __future__ import annotations
 
@@ -199,7 +200,8 @@ def test_slow_consumer_gets_the_latest_frame_not_a_backlog():
         ids = []
         for _ in range(4):
             before = opened[0].reads
-            assert wait_until(lambda: opened[0].reads >= before + 10, timeout=30)  # slow consumer: 10 frames arrive
+            # slow consumer: 10 frames arrive
+            assert wait_until(lambda before=before: opened[0].reads >= before + 10, timeout=30)
             produced = opened[0].reads  # frame produced-1 is being read, so produced-2 was already handed over
             got = cam.read_latest(got[1], timeout=5)
             assert index_of(got[0]) >= produced - 2  # the newest frame, not the next one in a queue

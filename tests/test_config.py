@@ -176,7 +176,8 @@ def test_allowed_hosts_from_flags_and_file(tmp_path):
     assert _cfg(["--model", "m", "--source", "0", "--http", "8080"]).allowed_host_names == ()
 
 
-@pytest.mark.parametrize("value", ["http://jetson.local", "jetson.local:8080", "a b", "jetson.local,,x", ",", "cam_1.local"])
+@pytest.mark.parametrize("value", ["http://jetson.local", "jetson.local:8080", "a b", "jetson.local,,x", ",",
+                                   "cam_1.local"])
 def test_bad_allowed_hosts_name_the_entry(value):
     with pytest.raises(EdgeError) as e:
         _cfg(["--model", "m", "--source", "0", "--http", "8080", "--allowed-hosts", value])

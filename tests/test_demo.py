@@ -87,7 +87,8 @@ def test_video_format_is_one_browsers_play_and_leaves_no_probe_files(tmp_path):
 
 
 def test_without_a_browser_codec_the_demo_falls_back_and_says_how_to_view_it(tmp_path, monkeypatch):
-    assert demo.video_hint(tmp_path / "demo.webm", "VP80") is None and demo.video_hint(tmp_path / "d.mp4", "avc1") is None
+    assert demo.video_hint(tmp_path / "demo.webm", "VP80") is None
+    assert demo.video_hint(tmp_path / "d.mp4", "avc1") is None
     monkeypatch.setattr(demo, "BROWSER_VIDEO", ((".mp4", "QQQQ"),))  # a codec no OpenCV has
     assert demo.video_format(tmp_path) == demo.FALLBACK_VIDEO == (".mp4", "mp4v")
     hint = demo.video_hint(tmp_path / "demo.mp4", "mp4v")

@@ -22,7 +22,8 @@ from edge.service import install
 
 GiB = 1 << 30
 L4T_36 = "# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, DATE: Mon May  6 2024\n"
-MEMINFO = "MemTotal:        7994000 kB\nMemFree:         2000000 kB\nMemAvailable:    5000000 kB\nSwapTotal:       3997000 kB\n"
+MEMINFO = ("MemTotal:        7994000 kB\nMemFree:         2000000 kB\nMemAvailable:    5000000 kB\n"
+           "SwapTotal:       3997000 kB\n")
 
 
 def _fake_module(name: str, **attrs) -> types.ModuleType:
@@ -126,7 +127,8 @@ FAULTS = {
     "CPU onnxruntime": (lambda j: j.mp.setattr("onnxruntime.get_available_providers", lambda: ["CPUExecutionProvider"]),
                         "onnxruntime", "warn", "onnxruntime-gpu"),
     "no onnxruntime": (lambda j: j.mp.setitem(sys.modules, "onnxruntime", None), "onnxruntime", "warn", ".[cpu]"),
-    "CPU and GPU onnxruntime": (lambda j: j.probe("installed_distributions", lambda: {"onnxruntime", "onnxruntime-gpu"}),
+    "CPU and GPU onnxruntime": (lambda j: j.probe("installed_distributions",
+                                                  lambda: {"onnxruntime", "onnxruntime-gpu"}),
                                 "onnxruntime-packages", "warn",
                                 "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"),
     "pip OpenCV": (lambda j: (j.probe("opencv_build_information", lambda: "GStreamer: NO\n"),

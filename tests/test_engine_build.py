@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from export_helpers import CLASSES, leftovers, parse_summary, run_cli
+from fake_tensorrt import FakeCuda, fake_tensorrt
 
 from edge.core.errors import EdgeError
 from edge.core.metadata import ModelMeta, load_checkpoint, sha256_file
@@ -40,10 +42,6 @@ from export.verify import (
     read_image_bgr,
     verification_inputs,
 )
-
-from fake_tensorrt import FakeCuda, fake_tensorrt
-from export_helpers import CLASSES, leftovers, parse_summary, run_cli
-
 
 # ------------------------------------------------------------------------------------- engine cache (no TensorRT)
 
@@ -286,11 +284,13 @@ def engine_runs_onnx(fake_trt, monkeypatch):
     return state
 
 
-def test_engine_is_verified_through_the_serving_backend(engine_runs_onnx, fake_trt, squeeze_onnx, dataset, tmp_path, capsys):
+def test_engine_is_verified_through_the_serving_backend(engine_runs_onnx, fake_trt, squeeze_onnx, dataset, tmp_path,
+                                                        capsys):
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(squeeze_onnx.read_bytes())
     engine_runs_onnx.onnx = onnx_path
-    rc, out, err = run_cli(capsys, onnx_path, "--format", "engine", "--fp16", "--calib-data", dataset, "--max-batch", "3")
+    rc, out, err = run_cli(capsys, onnx_path, "--format", "engine", "--fp16", "--calib-data", dataset,
+                           "--max-batch", "3")
     assert rc == 0, err
     s = parse_summary(out)
     assert "verify TensorRT fp16 engine vs model.onnx in onnxruntime on 8 images from --calib-data" in out
@@ -305,7 +305,8 @@ def test_engine_is_verified_through_the_serving_backend(engine_runs_onnx, fake_t
     assert backend._context is None  # closed after verification: no GPU memory held while writing
 
 
-def test_engine_that_disagrees_with_onnx_is_not_written(engine_runs_onnx, fake_trt, squeeze_onnx, dataset, tmp_path, capsys):
+def test_engine_that_disagrees_with_onnx_is_not_written(engine_runs_onnx, fake_trt, squeeze_onnx, dataset, tmp_path,
+                                                        capsys):
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(squeeze_onnx.read_bytes())
     engine_runs_onnx.onnx = onnx_path
@@ -385,7 +386,8 @@ def test_progress_line_follows_nested_phases():
 
 def _trt_skip_reason() -> str | None:
     if not engine_build.tensorrt_available():
-        return "TensorRT's Python API is not installed (JetPack ships it; run these on a Jetson or a CUDA PC with tensorrt)"
+        return ("TensorRT's Python API is not installed "
+                "(JetPack ships it; run these on a Jetson or a CUDA PC with tensorrt)")
     try:
         cuda_binding.cuda_binding()
     except EdgeError as e:

@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from export_helpers import CLASSES, leftovers, make_checkpoint, parse_summary, run_cli
 
 from edge.core.errors import EdgeError
 from edge.core.metadata import ModelMeta, load_checkpoint, load_model, save_checkpoint, sha256_file
@@ -39,9 +40,6 @@ from export.verify import (
     read_image_bgr,
     verification_inputs,
 )
-
-from export_helpers import CLASSES, leftovers, make_checkpoint, parse_summary, run_cli
-
 
 # ------------------------------------------------------------------------------------------- ONNX export + verify
 
@@ -249,7 +247,8 @@ def test_unwritable_output_and_unknown_format(squeeze, tmp_path, capsys):
         (("--format", "engine", "--int8"), "model.txt", "a TensorRT engine must end in one of"),
     ],
 )
-def test_output_whose_suffix_serve_would_refuse_is_refused_before_any_work(argv, name, expect, squeeze, tmp_path, capsys):
+def test_output_whose_suffix_serve_would_refuse_is_refused_before_any_work(argv, name, expect, squeeze, tmp_path,
+                                                                            capsys):
     """`edge serve` picks the runtime by suffix: an out.txt would be written, verified, then refused at serve time."""
     before = sorted(p.name for p in squeeze.parent.iterdir())
     rc, out, err = run_cli(capsys, squeeze, *argv, "--output", tmp_path / name)
@@ -317,14 +316,16 @@ def test_novelty_checkpoint_exports_both_outputs_verified_with_its_threshold(nov
         s = parse_summary(out)
         assert rc == 0 and s["verdict"] == "PASS", err
         assert float(s["ntol"]) == 5e-3 and float(s["ndiff"]) <= 5e-3
-        assert [o.name for o in onnx.load(str(tmp_path / "model.fp16.onnx")).graph.output] == [OUTPUT_NAME, NOVELTY_OUTPUT]
+        outputs = onnx.load(str(tmp_path / "model.fp16.onnx")).graph.output
+        assert [o.name for o in outputs] == [OUTPUT_NAME, NOVELTY_OUTPUT]
 
 
 def test_novelty_that_disagrees_fails_verification_and_writes_nothing(novelty_models, tmp_path, capsys, monkeypatch):
     import export.verify as verify
 
     real = verify.onnxruntime_outputs
-    monkeypatch.setattr(verify, "onnxruntime_outputs", lambda path, batch: (real(path, batch)[0], real(path, batch)[1] + 1e-3))
+    monkeypatch.setattr(verify, "onnxruntime_outputs",
+                        lambda path, batch: (real(path, batch)[0], real(path, batch)[1] + 1e-3))
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(novelty_models[0].read_bytes())
     rc, out, err = run_cli(capsys, ckpt, "--verify-images", "3")

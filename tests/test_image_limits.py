@@ -84,7 +84,8 @@ def test_the_folder_source_skips_it(bomb, tmp_path):
     only = tmp_path / "only"
     only.mkdir()
     os.link(bomb, only / "a.png")
-    with pytest.raises(SourceError, match="can be decoded.*megapixels"), open_source(str(only), realtime=False) as source:
+    with (pytest.raises(SourceError, match="can be decoded.*megapixels"),
+          open_source(str(only), realtime=False) as source):
         source.read()
     assert time.monotonic() - t < QUICK_S
 

@@ -7,12 +7,20 @@ or reaches up a layer counts as much as a top-level one.
 from __future__ import annotations
 
 import ast
+import importlib.util
+import io
+import re
+import shutil
+import subprocess
+import sys
+import tokenize
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("edge", "capture", "train", "export")
+LINTED = (*PACKAGES, "tests", "benchmarks")  # and setup.py
 MAX_LINES = 500
 
 # A module may import modules of its own layer and of the layers listed for it, nothing else in the project.
@@ -156,7 +164,8 @@ def test_the_checker_counts_function_level_imports_and_finds_cycles(tmp_path):
 
 
 def test_no_module_longer_than_a_reader_can_hold():
-    long = {str(p.relative_to(ROOT)): n for p in _modules().values() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {str(p.relative_to(ROOT)): n for p in _modules().values()
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
@@ -171,3 +180,33 @@ def test_no_test_module_imports_another():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             bad += [f"{path.name} imports {n}" for n in names if n.split(".")[0] in tests]
     assert not bad, bad
+
+
+def _linted_files() -> list[Path]:
+    return [p for d in LINTED for p in sorted((ROOT / d).rglob("*.py"))] + [ROOT / "setup.py"]
+
+
+def test_every_noqa_names_its_rule_and_says_why():
+    # a bare suppression hides every rule and tells the next reader nothing: name the rule, then say why
+    form = re.compile(r"# noqa: [A-Z]+[0-9]+(, [A-Z]+[0-9]+)* - \S")
+    bad = []
+    for path in _linted_files():
+        tokens = tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline)
+        bad += [f"{path.relative_to(ROOT)}:{t.start[0]}: {t.string}" for t in tokens
+                if t.type == tokenize.COMMENT and "noqa" in t.string.lower() and not form.search(t.string)]
+    assert not bad, "\n".join(bad)
+
+
+def _ruff() -> list[str] | None:
+    if importlib.util.find_spec("ruff") is not None:
+        return [sys.executable, "-m", "ruff"]
+    found = shutil.which("ruff")
+    return [found] if found else None
+
+
+def test_the_linter_passes():
+    ruff = _ruff()
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e .[dev])")
+    run = subprocess.run([*ruff, "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr

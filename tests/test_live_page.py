@@ -14,9 +14,9 @@ import pytest
 from serve_helpers import TOKEN, Served, brightness_model, find_chromium, free_port
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the test extra)")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402 - after importorskip (selenium)
+from selenium.webdriver.common.by import By  # noqa: E402 - after importorskip (selenium)
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402 - after importorskip (selenium)
 
 CHROMIUM = find_chromium()
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -73,7 +73,7 @@ class _Canned(BaseHTTPRequestHandler):
     def log_message(self, *_a) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server name
+    def do_GET(self) -> None:  # http.server's method name
         path = self.path.split("?")[0]
         if path == "/":
             body, kind = resources.files("edge.service").joinpath("page.html").read_bytes(), "text/html"

@@ -12,7 +12,6 @@ import json
 import time
 
 import numpy as np
-
 import pytest
 from mqtt_helpers import FPS, PERIOD, SOURCE, Broker, Subscriber, arrow_model, make_tls, need_mosquitto
 from serve_helpers import Served, free_port
@@ -164,7 +163,7 @@ def test_broker_outage_events_arrive_after_in_order_and_the_pipeline_goes_on(tmp
     try:
         events = f"{ROOT}/cam0/event"
         sub.wait("the first label change", lambda: sub.json(events), timeout=90, log=served.log)
-        frame = lambda: served.json("api/prediction", token=None)[1]["frame"]  # noqa: E731
+        frame = lambda: served.json("api/prediction", token=None)[1]["frame"]  # noqa: E731 - a one-line probe
         broker.stop()
         down_at = time.time()
         first = frame()

@@ -103,7 +103,7 @@ def test_serve_shows_unknown_in_the_api_and_the_events(model, tmp_path):
         (slides / name).write_bytes((model.images / name).read_bytes())
     port = _free_port()
     events = tmp_path / "events.jsonl"
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "serve.log", "wb")  # closed below
     proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "--model", str(model.pt), "--source", str(slides),
                              "--loop", "--fps", "4", "--device", "cpu", "--http", f"127.0.0.1:{port}",
                              "--events", str(events), "--no-overlay"], stdout=log, stderr=subprocess.STDOUT)

@@ -49,7 +49,8 @@ def test_matches_torchvision_resize_crop_normalize():
     spec = ARCHS["resnet18"].preprocess
     rgb = cv2.cvtColor(SceneRenderer(640, 480).render(2.0), cv2.COLOR_BGR2RGB)
     tv = v2.Compose([v2.ToImage(), v2.Resize(spec.resize_size, antialias=True), v2.CenterCrop(spec.input_size),
-                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(spec.mean), list(spec.std))])(Image.fromarray(rgb))
+                     v2.ToDtype(torch.float32, scale=True),
+                     v2.Normalize(list(spec.mean), list(spec.std))])(Image.fromarray(rgb))
     ours = torch.from_numpy(preprocess_image(rgb, spec, "RGB"))
     assert (tv - ours).abs().mean() < 0.03  # only the resampling filter differs
 

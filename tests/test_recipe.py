@@ -70,7 +70,8 @@ def test_train_warns_on_identical_images_across_classes_and_a_chance_result(tmp_
     assert re.search(r"e\.g\. \S+up_\d+\.jpg and \S+up_\d+\.jpg", identical[0])
     chance = [ln for ln in out.splitlines() if "no better than chance" in ln]
     assert len(chance) == 1 and "0.500" in chance[0], out
-    assert any("no better than chance" in w for w in json.loads((tmp_path / "out/metrics.json").read_text())["warnings"])
+    warnings = json.loads((tmp_path / "out/metrics.json").read_text())["warnings"]
+    assert any("no better than chance" in w for w in warnings)
 
 
 def test_default_arch_works_offline_and_help_and_models_say_which():

@@ -239,7 +239,8 @@ def test_label_changes_metric_counts_what_events_record(svc, assets):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(find_chromium() is None, reason="no Chromium binary (apt-get install chromium) for the live-page test")
+@pytest.mark.skipif(find_chromium() is None,
+                    reason="no Chromium binary (apt-get install chromium) for the live-page test")
 def test_live_page_in_headless_chromium(svc, tmp_path):
     """The page, in a real browser: it fetches /api/prediction and shows the label and FPS, and plays the MJPEG."""
     _, text_of = rendered_page(f"{svc.url}?token={TOKEN}", tmp_path)

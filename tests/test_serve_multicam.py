@@ -117,7 +117,8 @@ def test_two_cameras_one_goes_down_and_comes_back_the_other_keeps_its_rate(asset
         assert svc.json("api/prediction", None)[1]["stale"] is False
         text = svc.get("metrics", None)[2].decode()
         assert metric(text, "edge_healthy") == 0
-        assert metric(text, "edge_camera_healthy", camera="0") == 1 and metric(text, "edge_camera_healthy", camera="1") == 0
+        assert metric(text, "edge_camera_healthy", camera="0") == 1
+        assert metric(text, "edge_camera_healthy", camera="1") == 0
         assert "camera 1 unhealthy" in svc.log()
         for path in ("api/cameras", "healthz", "metrics"):  # the stream's ?token= is redacted everywhere we answer
             assert TOKEN not in svc.get(path, None)[2].decode(), path
@@ -258,7 +259,8 @@ def test_service_health_is_ok_only_while_every_camera_is():
     both = assess_all([fresh[0], stale[0]], [fresh[1], stale[1]], 1.0, now)
     body = both.to_json()
     assert not both.ok and body["status"] == "stale" and body["reason"].startswith("camera 1: no frame for 9.0 s")
-    assert [c["camera"] for c in body["cameras"]] == [0, 1] and [c["status"] for c in body["cameras"]] == ["ok", "stale"]
+    assert [c["camera"] for c in body["cameras"]] == [0, 1]
+    assert [c["status"] for c in body["cameras"]] == ["ok", "stale"]
     assert "source_state" not in body  # with several cameras it is per camera only
     assert assess_all([fresh[0], new[0]], [fresh[1], new[1]], 1.0, now).status == "starting"
     assert assess_all([new[0], stale[0]], [new[1], stale[1]], 1.0, now).status == "stale"  # the worst wins

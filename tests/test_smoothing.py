@@ -129,7 +129,8 @@ def test_min_dwell_applies_to_unknown_like_any_label():
     s = Smoother(NAMES, min_dwell=3)
     assert feed_novelty(s, [0.1, 0.6, 0.1, 0.6, 0.6]) == ["up"] * 5  # a one- or two-frame blip of novelty
     assert feed_novelty(s, [0.6]) == [UNKNOWN_LABEL]  # third novel frame in a row
-    assert feed_novelty(s, [0.1, 0.1, 0.1]) == [UNKNOWN_LABEL, UNKNOWN_LABEL, "up"]  # and back after three familiar ones
+    # and back after three familiar ones
+    assert feed_novelty(s, [0.1, 0.1, 0.1]) == [UNKNOWN_LABEL, UNKNOWN_LABEL, "up"]
 
 
 def test_novelty_is_smoothed_with_the_probabilities():

@@ -22,7 +22,6 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-
 from teach_helpers import REPO, SOURCE, Teach, free_port, true_arrow
 
 slow = pytest.mark.slow  # every test here but the in-process HTTP one starts an `edge teach`

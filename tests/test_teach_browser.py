@@ -11,15 +11,14 @@ import shutil
 import time
 
 import pytest
-
 from teach_helpers import FPS, PERIOD, Teach, phase_left, true_arrow
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the test extra)")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402 - after importorskip (selenium)
+from selenium.webdriver.chrome.service import Service  # noqa: E402 - after importorskip (selenium)
+from selenium.webdriver.common.by import By  # noqa: E402 - after importorskip (selenium)
+from selenium.webdriver.common.keys import Keys  # noqa: E402 - after importorskip (selenium)
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402 - after importorskip (selenium)
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -98,8 +97,8 @@ def drop_wrong_snapshots(driver, teach: Teach, label: str) -> None:
         frame = teach.ok("GET", f"api/snapshots/{sid}")["frame"]
         if frame is not None and true_arrow(frame) != label:
             before = count_of(driver, label)
-            click(driver, lambda d: d.find_element(By.ID, f"snap-{sid}").find_element(By.TAG_NAME, "button"))
-            wait(driver, "the deleted snapshot to go", lambda d: count_of(d, label) == before - 1)
+            click(driver, lambda d, sid=sid: d.find_element(By.ID, f"snap-{sid}").find_element(By.TAG_NAME, "button"))
+            wait(driver, "the deleted snapshot to go", lambda d, before=before: count_of(d, label) == before - 1)
 
 
 def snap_examples(driver, teach: Teach, label: str) -> None:
@@ -112,7 +111,7 @@ def snap_examples(driver, teach: Teach, label: str) -> None:
         when_scene_shows(teach, label, 1.0)
         before = count_of(driver, label)
         driver.find_element(By.TAG_NAME, "body").send_keys(Keys.SPACE)  # one more, with the space bar
-        wait(driver, "the space-bar snapshot", lambda d: count_of(d, label) == before + 1)
+        wait(driver, "the space-bar snapshot", lambda d, before=before: count_of(d, label) == before + 1)
         assert f"to {label} (frame" in text(driver, "snap-status")
         drop_wrong_snapshots(driver, teach, label)
 

@@ -79,7 +79,8 @@ def test_model_learned_orientation_not_colors(trained, tmp_path):
     labels = np.asarray(labels)
     with torch.inference_mode():
         upright = model(torch.from_numpy(preprocess_batch(images, meta.preprocess))).argmax(1).numpy()
-        flipped = model(torch.from_numpy(preprocess_batch([im[::-1] for im in images], meta.preprocess))).argmax(1).numpy()
+        flipped = model(torch.from_numpy(preprocess_batch([im[::-1] for im in images], meta.preprocess)))
+        flipped = flipped.argmax(1).numpy()
     assert (upright == labels).mean() >= 0.9
     assert (flipped == labels).mean() <= 0.1
 
@@ -98,8 +99,8 @@ def test_random_init_end_to_end_on_cpu(arch, synthetic_dataset, tmp_path):
 
 def test_two_stage_then_resume_continues(synthetic_dataset, tmp_path):
     out = tmp_path / "two"
-    base = ["--data", str(synthetic_dataset), "--arch", "mobilenet_v3_small", "--weights", "none", "--mode", "two-stage",
-            "--batch-size", "8", "--output", str(out), "--no-progress", "--cache-views", "1"]
+    base = ["--data", str(synthetic_dataset), "--arch", "mobilenet_v3_small", "--weights", "none",
+            "--mode", "two-stage", "--batch-size", "8", "--output", str(out), "--no-progress", "--cache-views", "1"]
     assert train_main(base + ["--epochs", "1"]) == 0
     first = json.loads((out / "metrics.json").read_text())["epochs"]
     assert [e["stage"] for e in first] == ["head", "finetune"]
@@ -135,7 +136,8 @@ def test_bad_images_are_skipped_and_counted_not_fatal(tmp_path):
     (data / "down" / ".tmp-half-written.jpg").write_bytes(good[:50])  # capture's temp names are ignored
     (data / "empty_class").mkdir()
     info = scan_dataset(data, 0.2, 0)
-    assert sorted(p for p, _ in info.skipped) == sorted([str(data / "down" / "garbage.jpg"), str(data / "up" / "truncated.jpg")])
+    assert sorted(p for p, _ in info.skipped) == sorted([str(data / "down" / "garbage.jpg"),
+                                                         str(data / "up" / "truncated.jpg")])
     assert info.classes == ["down", "up"]
     assert any("empty_class" in w for w in info.warnings)
     assert sum(info.counts("train").values()) + sum(info.counts("val").values()) == 12
@@ -168,7 +170,8 @@ def _run_train_cli(args, cwd):
 @pytest.mark.parametrize("case", ["missing_data", "single_class", "unknown_arch", "bad_weights", "unwritable_output"])
 def test_bad_input_is_one_clear_line(case, tmp_path, synthetic_dataset):
     out = tmp_path / "out"
-    args = ["--data", str(synthetic_dataset), "--arch", "squeezenet1_1", "--weights", "none", "--epochs", "1", "--output", str(out)]
+    args = ["--data", str(synthetic_dataset), "--arch", "squeezenet1_1", "--weights", "none", "--epochs", "1",
+            "--output", str(out)]
     expect = ""
     if case == "missing_data":
         args[1] = str(tmp_path / "nope")
@@ -412,8 +415,8 @@ def test_finetune_refits_novelty_on_the_final_weights(synthetic_dataset, tmp_pat
     from train.dataset import load_rgb
     from train.presets import EvalTransform
 
-    result = train_model(TrainConfig(data=synthetic_dataset, output=tmp_path / "ft", arch="squeezenet1_1", weights="none",
-                                     mode="finetune", epochs=1, batch_size=8), progress=False)
+    result = train_model(TrainConfig(data=synthetic_dataset, output=tmp_path / "ft", arch="squeezenet1_1",
+                                     weights="none", mode="finetune", epochs=1, batch_size=8), progress=False)
     model, meta = load_model(tmp_path / "ft" / "model.pt", with_novelty=True)
     spec = get_arch("squeezenet1_1")
     info = scan_dataset(synthetic_dataset, 0.2, 0)
@@ -439,8 +442,9 @@ def test_no_novelty_flag_and_reserved_class_name(synthetic_dataset, tmp_path, ca
     from edge.core.novelty import CHECKPOINT_BANK_KEY
 
     out = tmp_path / "plain"
-    assert train_main(["--data", str(synthetic_dataset), "--arch", "squeezenet1_1", "--weights", "none", "--epochs", "1",
-                       "--output", str(out), "--no-progress", "--cache-views", "1", "--no-novelty"]) == 0
+    assert train_main(["--data", str(synthetic_dataset), "--arch", "squeezenet1_1", "--weights", "none",
+                       "--epochs", "1", "--output", str(out), "--no-progress", "--cache-views", "1",
+                       "--no-novelty"]) == 0
     _, meta, raw = load_checkpoint(out / "model.pt")
     assert meta.novelty is None and CHECKPOINT_BANK_KEY not in raw
     assert json.loads((out / "metrics.json").read_text())["novelty"] is None

@@ -11,17 +11,17 @@ from edge.core.threads import yield_when_waiting
 
 yield_when_waiting()  # before .trainer imports torch: waiting OpenMP threads sleep instead of spinning
 
-from edge.core.cli_parser import CliParser  # noqa: E402
-from edge.core.devices import torch_device  # noqa: E402
-from edge.core.errors import cli_entry  # noqa: E402
-from edge.core.logs import setup_logging  # noqa: E402
-from edge.core.memory import keep_freed_memory  # noqa: E402
-from edge.core.registry import DEFAULT_ARCH, list_models  # noqa: E402
+from edge.core.cli_parser import CliParser  # noqa: E402 - after the thread policy: set before torch is imported
+from edge.core.devices import torch_device  # noqa: E402 - after the thread policy: set before torch is imported
+from edge.core.errors import cli_entry  # noqa: E402 - after the thread policy: set before torch is imported
+from edge.core.logs import setup_logging  # noqa: E402 - after the thread policy: set before torch is imported
+from edge.core.memory import keep_freed_memory  # noqa: E402 - after the thread policy: set before torch is imported
+from edge.core.registry import DEFAULT_ARCH, list_models  # noqa: E402 - after the thread policy: set before torch is imported
 
-from .config import BOUNDS, MODES, TrainConfig, default_of  # noqa: E402
-from .distributed import FailedOnMain, env_rank, process_group  # noqa: E402
-from .presets import AugmentSpec  # noqa: E402
-from .trainer import train_model  # noqa: E402
+from .config import BOUNDS, MODES, TrainConfig, default_of  # noqa: E402 - after the thread policy: set before torch is imported
+from .distributed import FailedOnMain, env_rank, process_group  # noqa: E402 - after the thread policy: set before torch is imported
+from .presets import AugmentSpec  # noqa: E402 - after the thread policy: set before torch is imported
+from .trainer import train_model  # noqa: E402 - after the thread policy: set before torch is imported
 
 
 def _number(setting: str):

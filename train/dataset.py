@@ -7,8 +7,8 @@ files are skipped and counted (never a crash mid-epoch), empty classes and stron
 
 from __future__ import annotations
 
-import logging
 import hashlib
+import logging
 import os
 import random
 from collections import Counter

@@ -195,8 +195,8 @@ def mistakes_from(paths: Sequence[str], targets: Sequence[int], logits: Any, cla
     return out
 
 
-def plot_mistakes(mistakes: Sequence[Mistake], total: int, path: str | os.PathLike, novelty_threshold: float | None = None,
-                  limit: int = 30) -> None:
+def plot_mistakes(mistakes: Sequence[Mistake], total: int, path: str | os.PathLike,
+                  novelty_threshold: float | None = None, limit: int = 30) -> None:
     """A grid of val images the model got wrong (most confident first, at most `limit`), each titled with the true
     and predicted labels, the confidence and the novelty; a picture saying so when there are none. PNG, atomic."""
     shown = sorted(mistakes, key=lambda m: -m.confidence)[:limit]

@@ -28,12 +28,12 @@ import numpy as np
 
 from edge.core.cli_parser import CliParser
 from edge.core.errors import EdgeError, cli_entry
-from edge.core.logs import setup_logging
 from edge.core.fsutil import (
     atomic_write_bytes,
     atomic_write_text,
     ensure_writable_dir,
 )
+from edge.core.logs import setup_logging
 from edge.runtime.outputs import video as videofmt
 from edge.runtime.outputs.base import Output
 from edge.runtime.outputs.video import mpeg4_part2_hint
@@ -165,7 +165,8 @@ def run_demo(
     try:
         from train.cli import main as train_main
     except ImportError as e:
-        raise EdgeError(f"the demo needs the `train` package of this project ({e}); reinstall with pip install -e .") from e
+        raise EdgeError(f"the demo needs the `train` package of this project ({e}); "
+                        "reinstall with pip install -e .") from e
     rc = train_main([
         "--data", str(data), "--arch", DEMO_ARCH, "--weights", "imagenet", "--mode", "head",
         "--epochs", str(epochs), "--cache-views", str(cache_views), "--output", str(model_dir), "--no-progress",
@@ -182,7 +183,8 @@ def run_demo(
         from export.onnx_export import export_onnx_verified
         from export.options import ExportOptions
     except ImportError as e:
-        raise EdgeError(f"the demo needs the `export` package of this project ({e}); reinstall with pip install -e .") from e
+        raise EdgeError(f"the demo needs the `export` package of this project ({e}); "
+                        "reinstall with pip install -e .") from e
     onnx_path, verify = export_onnx_verified(checkpoint, ExportOptions(output=model_dir / "model.onnx"))
     stages["export_s"] = round(time.monotonic() - t, 2)
 
@@ -225,7 +227,8 @@ def run_demo(
     infer50, infer95 = stats.timings.percentiles("infer_ms", ndigits=2)
     e2e50, e2e95 = stats.timings.percentiles("e2e_ms", ndigits=2)
     (age50,) = stats.timings.percentiles("frame_age_ms", (50,), ndigits=2)
-    train_metrics = json.loads((model_dir / "metrics.json").read_text()) if (model_dir / "metrics.json").is_file() else {}
+    train_metrics = (json.loads((model_dir / "metrics.json").read_text())
+                     if (model_dir / "metrics.json").is_file() else {})
     stages["total_s"] = round(time.monotonic() - t_all, 2)
     metrics: dict[str, Any] = {
         "wall_s": stages,
@@ -237,7 +240,8 @@ def run_demo(
             "val_accuracy": train_metrics.get("val_accuracy"),
             "checkpoint": str(checkpoint),
         },
-        "export": {"onnx": str(onnx_path), "verification": verify.summary() if hasattr(verify, "summary") else str(verify)},
+        "export": {"onnx": str(onnx_path),
+                   "verification": verify.summary() if hasattr(verify, "summary") else str(verify)},
         "run": {
             "source": uri,
             "backend": run_stats["backend"],
@@ -259,7 +263,8 @@ def run_demo(
             "record_dropped": recorder.dropped,
             "video_codec": fourcc,
         },
-        "files": {"video": str(video), "video_hint": video_hint(video, fourcc), "metrics": str(out / "metrics.json"), "report": str(out / "report.md"),
+        "files": {"video": str(video), "video_hint": video_hint(video, fourcc), "metrics": str(out / "metrics.json"),
+                  "report": str(out / "report.md"),
                   "model": str(checkpoint), "onnx": str(onnx_path), "previews": previews},
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

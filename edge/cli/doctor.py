@@ -1,5 +1,6 @@
 """`edge doctor`: check this machine (JetPack, Python, torch/CUDA, TensorRT, onnxruntime, OpenCV, cameras, disk,
-memory, the service, its MQTT broker) and print one line per check with the fix for anything not right. Exit 1 if a check fails."""
+memory, the service, its MQTT broker) and print one line per check with the fix for anything not right. Exit 1 if a
+check fails."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from edge.service.doctor_checks import FAIL, PASS, WARN, Machine, run_checks
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="edge doctor", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     p.add_argument("--json", action="store_true", help='print {"checks": [{"name", "status", "detail", "fix"}, ...]}')
-    p.add_argument("--data", type=Path, default=Path("."), help="where datasets and runs go (free-space check; default .)")
+    p.add_argument("--data", type=Path, default=Path("."),
+                   help="where datasets and runs go (free-space check; default .)")
     p.add_argument("--mqtt", metavar="URL", help="check this MQTT broker (reachable, credentials accepted; "
                    "password also from $EDGE_MQTT_PASSWORD); default: the installed service's, if any")
     p.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)  # a fake system tree (tests)

@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="edge synth", description="Write a synthetic arrow-orientation ImageFolder dataset.")
     p.add_argument("--output", required=True, help="dataset directory to create")
     p.add_argument("--per-class", type=int, default=100, help="images per class")
-    p.add_argument("--classes", default=",".join(DEFAULT_CLASSES), help=f"comma list from {sorted(DIRECTIONS)} and none")
+    p.add_argument("--classes", default=",".join(DEFAULT_CLASSES),
+                   help=f"comma list from {sorted(DIRECTIONS)} and none")
     p.add_argument("--size", type=int, default=160, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same images")
     p.add_argument("--split", action="store_true", help="write train/ and val/ subfolders")

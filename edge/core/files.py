@@ -44,8 +44,9 @@ def load_torch_file(path: str | os.PathLike, what: str = "PyTorch file", hint: s
         raise EdgeError(f"{what} {str(p)!r} not found" + (f"; {hint}" if hint else ""))
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every unpickling failure means the file is not usable
-        raise EdgeError(f"cannot read {what} {str(p)!r}: corrupt, truncated or not a PyTorch checkpoint ({brief(e)})") from e
+    except Exception as e:  # every unpickling failure means the file is not usable
+        raise EdgeError(f"cannot read {what} {str(p)!r}: corrupt, truncated or not a PyTorch checkpoint "
+                        f"({brief(e)})") from e
 
 
 def read_image_bgr(path: str | os.PathLike) -> np.ndarray | None:

@@ -43,7 +43,8 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory")
         with tempfile.NamedTemporaryFile(dir=p, prefix=TEMP_PREFIX):
             pass
     except OSError as e:
-        raise EdgeError(f"{what} {str(p)!r} is not writable ({e.strerror}); choose another or fix its permissions") from e
+        raise EdgeError(f"{what} {str(p)!r} is not writable ({e.strerror}); "
+                        "choose another or fix its permissions") from e
     return p
 
 

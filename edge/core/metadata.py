@@ -114,7 +114,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Any], meta: ModelMeta, novelty_bank: Any = None) -> None:
+def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Any], meta: ModelMeta,
+                    novelty_bank: Any = None) -> None:
     """Write model.pt atomically (temporary name + os.replace): a killed run never leaves half a checkpoint.
 
     novelty_bank: the NoveltyScorer's bank ([N, D] tensor), stored under CHECKPOINT_BANK_KEY; `meta.novelty`

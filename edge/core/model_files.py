@@ -55,7 +55,7 @@ def _load_onnx(path: str | os.PathLike):
         raise EdgeError(f"ONNX file {str(p)!r} not found")
     try:
         return onnx.load(str(p), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - any protobuf/decoding failure means "not a usable ONNX file"
+    except Exception as e:  # any protobuf/decoding failure means "not a usable ONNX file"
         raise EdgeError(f"cannot read {str(p)!r}: corrupt, truncated or not an ONNX file ({type(e).__name__})") from e
 
 
@@ -197,5 +197,6 @@ def read_engine_sidecar(engine_path: str | os.PathLike) -> EngineSidecar:
     try:
         d = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EdgeError(f"cannot read engine sidecar {str(side)!r} ({type(e).__name__}: {e}); rebuild the engine") from e
+        raise EdgeError(f"cannot read engine sidecar {str(side)!r} ({type(e).__name__}: {e}); "
+                        "rebuild the engine") from e
     return EngineSidecar.from_dict(d, source=repr(str(side)))

@@ -57,7 +57,7 @@ def _tv_load(name: str, model: nn.Module) -> None:
     weights = torchvision.models.get_model_weights(name).DEFAULT
     try:
         state = weights.get_state_dict(progress=True, check_hash=True)
-    except Exception as e:  # noqa: BLE001 - network, hash and cache errors all mean "no weights here"
+    except Exception as e:  # network, hash and cache errors all mean "no weights here"
         raise EdgeError(
             f"could not get ImageNet weights for {name} ({brief(e)}); on an offline device pass "
             f"--weights PATH (a torchvision .pth or one of our model.pt files), or use --arch {_offline_arch_names()}, "
@@ -149,7 +149,8 @@ def _arch(name: str, description: str, head_path: str, features: Callable[[nn.Mo
         "make_head": partial(_new_linear, head_path),
         "head": partial(_run_head, head_path),
     }
-    return ArchSpec(name=name, description=description, head_path=head_path, features=features, **{**parts, **overrides})
+    return ArchSpec(name=name, description=description, head_path=head_path, features=features,
+                    **{**parts, **overrides})
 
 
 def _squeezenet(name: str) -> ArchSpec:
@@ -206,7 +207,8 @@ ARCHS: dict[str, ArchSpec] = {
             "resnet18",
             "ResNet-18 (torchvision): the jetson-inference default, a solid all-rounder",
             head_path="fc",
-            features=lambda m, x: _flat(m.avgpool(m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x)))))))))),
+            features=lambda m, x: _flat(m.avgpool(m.layer4(m.layer3(m.layer2(m.layer1(
+                m.maxpool(m.relu(m.bn1(m.conv1(x)))))))))),
         ),
         _arch(
             "mobilenet_v3_small",
@@ -271,7 +273,8 @@ def strip_wrappers(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_weights_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a state dict from a torchvision-style .pth, one of our model.pt checkpoints, or a {'state_dict': ...} file."""
+    """Read a state dict from a torchvision-style .pth, one of our model.pt checkpoints, or a {'state_dict': ...}
+    file."""
     p = Path(path)
     obj = load_torch_file(p, "weights file", hint="pass --weights imagenet, none, or an existing file")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -317,7 +320,8 @@ def create_model(arch: str, num_classes: int, weights: str = "imagenet") -> nn.M
     _set_submodule(model, spec.head_path, spec.make_head(model, num_classes))
     report: LoadReport | None = None
     if weights == "imagenet":
-        report = LoadReport("imagenet", loaded=[k for k in model.state_dict() if not k.startswith(spec.head_path + ".")])
+        report = LoadReport("imagenet",
+                            loaded=[k for k in model.state_dict() if not k.startswith(spec.head_path + ".")])
         report.fresh = [f"{spec.head_path}.*"]
     elif weights not in ("none", "", None):
         state = read_weights_file(weights)

@@ -53,7 +53,8 @@ def draw_arrow(img: np.ndarray, center: tuple[float, float], length: float, angl
     pts = (_ARROW * length) @ rot.T + np.asarray(center, np.float32)
     outline = tuple(255 - int(c) for c in color)
     cv2.fillPoly(img, [np.round(pts * 16).astype(np.int32)], color, cv2.LINE_AA, shift=4)
-    cv2.polylines(img, [np.round(pts * 16).astype(np.int32)], True, outline, max(1, int(length / 40)), cv2.LINE_AA, shift=4)
+    cv2.polylines(img, [np.round(pts * 16).astype(np.int32)], True, outline, max(1, int(length / 40)), cv2.LINE_AA,
+                  shift=4)
 
 
 def render_sample(label: str, rng: np.random.Generator, width: int = 160, height: int = 160) -> np.ndarray:
@@ -84,7 +85,8 @@ def make_dataset(
     split: bool = False,
     val_fraction: float = 0.2,
 ) -> Path:
-    """Write an ImageFolder dataset (`root/<class>/*.jpg`, or `root/{train,val}/<class>/` when split) and return root."""
+    """Write an ImageFolder dataset (`root/<class>/*.jpg`, or `root/{train,val}/<class>/` when split) and return
+    root."""
     for c in classes:
         if c != "none" and c not in DIRECTIONS:
             raise ValueError(f"unknown synthetic class {c!r}; choose from {sorted(DIRECTIONS) + ['none']}")

@@ -264,7 +264,7 @@ class Camera(traitlets.HasTraits):
                         with self._blocking(gen, "open"):
                             source = self._opener()
                         self._source_fps = source.fps or self._source_fps
-                    except Exception as e:
+                    except Exception as e:  # noqa: BLE001 - any open failure is a retry with backoff, not a dead reader
                         self._failed(gen, f"cannot open: {e}")
                         if wait_backoff():
                             break
@@ -276,7 +276,7 @@ class Camera(traitlets.HasTraits):
                         frame = source.read()
                     if frame is None and source.is_live:
                         raise OSError("the stream ended")
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - any read failure is a reconnect, not a dead reader
                     self._failed(gen, f"read failed: {e}")
                     self._close(source)
                     source = None
@@ -300,7 +300,7 @@ class Camera(traitlets.HasTraits):
         if source is not None:
             try:
                 source.close()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a failing close must not keep the device from being released
                 log.warning("%s: error while releasing the source: %s", self._log_name, e)
 
     def _failed(self, gen: int, message: str) -> None:
@@ -337,7 +337,8 @@ class Camera(traitlets.HasTraits):
         while True:
             with self._cond:
                 self._cond.wait_for(
-                    lambda: self._stop_event.is_set() or (self._latest is not None and self._latest[1] != published),
+                    lambda seen=published: (self._stop_event.is_set()
+                                            or (self._latest is not None and self._latest[1] != seen)),
                     timeout=0.2,
                 )
                 latest = self._latest

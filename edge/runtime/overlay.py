@@ -9,8 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.runtime.prediction import Prediction
 from edge.core.labels import UNKNOWN_LABEL
+from edge.runtime.prediction import Prediction
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _PANEL = (32, 32, 32)

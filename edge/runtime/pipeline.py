@@ -175,7 +175,7 @@ class Pipeline:
         if old is not new:
             try:
                 old.close()
-            except Exception:  # noqa: BLE001 - a failing close of the old model must not stop the service
+            except Exception:  # a failing close of the old model must not stop the service
                 log.warning("closing the previous backend failed", exc_info=True)
 
     # ------------------------------------------------------------------ lifecycle
@@ -199,7 +199,7 @@ class Pipeline:
     def _run_safe(self) -> None:
         try:
             self.run()
-        except Exception:  # noqa: BLE001 - the thread must not die silently: log it; heartbeat goes stale
+        except Exception:  # the thread must not die silently: log it; heartbeat goes stale
             log.exception("inference loop crashed")
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -215,13 +215,13 @@ class Pipeline:
             if slot.started_camera:
                 try:
                     slot.camera.stop()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.warning("stopping camera %d failed", slot.index, exc_info=True)
                 slot.started_camera = False
         for o in [*self.outputs, *(o for s in self.slots for o in s.outputs)]:
             try:
                 o.close()
-            except Exception:  # noqa: BLE001 - one output's failure must not keep the others open
+            except Exception:  # one output's failure must not keep the others open
                 log.warning("closing output %s failed", o.name, exc_info=True)
 
     def __enter__(self) -> "Pipeline":
@@ -345,7 +345,7 @@ class Pipeline:
                 try:
                     label_conf = item.slot.smoother.update(p, nov, threshold)  # type: ignore[union-attr]
                     smoothed.append((item, prep_ms, p, nov, *label_conf))
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:  # noqa: BLE001 - counted and logged; max_failures decides when to stop
                     self._failed(item, e)
         for item, prep_ms, p, nov, label, conf in smoothed:
             self._finish(item, p, nov, names, label, conf, t0, prep_ms, infer_ms, len(ready))
@@ -424,7 +424,7 @@ class Pipeline:
                     continue
                 try:
                     fn(pred, timings)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:  # noqa: BLE001 - a broken listener is dropped, the pipeline goes on
                     self._dead_listeners.add(i)
                     log.error("listener %r failed and is disabled: %s: %s", fn, type(e).__name__, e)
         return pred

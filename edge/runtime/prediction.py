@@ -1,4 +1,5 @@
-"""`Prediction`: one classified frame. A plain type that depends on nothing, shared by the pipeline, overlay and outputs."""
+"""`Prediction`: one classified frame. A plain type that depends on nothing, shared by the pipeline, overlay and
+outputs."""
 
 from __future__ import annotations
 

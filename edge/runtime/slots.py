@@ -1,4 +1,5 @@
-"""`CameraSlot`: one camera of a (multi-camera) pipeline, with its own outputs, smoother, latest prediction and stats."""
+"""`CameraSlot`: one camera of a (multi-camera) pipeline, with its own outputs, smoother, latest prediction and
+stats."""
 
 from __future__ import annotations
 

@@ -207,5 +207,5 @@ def build_http(cfg: ServeConfig, app: HttpApp, *, page: bytes | None = None,
 def close_quietly(obj: Output | Backend) -> None:
     try:
         obj.close()
-    except Exception:  # noqa: BLE001 - cleanup of one part must not skip the others
+    except Exception:  # cleanup of one part must not skip the others
         log.warning("closing %r failed", obj, exc_info=True)

@@ -82,8 +82,8 @@ OPTIONS: tuple[Option, ...] = (
            repeatable=True),
     Option("width", int, None, "capture width (cameras)", check=_range(1, kind=int), nullable=True),
     Option("height", int, None, "capture height (cameras)", check=_range(1, kind=int), nullable=True),
-    Option("fps", float, None, "capture frame rate (cameras; files play at their own rate)", check=_range(0, lo_open=True),
-           nullable=True),
+    Option("fps", float, None, "capture frame rate (cameras; files play at their own rate)",
+           check=_range(0, lo_open=True), nullable=True),
     Option("loop", bool, False, "repeat a video file / image folder forever"),
     Option("max_batch", int, None, "at most N frames per inference call (default: the newest frame of every camera "
            "in one call); 1 = one call per frame, best for CPU onnxruntime, where batching does not pay",
@@ -91,7 +91,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("backend", str, "auto", "inference backend", choices=BACKEND_CHOICES),
     Option("device", str, "auto", "where the torch/onnxruntime backends run (auto = the GPU when usable)",
            choices=DEVICE_CHOICES),
-    Option("smoothing", float, 0.0, "EMA over class probabilities: 0 = off, 0.9 = heavy", check=_range(0, 1, hi_open=True)),
+    Option("smoothing", float, 0.0, "EMA over class probabilities: 0 = off, 0.9 = heavy",
+           check=_range(0, 1, hi_open=True)),
     Option("threshold", float, 0.0, "show `unknown` when the (smoothed) top probability is below this",
            check=_range(0, 1)),
     Option("novelty_threshold", float, None, "show `unknown` when the frame's novelty (how unlike the training "
@@ -110,7 +111,8 @@ OPTIONS: tuple[Option, ...] = (
            "(HOST defaults to 127.0.0.1)", metavar="[HOST:]PORT", nullable=True),
     Option("token", str, None, f"require this bearer token on HTTP (header `Authorization: Bearer T` or ?token=T); "
            f"also read from ${TOKEN_ENV}", check=_nonempty, metavar="TOKEN", nullable=True),
-    Option("allow_no_token", bool, False, "allow --http on a non-loopback address without --token (trusted networks only)"),
+    Option("allow_no_token", bool, False,
+           "allow --http on a non-loopback address without --token (trusted networks only)"),
     Option("allowed_hosts", str, None, "HTTP answers requests whose Host header is an IP address, localhost or the "
            "--http host; add the names the page is opened by (e.g. jetson.local), comma-separated. Any other Host "
            "gets 403 (a web page using DNS rebinding to read the camera)", check=_host_list, metavar="NAME[,NAME...]",
@@ -269,7 +271,8 @@ def _coerce_one(opt: Option, value: Any, where: str) -> Any:
         else isinstance(value, (int, float)) and not isinstance(value, bool) if opt.type is float
         else isinstance(value, str)
     )
-    if opt.type is str and isinstance(value, (int, float)) and not isinstance(value, bool) and opt.name in ("source", "http"):
+    if (opt.type is str and isinstance(value, (int, float)) and not isinstance(value, bool)
+            and opt.name in ("source", "http")):
         value, ok = str(value), True  # `source = 0` and `http = 8080` are natural to write
     if opt.name == "allowed_hosts" and isinstance(value, list) and all(isinstance(v, str) for v in value):
         value, ok = ",".join(value), True  # a TOML list of names reads as naturally as "a,b"
@@ -409,7 +412,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="read options from a TOML (or .json) file; flags override it")
     for opt in OPTIONS:
         flag = "--" + opt.name.replace("_", "-")
-        default_txt = "" if opt.default is None else f" (default: {str(opt.default).lower() if opt.type is bool else opt.default})"
+        default_txt = ("" if opt.default is None
+                       else f" (default: {str(opt.default).lower() if opt.type is bool else opt.default})")
         if opt.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=opt.help + default_txt)

@@ -229,7 +229,7 @@ def check_torchvision(m: Machine) -> CheckResult:
                            f"{'.'.join(map(str, MIN_TORCHVISION))}", "pip install 'torchvision>=0.16'")
     try:  # a torchvision built for another torch imports fine but its compiled operators do not load
         torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure of the compiled operators is this check's answer
         return CheckResult("torchvision", FAIL, f"torchvision {torchvision.__version__} does not match torch "
                            f"{torch.__version__}: {brief(e)}", "install the torchvision release made for this torch "
                            "(on a Jetson: build it from source against NVIDIA's torch)")
@@ -364,7 +364,8 @@ def check_memory(m: Machine) -> CheckResult:
               + (", RAM shared by CPU and GPU" if m.is_jetson else ""))
     if avail < GiB // 2:
         return CheckResult("memory", WARN, detail + ": too little available to train or build an engine",
-                           "close other programs (a desktop takes ~1 GiB: sudo systemctl set-default multi-user.target)")
+                           "close other programs "
+                           "(a desktop takes ~1 GiB: sudo systemctl set-default multi-user.target)")
     if total < 6 * GiB and swap == 0:
         return CheckResult("memory", WARN, detail + ": a small board without swap runs out while training",
                            "add swap: sudo fallocate -l 4G /swapfile && sudo chmod 600 /swapfile && sudo mkswap "

@@ -121,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "edge-serve"
     timeout = CLIENT_TIMEOUT_S  # socket timeout: a stalled client cannot hold its thread forever
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # `format`: http.server's parameter name
         # request lines carry `?token=`: redacted, like every URL this service logs
         log.debug("%s %s", self.address_string(), _redacted(format % args))
 
@@ -176,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     # --- routes ----------------------------------------------------------------------------------------------
-    def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
+    def do_HEAD(self) -> None:  # http.server's method name
         self.do_GET()
 
     def _host_refused(self) -> bool:
@@ -205,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
             response = handler(request)
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             raise
-        except Exception as e:  # noqa: BLE001 - a bug in one route must not cost the client its answer
+        except Exception as e:  # a bug in one route must not cost the client its answer
             log.exception("%s %s failed", request.method, redact_uri(self.path))
             response = Response.json(500, {"error": f"internal error: {type(e).__name__}: {e}"})
         if response is None:
@@ -213,7 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(response.status, response.body, response.content_type, response.headers)
         return True
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:  # http.server's method name
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         path = url.path
@@ -261,10 +261,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._snapshot(app.streams[camera])
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:  # http.server's method name
         self._change()
 
-    def do_DELETE(self) -> None:  # noqa: N802 - stdlib naming
+    def do_DELETE(self) -> None:  # http.server's method name
         self._change()
 
     def _change(self) -> None:
@@ -391,7 +391,8 @@ class HttpServer(ThreadingHTTPServer):
         try:
             super().__init__((host, port), _Handler)
         except OSError as e:
-            raise EdgeError(f"--http: cannot listen on {host}:{port}: {e.strerror or e}; choose another port or host") from e
+            raise EdgeError(f"--http: cannot listen on {host}:{port}: {e.strerror or e}; "
+                            "choose another port or host") from e
         self._thread: threading.Thread | None = None
 
     def verify_request(self, request: Any, client_address: Any) -> bool:

@@ -50,7 +50,7 @@ def _onnx_external_data(model: Path) -> list[str]:
 
     try:
         graph = onnx.load(str(model), load_external_data=False).graph
-    except Exception as e:  # noqa: BLE001 - any decoding failure means "not a usable ONNX file"
+    except Exception as e:  # any decoding failure means "not a usable ONNX file"
         raise EdgeError(f"cannot read it as ONNX ({type(e).__name__})") from e
     names: list[str] = []
     for tensor in graph.initializer:

@@ -50,7 +50,8 @@ _PER_CAMERA = {
 }
 
 
-def _family(name: str, kind: str, help_: str, labels: list[str] | None = None) -> CounterMetricFamily | GaugeMetricFamily:
+def _family(name: str, kind: str, help_: str,
+            labels: list[str] | None = None) -> CounterMetricFamily | GaugeMetricFamily:
     return (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, help_, labels=labels)
 
 

@@ -203,7 +203,7 @@ class Supervisor:
         for camera in running.cameras:
             try:
                 camera.stop()
-            except Exception:  # noqa: BLE001 - one camera's failure must not keep the others running
+            except Exception:  # one camera's failure must not keep the others running
                 log.warning("stopping %r failed", camera, exc_info=True)
         for source in running.sources.opened:  # released on their reading thread: the device, the decoder's threads
             if not source.wait_closed(max(0.0, deadline - time.monotonic())):

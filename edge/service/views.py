@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 def cameras_json(sources: Sequence[str], cameras: Sequence[CameraStatus], health: ServiceHealth,
                  slots: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """/api/cameras: each camera's id, source (credentials redacted), state, health status, reason and error, fps, frames,
-    drops, reconnects and shown label. `slots`: the pipeline's per-camera stats (None before it exists)."""
+    """/api/cameras: each camera's id, source (credentials redacted), state, health status, reason and error, fps,
+    frames, drops, reconnects and shown label. `slots`: the pipeline's per-camera stats (None before it exists)."""
     slots = slots or [{} for _ in cameras]
     return [{
         "camera": i,

@@ -25,11 +25,11 @@ import numpy as np
 
 from capture.dataset import DatasetWriter
 from capture.labels import label_dir
-from edge.core.labels import SPLITS, check_label
 from edge.core.errors import EdgeError
 from edge.core.files import is_image_name
 from edge.core.fsutil import is_temp_name
 from edge.core.images import pixel_problem
+from edge.core.labels import SPLITS, check_label
 
 log = logging.getLogger(__name__)
 

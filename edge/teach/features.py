@@ -171,7 +171,7 @@ class FeatureCache:
                     self._busy.update(batch)
             try:
                 self._compute(batch, clean)
-            except Exception as e:  # noqa: BLE001 - one bad batch must not end the worker
+            except Exception as e:  # one bad batch must not end the worker
                 log.exception("teach: features of %d image(s) failed: %s", len(batch), brief(e))
                 with self._cond:
                     for p in batch:

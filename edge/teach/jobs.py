@@ -178,7 +178,7 @@ class Jobs:
     def _run(self, job: Job, run: Callable[[Job], None]) -> None:
         try:
             run(job)
-        except Exception as e:  # noqa: BLE001 - whatever went wrong is the job's state, the service goes on
+        except Exception as e:  # whatever went wrong is the job's state, the service goes on
             job.error = str(e) if isinstance(e, EdgeError) else brief(e, 300)
             if not isinstance(e, EdgeError):
                 log.exception("teach: %s failed", job.kind)

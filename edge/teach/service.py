@@ -22,12 +22,12 @@ import numpy as np
 
 from edge.core.errors import EdgeError
 from edge.core.fsutil import ensure_writable_dir, remove_stale_temps
+from edge.core.labels import check_label
 from edge.runtime.backends.null import NO_MODEL
 from edge.runtime.prediction import Prediction
 from edge.runtime.sources import redact_uri, validate_source_uri
 from edge.service.app import Service
 
-from edge.core.labels import check_label
 from .api import TeachApi
 from .config import TeachConfig
 from .dataset import ApiError, TeachDataset, flat_dataset_problem

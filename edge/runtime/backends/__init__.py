@@ -104,7 +104,8 @@ def load_backend(
             "tensorrt": "build a TensorRT engine on the device first with `edge export`",
             "torch": "the torch backend reads `train` checkpoints (.pt) only",
         }[name]
-        raise EdgeError(f"backend {name!r} cannot read {str(path)!r} (a {native} model file); {hint}, or use --backend auto")
+        raise EdgeError(f"backend {name!r} cannot read {str(path)!r} (a {native} model file); "
+                        f"{hint}, or use --backend auto")
     loaded = BACKENDS[name](path, device, **options)
     loaded.set_novelty_threshold(novelty_threshold)
     log.info("%s %s: %s", "auto-selected backend" if backend == "auto" else "backend", name, loaded.describe())

@@ -123,7 +123,7 @@ class OnnxRuntimeBackend(Backend):
                 provider_args.append(p)
         try:
             sess = ort.InferenceSession(str(path), sess_options=opts, providers=provider_args)
-        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for corrupt/invalid models
+        except Exception as e:  # ORT raises its own exception types for corrupt/invalid models
             raise EdgeError(f"cannot load ONNX model {str(path)!r} (corrupt, truncated or not ONNX): {brief(e)}") from e
         meta = read_meta(path, sess.get_modelmeta().custom_metadata_map)
         used = sess.get_providers()

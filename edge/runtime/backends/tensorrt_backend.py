@@ -175,16 +175,16 @@ class TensorRTBackend(Backend):
             names = [e.get_tensor_name(i) for i in range(e.num_io_tensors)]
             ins = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
             outs = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-            shape = lambda n: tuple(e.get_tensor_shape(n))  # noqa: E731
-            dtype = lambda n: e.get_tensor_dtype(n)  # noqa: E731
-            profile_max = lambda n: tuple(e.get_tensor_profile_shape(n, 0)[2])  # noqa: E731
+            shape = lambda n: tuple(e.get_tensor_shape(n))  # noqa: E731 - two TensorRT APIs, one name
+            dtype = lambda n: e.get_tensor_dtype(n)  # noqa: E731 - two TensorRT APIs, one name
+            profile_max = lambda n: tuple(e.get_tensor_profile_shape(n, 0)[2])  # noqa: E731 - two TensorRT APIs, one name
         else:  # TensorRT 7 / 8.0-8.4 binding API
             names = [e.get_binding_name(i) for i in range(e.num_bindings)]
             ins = [n for i, n in enumerate(names) if e.binding_is_input(i)]
             outs = [n for i, n in enumerate(names) if not e.binding_is_input(i)]
-            shape = lambda n: tuple(e.get_binding_shape(e.get_binding_index(n)))  # noqa: E731
-            dtype = lambda n: e.get_binding_dtype(e.get_binding_index(n))  # noqa: E731
-            profile_max = lambda n: tuple(e.get_profile_shape(0, e.get_binding_index(n))[2])  # noqa: E731
+            shape = lambda n: tuple(e.get_binding_shape(e.get_binding_index(n)))  # noqa: E731 - two TensorRT APIs, one name
+            dtype = lambda n: e.get_binding_dtype(e.get_binding_index(n))  # noqa: E731 - two TensorRT APIs, one name
+            profile_max = lambda n: tuple(e.get_profile_shape(0, e.get_binding_index(n))[2])  # noqa: E731 - two TensorRT APIs, one name
         if len(ins) != 1 or not outs or (len(outs) > 1 and set(outs) != {OUTPUT_NAME, NOVELTY_OUTPUT}):
             raise EdgeError(f"expected an engine with one input and one output (or {OUTPUT_NAME!r} and "
                             f"{NOVELTY_OUTPUT!r}), got inputs {ins} and outputs {outs}; rebuild it with `edge export`")

@@ -48,7 +48,7 @@ class EventsOutput(Output):
             self._f = sys.stdout
         else:
             try:
-                self._f = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+                self._f = open(target, "a", encoding="utf-8")  # closed in close()
             except OSError as e:
                 raise EdgeError(f"--events: cannot open {target!r} for appending: {e.strerror}") from e
         self._q: queue.Queue[str | None] = queue.Queue(queue_size)

@@ -194,7 +194,7 @@ class MqttOutput(Output):
                 continue
             try:
                 self._send_pending()
-            except Exception:  # noqa: BLE001 - a bug here must not end publishing for good
+            except Exception:  # a bug here must not end publishing for good
                 log.exception("mqtt: publishing failed")
                 time.sleep(1.0)
 

@@ -3,8 +3,8 @@
 `SOURCES` is the one table of URI schemes: each entry (`SourceKind`, added with `register_source`) holds the
 scheme's opener, its validator and its help text. `open_source(uri)` opens through the entry and returns a ready
 FrameSource; `validate_source_uri(uri)` runs the same parsing and the entry's checks without opening anything (a
-service checks its configuration with it at start). Errors are `SourceConfigError` when the URI itself is wrong (retrying cannot
-help) and plain `SourceError` for an outage (a camera unplugged, a stream down: worth retrying).
+service checks its configuration with it at start). Errors are `SourceConfigError` when the URI itself is wrong
+(retrying cannot help) and plain `SourceError` for an outage (a camera unplugged, a stream down: worth retrying).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, NoReturn
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
@@ -198,7 +198,8 @@ def _parse(uri: str) -> tuple[str, str, SplitResult, dict[str, str]]:
         try:
             parts = urlsplit(uri)
         except ValueError as e:  # e.g. "Invalid IPv6 URL" for http://[::1
-            raise SourceConfigError(f"{redact_uri(uri)!r} is not a valid URL ({e}); e.g. http://[::1]:8080/video") from None
+            raise SourceConfigError(f"{redact_uri(uri)!r} is not a valid URL ({e}); "
+                                    "e.g. http://[::1]:8080/video") from None
         options = dict(parse_qsl(parts.query, keep_blank_values=True))
     else:  # a bare device or path: no query options (a file name may contain '?')
         parts, options = urlsplit("")._replace(path=uri), {}
@@ -246,7 +247,7 @@ def open_source(uri: str, *, width: int | None = None, height: int | None = None
         _raise_without_secrets(e)
     except (OSError, ValueError, RuntimeError) as e:  # cv2.error is an Exception subclass, handled below
         _raise_without_secrets(SourceError(f"cannot open {uri!r}: {e}"), e)
-    except Exception as e:  # cv2.error from a backend
+    except Exception as e:  # noqa: BLE001 - cv2.error from a backend (an Exception subclass)
         _raise_without_secrets(SourceError(f"cannot open {uri!r}: {_last_line(e)}"), e)
     log.info("opened %s (%s, fps %s)", redact_uri(uri), type(source).__name__, source.fps)
     return source

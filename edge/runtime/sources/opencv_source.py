@@ -55,7 +55,7 @@ def quiet_native_logs(environ=os.environ) -> None:
         elif hasattr(cv2, "setLogLevel") and hasattr(cv2, "getLogLevel"):  # older builds (same numbering)
             if cv2.getLogLevel() == 3:
                 cv2.setLogLevel(2)
-    except Exception as e:  # cv2.error: never fail an import over log verbosity
+    except Exception as e:  # noqa: BLE001 - cv2.error: never fail an import over log verbosity
         log.debug("could not lower OpenCV's log level: %s", e)
 
 
