@@ -106,7 +106,9 @@ def test_two_cameras_one_goes_down_and_comes_back_the_other_keeps_its_rate(asset
         assert rc == 0
         svc.wait_for("camera 1 reconnecting", lambda: _cameras(svc)[1]["state"] == "reconnecting", 15)
         rate_during = _frames(svc, 0, 3.0)
-        assert rate_during >= 0.8 * rate_before, (rate_before, rate_during)
+        # waiting for the lost camera would cut camera 0 to a few frames a second; a busy machine makes both rates
+        # wobble, so only a big drop counts
+        assert rate_during >= 0.5 * rate_before, (rate_before, rate_during)
         status, health = svc.json("healthz", None)
         assert status == 503 and health["status"] == "stale", health  # one camera down: the device says so
         assert [c["status"] for c in health["cameras"]] == ["ok", "stale"], health
