@@ -137,3 +137,23 @@ def test_files_helpers_name_a_folder_as_a_folder(tmp_path):
     with pytest.raises(EdgeError, match="is a folder, not a file"):
         load_torch_file(tmp_path, "model file")
     assert Path(tmp_path).is_dir()
+
+
+def test_export_says_what_it_does_before_the_long_part(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "model.pt", "squeezenet1_1")
+    rc, out, err = run_cli(capsys, ckpt, "--verify-images", "2")
+    lines = out.splitlines()
+    assert rc == 0, err
+    assert lines[0].startswith("exporting model.pt to ONNX and checking it against PyTorch"), lines
+    assert any(ln.startswith("wrote ") for ln in lines[1:])
+
+
+def test_bench_reports_progress_while_it_runs(tmp_path, caplog, monkeypatch):
+    from edge.cli import bench
+
+    brightness_model(tmp_path / "model.pt", np.full((120, 160, 3), 128, np.uint8))
+    monkeypatch.setattr(bench, "PROGRESS_EVERY_S", 0.0)
+    caplog.set_level("INFO")
+    bench.run_bench(str(tmp_path / "model.pt"), "test://?width=64&height=48", 5, "auto", "cpu", 2, False, "sync")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("bench: ")]
+    assert said[0].startswith("bench: loading") and any("of 7 frames" in s for s in said), said

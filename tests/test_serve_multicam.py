@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from serve_helpers import (
     SIZE,
+    STOP_LIMIT_S,
     TOKEN,
     Served,
     brightness_model,
@@ -106,7 +107,9 @@ def test_two_cameras_one_goes_down_and_comes_back_the_other_keeps_its_rate(asset
         assert rc == 0
         svc.wait_for("camera 1 reconnecting", lambda: _cameras(svc)[1]["state"] == "reconnecting", 15)
         rate_during = _frames(svc, 0, 3.0)
-        assert rate_during >= 0.8 * rate_before, (rate_before, rate_during)
+        # waiting for the lost camera would cut camera 0 to a few frames a second; a busy machine makes both rates
+        # wobble, so only a big drop counts
+        assert rate_during >= 0.5 * rate_before, (rate_before, rate_during)
         status, health = svc.json("healthz", None)
         assert status == 503 and health["status"] == "stale", health  # one camera down: the device says so
         assert [c["status"] for c in health["cameras"]] == ["ok", "stale"], health
@@ -138,7 +141,7 @@ def test_two_cameras_one_goes_down_and_comes_back_the_other_keeps_its_rate(asset
         assert metric(text, "edge_healthy") == 1 and "camera 1 healthy again" in svc.log()
 
         rc, took = svc.terminate()
-        assert rc == 0 and took < 5.0, (rc, took, svc.log()[-3000:])
+        assert rc == 0 and took < STOP_LIMIT_S, (rc, took, svc.log()[-3000:])
     finally:
         for s in (upstream, svc, upstream2):
             if s is not None:
@@ -370,7 +373,7 @@ def test_sigterm_with_two_cameras_exits_0_and_finalizes_both_recordings(assets, 
         rc, took = svc.terminate(sig=signal.SIGTERM)
     finally:
         svc.kill()
-    assert rc == 0 and took < 5.0, (rc, took, svc.log()[-2000:])
+    assert rc == 0 and took < STOP_LIMIT_S, (rc, took, svc.log()[-2000:])
     for name, shape in (("r.cam0.mp4", (120, 160, 3)), ("r.cam1.mp4", (64, 96, 3))):
         cap = cv2.VideoCapture(str(tmp_path / name))
         ok, frame = cap.read()

@@ -213,7 +213,7 @@ class _Target:
             missing.append(d)
             d = d.parent
         for m in reversed(missing):
-            m.mkdir()
+            m.mkdir(mode=0o755)  # never group- or world-writable, whatever the umask
             undo.append(lambda m=m: m.rmdir())
 
 
