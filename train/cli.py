@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=_number("finetune_epochs"), default=None,
                    help="two-stage: epochs of the finetune stage")
     p.add_argument("--batch-size", type=_number("batch_size"), default=None,
-                   help="per process (under torchrun, N processes step on N x this); default: 32 (16 on 4 GB Jetsons)")
+                   help="images per optimizer step; under torchrun the global batch, split across the processes "
+                        "(same steps, same result, sooner); default: 32 (16 on 4 GB Jetsons)")
     p.add_argument("--lr", type=_number("lr"), default=None,
                    help="learning rate of the head (default 1e-2 on cached features, 1e-3 when fine-tuning; "
                         "the backbone gets x0.1)")

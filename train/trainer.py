@@ -93,7 +93,7 @@ class Job:
     arch: ArchSpec
     info: DatasetInfo
     device: torch.device
-    batch_size: int
+    batch_size: int  # this process's: the global --batch-size split across torchrun's processes
     model: nn.Module
     out: Path
     train_images: list
@@ -105,6 +105,10 @@ class Job:
     dist: DistContext = field(default_factory=DistContext)  # torchrun's process group, or a single process
     clean_features: tuple[torch.Tensor, torch.Tensor] | None = None  # head stage: (clean train, val) features
     threads: ThreadPolicy = field(default_factory=ThreadPolicy)  # CPU threads: --threads, or the free cores
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.dist.world_size
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -227,11 +231,10 @@ def finetune_stage(job: Job, epochs: int) -> Stage:
     lr = cfg.lr or FINETUNE_LR
     ds = InMemoryImages(job.train_images, job.train_targets, train_transform(job.spec, cfg.augment))
     workers = cfg.workers if cfg.workers is not None else (min(4, (os.cpu_count() or 2) - 1) if cuda else 0)
-    sampler = job.dist.sampler(ds, seed=cfg.seed + 1)  # None in a single process
+    # the same global batches whatever the number of processes (each takes its share of every one)
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=bs, shuffle=sampler is None, sampler=sampler, num_workers=workers, pin_memory=cuda,
-        drop_last=len(ds if sampler is None else sampler) > bs,  # a batch of one breaks BatchNorm in train mode
-        generator=torch.Generator().manual_seed(cfg.seed + 1), persistent_workers=workers > 0,
+        ds, batch_sampler=job.dist.batch_sampler(len(ds), bs, seed=cfg.seed + 1), num_workers=workers,
+        pin_memory=cuda, persistent_workers=workers > 0,
     )
     return Stage(
         "finetune", epochs, job.model,
@@ -284,8 +287,8 @@ def fit_stage(job: Job, stage: Stage, first: int, progress: Progress, resume: di
         try:
             train = train_one_epoch(trained, optimizer, scheduler, stage.train_batches, job.device, scaler, bar)
         except torch.cuda.OutOfMemoryError as e:
-            raise EdgeError(f"out of GPU memory at --batch-size {job.batch_size}; retry with --batch-size "
-                            f"{max(1, job.batch_size // 2)}{stage.oom_hint}") from e
+            raise EdgeError(f"out of GPU memory at --batch-size {job.global_batch}; retry with --batch-size "
+                            f"{max(job.dist.world_size, job.global_batch // 2)}{stage.oom_hint}") from e
         train = dist.reduce_train_stats(train)
         dist.sync_buffers(stage.model)  # evaluate and keep rank 0's BatchNorm statistics everywhere
         val = dist.gather_evaluation(evaluate(stage.model, stage.val_batches, job.device, amp=stage.amp))
@@ -353,7 +356,8 @@ def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[Job, dict[str
     for line in info.summary_lines():
         log.info(line)
     device = dist.train_device(resolve_device(cfg.device))
-    batch_size = cfg.batch_size or default_batch_size(device, cfg.arch)
+    global_batch = cfg.batch_size or default_batch_size(device, cfg.arch)
+    batch_size = dist.on_main(lambda: dist.split_batch(global_batch))  # this process's share (one error line)
     resume = dist.on_main(lambda: read_resume(cfg, info.classes)) if cfg.resume else None
     model = create_model(cfg.arch, len(info.classes), "none" if resume else cfg.weights).to(device)
     report = getattr(model, "load_report", None)
@@ -362,9 +366,10 @@ def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[Job, dict[str
     out = dist.on_main(lambda: ensure_writable_dir(cfg.output))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    log.info("device %s, batch size %d, mode %s", device, batch_size, cfg.mode)
+    log.info("device %s, batch size %d, mode %s", device, batch_size * dist.world_size, cfg.mode)
     if dist.enabled:
-        log.info("data-parallel over %d processes: %d images per step", dist.world_size, batch_size * dist.world_size)
+        log.info("data-parallel over %d processes: %d images per step (%d each)", dist.world_size,
+                 batch_size * dist.world_size, batch_size)
     t = time.perf_counter()
     arch = get_arch(cfg.arch)
     train_images, train_targets = load_samples(info.train)
@@ -446,11 +451,11 @@ def write_outputs(job: Job, progress: Progress, seconds: float) -> TrainResult:
         "skipped_images": len(info.skipped),
         "warnings": info.warnings,
         "device": str(job.device),
-        "world_size": dist.world_size,  # processes trained data-parallel (torchrun), each on --batch-size images
+        "world_size": dist.world_size,  # processes trained data-parallel (torchrun), sharing --batch-size
     })
     training = {
         "data": str(Path(cfg.data).resolve()), "mode": cfg.mode, "weights": str(cfg.weights),
-        "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs, "batch_size": job.batch_size,
+        "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs, "batch_size": job.global_batch,
         "lr": cfg.lr, "backbone_lr_factor": cfg.backbone_lr_factor, "seed": cfg.seed,
         "val_fraction": cfg.val_fraction, "cache_views": cfg.cache_views, "augment": cfg.augment.to_dict(),
     }
