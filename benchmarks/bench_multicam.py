@@ -2,6 +2,7 @@
 
     python benchmarks/bench_multicam.py [--cameras 1 2 4] [--fps 30] [--seconds 5] [--rounds 2]
                                         [--arch squeezenet1_1] [--threads N] [--modes batched per-frame separate]
+                                        [--backend onnxruntime|torch] [--device cpu|cuda|auto]
 
 Each camera is a live `Camera` on `test://?width=640&height=480&fps=F&seed=i`, paced at F fps like a real camera
 (unpaced test:// cameras would render hundreds of frames per second each, only to drop them, and steal the CPU
@@ -47,13 +48,13 @@ MODES = ("batched", "per-frame", "separate")
 
 
 def measure(model: Path, cameras: int, mode: str, fps: float, seconds: float, warmup: float,
-            threads: int | None) -> dict[str, Any]:
+            threads: int | None, runtime: tuple[str, str] = ("onnxruntime", "cpu")) -> dict[str, Any]:
     """Run `cameras` test:// cameras through `mode` for warmup + seconds; the measured window's figures."""
     from edge.runtime.backends import load_backend
     from edge.runtime.camera import Camera
     from edge.runtime.pipeline import Pipeline
 
-    backend = load_backend(str(model), "onnxruntime", "cpu", threads=threads)
+    backend = load_backend(str(model), *runtime, **({"threads": threads} if threads else {}))
     cams = [Camera(f"test://?width=640&height=480&fps={fps:g}&seed={i}") for i in range(cameras)]
     rows: list[tuple[int, float, float, float, float, float]] = []  # camera, latency, prep, infer/frame, overlay, batch
     lock = threading.Lock()
@@ -103,11 +104,12 @@ def measure(model: Path, cameras: int, mode: str, fps: float, seconds: float, wa
     }
 
 
-def model_scaling(model: Path, threads: int | None, batches=(1, 2, 4), repeats: int = 5) -> dict[int, float]:
+def model_scaling(model: Path, threads: int | None, batches=(1, 2, 4), repeats: int = 5,
+                  runtime: tuple[str, str] = ("onnxruntime", "cpu")) -> dict[int, float]:
     """The model alone: median ms per frame at each batch size (no pipeline, no cameras)."""
     from edge.runtime.backends import load_backend
 
-    backend = load_backend(str(model), "onnxruntime", "cpu", threads=threads)
+    backend = load_backend(str(model), *runtime, **({"threads": threads} if threads else {}))
     size = backend.meta.preprocess.input_size
     x = np.random.default_rng(0).random((max(batches), 3, size, size), np.float32)
     runs: dict[int, list[float]] = {n: [] for n in batches}
@@ -133,20 +135,24 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=1.5, help="seconds run first and not measured")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--arch", default="squeezenet1_1")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: the backend's own)")
+    p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
+                   help="torch: the model.pt on --device (the CUDA path on a GPU machine)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     with tempfile.TemporaryDirectory() as tmp:
-        _, onnx_path = make_models(Path(tmp), a.arch)
-        scaling = model_scaling(onnx_path, a.threads)
+        pt_path, onnx_path = make_models(Path(tmp), a.arch)
+        model, runtime = (pt_path if a.backend == "torch" else onnx_path), (a.backend, a.device)
+        scaling = model_scaling(model, a.threads, runtime=runtime)
         results: dict[tuple[int, str], list[dict]] = {}
         for r in range(a.rounds):
             for n in a.cameras:
                 for mode in a.modes:
-                    res = measure(onnx_path, n, mode, a.fps, a.seconds, a.warmup, a.threads)
+                    res = measure(model, n, mode, a.fps, a.seconds, a.warmup, a.threads, runtime)
                     results.setdefault((n, mode), []).append(res)
                     print(f"round {r + 1}: {n} cameras {mode:<9} {res['fps']:7.1f} fps  {res['camera_fps']}",
                           file=sys.stderr, flush=True)
@@ -163,7 +169,8 @@ def main() -> None:
         return
     print("\nmodel alone, ms per frame by batch size: "
           + ", ".join(f"batch {n}: {ms:.2f}" for n, ms in scaling.items()))
-    print(f"{a.arch} on onnxruntime CPU, test:// 640x480 cameras paced at {a.fps:g} fps, {a.seconds:g} s measured, "
+    print(f"{a.arch} on {a.backend} {a.device}, test:// 640x480 cameras paced at {a.fps:g} fps, "
+          f"{a.seconds:g} s measured, "
           f"round with the median fps of {a.rounds}")
     print(f"{'cams':>4} {'mode':<10}{'offered':>8}{'agg fps':>9}  {'per-camera fps':<28}{'min/mean':>9}{'batch':>7}"
           f"{'lat p50':>9}{'lat p95':>9}{'prep ms':>9}{'model ms/frame':>16}{'overlay ms':>12}")

@@ -75,7 +75,8 @@ def start_weights(tmp_path_factory):
     return path
 
 
-def torchrun(args: list[str], out: Path, tmp_path: Path, nproc: int = 2) -> tuple[subprocess.CompletedProcess, dict]:
+def torchrun(args: list[str], out: Path, tmp_path: Path, nproc: int = 2,
+             timeout: float = 240) -> tuple[subprocess.CompletedProcess, dict]:
     """`torchrun --standalone --nproc-per-node nproc -m train ARGS --output OUT` -> (result, rank -> events)."""
     hooks, audit = tmp_path / "hooks", tmp_path / "audit"
     hooks.mkdir(exist_ok=True)
@@ -87,7 +88,7 @@ def torchrun(args: list[str], out: Path, tmp_path: Path, nproc: int = 2) -> tupl
         env.pop(name, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "train", *args, "--output", str(out), "--no-progress"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     events = {int(p.stem[4:]): json.loads(p.read_text()) for p in audit.glob("rank[0-9]*.json")}
     return result, events
 
@@ -107,12 +108,12 @@ def assert_rank0_wrote_each_file_once(events: dict, out: Path) -> None:
 
 def test_two_processes_train_as_one_and_only_rank0_writes(arrows, start_weights, tmp_path):
     """Head mode: the feature cache is extracted half per process and gathered in order, and gradients are
-    averaged, so 2 processes x batch 4 follow the single-process run at batch 8 epoch by epoch."""
+    averaged, so 2 processes sharing --batch-size 8 (4 each) follow the single-process run epoch by epoch."""
     common = ["--data", str(arrows), "--arch", "efficientnet_lite0", "--weights", str(start_weights), "--mode", "head",
               "--epochs", "4", "--cache-views", "1"]
     single_out, ddp_out = tmp_path / "single", tmp_path / "ddp"
     assert train_main([*common, "--batch-size", "8", "--output", str(single_out), "--no-progress", "-q"]) == 0
-    result, events = torchrun([*common, "--batch-size", "4"], ddp_out, tmp_path)
+    result, events = torchrun([*common, "--batch-size", "8"], ddp_out, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     single = json.loads((single_out / "metrics.json").read_text())
@@ -132,15 +133,42 @@ def test_two_processes_train_as_one_and_only_rank0_writes(arrows, start_weights,
     for epoch in range(1, 5):
         assert log.count(f"epoch {epoch}/4 [head]") == 1, log
     assert log.count(f"cached features of {single['train_images']} train images") == 1
-    assert log.count("data-parallel over 2 processes: 8 images per step") == 1
+    assert log.count("data-parallel over 2 processes: 8 images per step (4 each)") == 1
     assert log.count("model written to") == 1
+
+
+@pytest.mark.timeout(1200)  # two finetune runs of EfficientNet-Lite0 on a CPU: minutes on a loaded machine
+def test_two_process_finetune_reaches_the_single_process_accuracy(start_weights, tmp_path):
+    """--batch-size is the global batch: 2 processes take the single process's optimizer steps, so the same
+    epochs give the same accuracy (not chance, as when each process stepped on its own --batch-size)."""
+    data = make_dataset(tmp_path / "data", per_class=40, seed=3)
+    common = ["--data", str(data), "--arch", "efficientnet_lite0", "--weights", str(start_weights), "--val-fraction",
+              "0.3", "--mode", "finetune", "--epochs", "5", "--batch-size", "16", "--device", "cpu", "--no-novelty"]
+    single_out, ddp_out = tmp_path / "single", tmp_path / "ddp"
+    assert train_main([*common, "--output", str(single_out), "--no-progress", "-q"]) == 0
+    result, _ = torchrun(common, ddp_out, tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    single = json.loads((single_out / "metrics.json").read_text())
+    ddp = json.loads((ddp_out / "metrics.json").read_text())
+    assert ddp["world_size"] == 2
+    assert len(ddp["epochs"]) == len(single["epochs"])
+    assert abs(ddp["val_accuracy"] - single["val_accuracy"]) <= 0.05, (single["val_accuracy"], ddp["val_accuracy"])
+
+
+def test_a_global_batch_smaller_than_the_processes_is_one_error_line(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=4, seed=5)
+    result, _ = torchrun(["--data", str(data), "--arch", "mobilenet_v3_small", "--weights", "none",
+                          "--batch-size", "1"], tmp_path / "out", tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "global batch" in errors[0], result.stderr[-3000:]
 
 
 def test_two_process_finetune_writes_one_set_of_outputs(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=8, seed=5)
     out = tmp_path / "out"
     result, events = torchrun(["--data", str(data), "--arch", "mobilenet_v3_small", "--weights", "none",
-                               "--mode", "finetune", "--epochs", "1", "--batch-size", "4"], out, tmp_path)
+                               "--mode", "finetune", "--epochs", "1", "--batch-size", "8"], out, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
@@ -159,3 +187,19 @@ def test_bad_input_is_one_error_line_from_rank0(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "missing" in errors[0], result.stderr[-3000:]
     assert not out.exists()
+
+
+def test_every_step_covers_the_same_images_whatever_the_number_of_processes():
+    from train.distributed import GlobalBatchSampler
+
+    for n, batch in ((64, 16), (70, 16), (10, 16)):
+        single = GlobalBatchSampler(n, batch, seed=1)
+        for epoch in (1, 2):
+            single.set_epoch(epoch)
+            shares = [GlobalBatchSampler(n, batch // 2, seed=1, rank=r, world_size=2) for r in range(2)]
+            for s in shares:
+                s.set_epoch(epoch)
+            steps = list(single)
+            assert len(steps) == len(shares[0]) == len(shares[1]) == max(1, n // batch)
+            for step, mine, theirs in zip(steps, *shares):
+                assert sorted(mine + theirs) == sorted(step)

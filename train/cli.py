@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=_number("finetune_epochs"), default=None,
                    help="two-stage: epochs of the finetune stage")
     p.add_argument("--batch-size", type=_number("batch_size"), default=None,
-                   help="per process (under torchrun, N processes step on N x this); default: 32 (16 on 4 GB Jetsons)")
+                   help="images per optimizer step; under torchrun the global batch, split across the processes "
+                        "(same steps, same result, sooner); default: 32 (16 on 4 GB Jetsons)")
     p.add_argument("--lr", type=_number("lr"), default=None,
                    help="learning rate of the head (default 1e-2 on cached features, 1e-3 when fine-tuning; "
                         "the backbone gets x0.1)")
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=_number("patience"), default=default_of("patience"),
                    help="early stop after N epochs without better val accuracy")
     p.add_argument("--cache-views", type=_number("cache_views"), default=default_of("cache_views"),
-                   help="head mode: feature views per image (1 clean + augmented)")
+                   help="head mode: backbone passes per training image: 1 (default: the clean view, augmented in "
+                        "feature space), or N: 1 clean + N-1 augmented views (the former recipe, N times the cost)")
     p.add_argument("--no-hflip", dest="hflip", action="store_false",
                    help="disable horizontal-flip augmentation (when left vs right is the label)")
     p.add_argument("--workers", type=_number("workers"), default=None, help="data-loader workers for finetune")

@@ -7,8 +7,8 @@ module wrapped in DistributedDataParallel (`wrap`), and rank 0 alone deciding, r
 `broadcast`). Without WORLD_SIZE (or with 1) there is no group and every method is the identity, so a plain
 `train` is exactly the single-process path.
 
---batch-size is per process, as in torchvision's references: N processes step on N x --batch-size images, and
---lr is not scaled for it (see the README).
+--batch-size is the global batch, split across the processes (`split_batch`, as Ultralytics does): the optimizer
+takes the same steps on the same batches whatever N is, so N processes give the single-process result, sooner.
 """
 
 from __future__ import annotations
@@ -110,6 +110,15 @@ class DistContext:
 
     # ------------------------------------------------------------------ data: a share each, gathered in order
 
+    def split_batch(self, global_batch: int) -> int:
+        """This process's share of the global --batch-size (each process steps on global // N images)."""
+        if not self.enabled:
+            return global_batch
+        if global_batch < self.world_size:
+            raise EdgeError(f"--batch-size {global_batch} is the global batch, split across {self.world_size} "
+                            f"processes; use at least {self.world_size}")
+        return global_batch // self.world_size
+
     def shard(self, rows: Sequence[T] | torch.Tensor) -> Sequence[T] | torch.Tensor:
         """This rank's contiguous share of `rows` (sizes differ by at most one); concatenated in rank order
         the shares are `rows` again, which is what `gather_rows` relies on."""
@@ -154,17 +163,15 @@ class DistContext:
         return {"train_loss": loss / max(images, 1), "train_accuracy": correct / max(images, 1),
                 "images": int(images)}
 
-    def sampler(self, dataset: Any, seed: int) -> torch.utils.data.DistributedSampler | None:
-        """A DistributedSampler (a shuffled 1/N share per epoch) for a DataLoader, or None in a single process."""
-        if not self.enabled:
-            return None
-        return torch.utils.data.DistributedSampler(dataset, self.world_size, self.rank, shuffle=True, seed=seed)
+    def batch_sampler(self, n: int, batch: int, seed: int) -> GlobalBatchSampler:
+        """This process's batches of a DataLoader over `n` rows (`batch`: its share of the global batch)."""
+        return GlobalBatchSampler(n, batch, seed, self.rank, self.world_size)
 
     @staticmethod
     def set_epoch(batches: Any, epoch: int) -> None:
-        """Reshuffle a DistributedSampler's shares for `epoch` (each epoch its own order, the same on all ranks)."""
-        sampler = getattr(batches, "sampler", None)
-        if isinstance(sampler, torch.utils.data.DistributedSampler):
+        """Reshuffle a DataLoader's batches for `epoch` (each epoch its own order, the same on all ranks)."""
+        sampler = getattr(batches, "batch_sampler", None)
+        if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
 
     # ------------------------------------------------------------------ the model
@@ -181,6 +188,29 @@ class DistContext:
         if self.enabled:
             for buffer in module.buffers():
                 torch.distributed.broadcast(buffer, src=0)
+
+
+class GlobalBatchSampler:
+    """A DataLoader's `batch_sampler`: each epoch one seeded permutation of all `n` rows cut into global batches of
+    `batch` x `world_size`, of which process `rank` takes every world_size-th row. So step k of N processes covers
+    exactly the rows of step k of one process with the same seed, and the number of steps does not depend on N.
+    A last, incomplete global batch is dropped when there is a full one (a batch of one breaks BatchNorm)."""
+
+    def __init__(self, n: int, batch: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.n, self.batch, self.seed, self.rank, self.world_size = n, batch, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return max(1, self.n // (self.batch * self.world_size)) if self.n else 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        size = self.batch * self.world_size
+        for k in range(len(self)):
+            yield order[k * size:(k + 1) * size][self.rank::self.world_size]
 
 
 @contextlib.contextmanager

@@ -1,8 +1,10 @@
 """Transfer learning: head-only on cached features, full fine-tune, or both (two-stage).
 
-Head mode never runs the frozen backbone more than once per image view: its features are computed once (a clean
-view plus a few augmented views) and the head trains on that cache, so a few hundred images take seconds on a
-2-core CPU. Fine-tuning trains every layer, the backbone at a lower learning rate, with AMP on CUDA.
+Head mode runs the frozen backbone once per image: the clean view's features are cached (plus `cache_views - 1`
+augmented views when asked for) and the head trains on that cache with augmentation in feature space (noise and
+dropout, fresh at every pass), so a few hundred images cost one backbone pass each plus seconds on a 2-core CPU;
+the final evaluation reuses the cached val features. Fine-tuning trains every layer, the backbone at a lower
+learning rate, with AMP on CUDA.
 Each stage is described by a `Stage` (what to train, on which batches) and run by the one `fit_stage` loop:
 AdamW, a per-step warm-up/cosine schedule, keep the best epoch by validation accuracy, stop early when it stops
 improving, and checkpoint to last.pt for `--resume`. After training, the model's novelty score is fitted on the
@@ -12,7 +14,6 @@ clean training and val features of the final weights (train.novelty) and stored 
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 import os
@@ -28,8 +29,7 @@ from torch import nn
 
 from edge.core.devices import torch_device
 from edge.core.errors import EdgeError
-from edge.core.files import load_torch_file
-from edge.core.fsutil import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from edge.core.fsutil import atomic_write_text, ensure_writable_dir
 from edge.core.metadata import ModelMeta, save_checkpoint
 from edge.core.preprocess import PreprocessSpec
 from edge.core.registry import ArchSpec, create_model, get_arch
@@ -50,12 +50,18 @@ from .engine import (
 )
 from .novelty import check_class_names, fit_model_novelty
 from .presets import EvalTransform, train_transform
+from .progress import Progress, read_resume, save_last
 from .report import classification_metrics, mistakes_from, plot_confusion_matrix, plot_mistakes, plot_training_curves
 
 log = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = "last.pt"
 HEAD_EVAL_BATCH = 4096  # cached features are small: evaluate the head in few, large batches
+# head mode's augmentation in feature space (CachedFeaturesHead), and how many passes over the cache make an epoch:
+# one clean view per image, each pass with fresh noise, takes the steps the 4-view cache did at a quarter of the
+# backbone passes, at the same or better val accuracy (benchmarks/bench_train.py)
+FEATURE_NOISE = 0.5
+FEATURE_DROPOUT = 0.3
+FEATURE_PASSES = 4
 
 
 @dataclass
@@ -86,7 +92,7 @@ class TrainRun:
     arch: ArchSpec
     info: DatasetInfo
     device: torch.device
-    batch_size: int
+    batch_size: int  # this process's: the global --batch-size split across torchrun's processes
     model: nn.Module
     out: Path
     train_images: list
@@ -100,28 +106,12 @@ class TrainRun:
     threads: ThreadPolicy = field(default_factory=ThreadPolicy)  # CPU threads: --threads, or the free cores
 
     @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.dist.world_size
+
+    @property
     def spec(self) -> PreprocessSpec:
         return self.arch.preprocess
-
-
-@dataclass
-class Progress:
-    """What last.pt carries besides weights and optimizer: the epochs so far and the best one."""
-
-    stopper: EarlyStopper
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch: dict[str, Any] | None = None
-
-    def to_checkpoint(self) -> dict[str, Any]:
-        return {"best_model": self.best_state, "best_acc": self.stopper.best, "best_loss": self.stopper.best_loss,
-                "best_epoch": json.dumps(self.best_epoch), "history": json.dumps(self.history)}
-
-    @classmethod
-    def from_checkpoint(cls, state: dict[str, Any], patience: int) -> Progress:
-        stopper = EarlyStopper(patience, float(state["best_acc"]), float(state["best_loss"]))
-        best = {k: v.clone() for k, v in state["best_model"].items()} if state.get("best_model") else None
-        return cls(stopper, json.loads(state["history"]), best, json.loads(state["best_epoch"]))
 
 
 @dataclass
@@ -143,15 +133,25 @@ class Stage:
 # ---------------------------------------------------------------------------------------------- stages
 
 class CachedFeaturesHead(nn.Module):
-    """The classifier head alone, applied to cached (float16) backbone features."""
+    """The classifier head alone, applied to cached (float16) backbone features.
 
-    def __init__(self, model: nn.Module, arch: ArchSpec):
+    `scale` (per-feature standard deviations of the cache) turns on augmentation in feature space while training:
+    Gaussian noise of FEATURE_NOISE x scale, then dropout of FEATURE_DROPOUT, drawn afresh for every batch, so
+    each pass over one cached view sees a different sample (what augmented views through the backbone cost a
+    full pass each for)."""
+
+    def __init__(self, model: nn.Module, arch: ArchSpec, scale: torch.Tensor | None = None):
         super().__init__()
         self.head = model.get_submodule(arch.head_path)
         self._logits: Callable[[torch.Tensor], torch.Tensor] = lambda f: arch.head(model, f)
+        self.scale = scale
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self._logits(features.float())
+        f = features.float()
+        if self.training and self.scale is not None:
+            f = f + torch.randn_like(f) * (FEATURE_NOISE * self.scale)
+            f = nn.functional.dropout(f, FEATURE_DROPOUT)
+        return self._logits(f)
 
 
 def extract_features(job: TrainRun, batches: Iterable[torch.Tensor], n_batches: int, desc: str) -> torch.Tensor:
@@ -176,8 +176,6 @@ def head_stage(job: TrainRun, epochs: int) -> Stage:
     cfg, bs = job.cfg, job.batch_size
     job.model.eval()
     job.model.requires_grad_(False)
-    head = CachedFeaturesHead(job.model, job.arch)
-    head.requires_grad_(True)
     t = time.perf_counter()
     clean, augment = EvalTransform(job.spec), train_transform(job.spec, cfg.augment)
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -191,8 +189,14 @@ def head_stage(job: TrainRun, epochs: int) -> Stage:
         batches = (torch.stack([tf(img) for img in images[i:i + bs]]) for i in range(0, len(images), bs))
         views.append(dist.gather_rows(
             extract_features(job, batches, n_batches, f"features view {v + 1}/{cfg.cache_views}")))
-    train_f = torch.cat(views)
-    train_y = torch.tensor(job.train_targets * cfg.cache_views, device=job.device)
+    # one view (the default): FEATURE_PASSES passes per epoch over it, augmented in feature space; more views: the
+    # former recipe, augmented views through the backbone and no feature-space augmentation
+    in_features = cfg.cache_views == 1 and len(views[0]) > 1
+    passes = FEATURE_PASSES if in_features else 1
+    train_f = torch.cat(views * passes)
+    train_y = torch.tensor(job.train_targets * cfg.cache_views * passes, device=job.device)
+    head = CachedFeaturesHead(job.model, job.arch, scale=views[0].float().std(0) if in_features else None)
+    head.requires_grad_(True)
     val_x = dist.shard(job.val_x)
     val_f = dist.gather_rows(extract_features(job, (val_x[i:i + bs] for i in range(0, len(val_x), bs)),
                                               len(range(0, len(val_x), bs)), "features val"))
@@ -220,11 +224,10 @@ def finetune_stage(job: TrainRun, epochs: int) -> Stage:
     lr = cfg.lr or FINETUNE_LR
     ds = InMemoryImages(job.train_images, job.train_targets, train_transform(job.spec, cfg.augment))
     workers = cfg.workers if cfg.workers is not None else (min(4, (os.cpu_count() or 2) - 1) if cuda else 0)
-    sampler = job.dist.sampler(ds, seed=cfg.seed + 1)  # None in a single process
+    # the same global batches whatever the number of processes (each takes its share of every one)
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=bs, shuffle=sampler is None, sampler=sampler, num_workers=workers, pin_memory=cuda,
-        drop_last=len(ds if sampler is None else sampler) > bs,  # a batch of one breaks BatchNorm in train mode
-        generator=torch.Generator().manual_seed(cfg.seed + 1), persistent_workers=workers > 0,
+        ds, batch_sampler=job.dist.batch_sampler(len(ds), bs, seed=cfg.seed + 1), num_workers=workers,
+        pin_memory=cuda, persistent_workers=workers > 0,
     )
     return Stage(
         "finetune", epochs, job.model,
@@ -277,8 +280,8 @@ def fit_stage(job: TrainRun, stage: Stage, first: int, progress: Progress, resum
         try:
             train = train_one_epoch(trained, optimizer, scheduler, stage.train_batches, job.device, scaler, bar)
         except torch.cuda.OutOfMemoryError as e:
-            raise EdgeError(f"out of GPU memory at --batch-size {job.batch_size}; retry with --batch-size "
-                            f"{max(1, job.batch_size // 2)}{stage.oom_hint}") from e
+            raise EdgeError(f"out of GPU memory at --batch-size {job.global_batch}; retry with --batch-size "
+                            f"{max(job.dist.world_size, job.global_batch // 2)}{stage.oom_hint}") from e
         train = dist.reduce_train_stats(train)
         dist.sync_buffers(stage.model)  # evaluate and keep rank 0's BatchNorm statistics everywhere
         val = dist.gather_evaluation(evaluate(stage.model, stage.val_batches, job.device, amp=stage.amp))
@@ -298,35 +301,6 @@ def fit_stage(job: TrainRun, stage: Stage, first: int, progress: Progress, resum
         if stop:
             log.info("early stop: val accuracy has not improved for %d epochs", progress.stopper.patience)
             break
-
-
-def save_last(job: TrainRun, progress: Progress, stage: str, epoch: int, stopped_early: bool,
-              optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler") -> None:
-    if not job.dist.is_main:  # one writer
-        return
-    buf = io.BytesIO()
-    torch.save({
-        "arch": job.cfg.arch, "class_names": job.info.classes, "stage": stage, "epoch": epoch,
-        "stopped_early": stopped_early, "model": {k: v.detach().cpu() for k, v in job.model.state_dict().items()},
-        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), **progress.to_checkpoint(),
-    }, buf)
-    atomic_write_bytes(job.out / LAST_CHECKPOINT, buf.getvalue())
-
-
-def read_resume(cfg: TrainConfig, classes: list[str]) -> dict[str, Any]:
-    path = cfg.output / LAST_CHECKPOINT
-    if not path.is_file():
-        raise EdgeError(f"nothing to resume: {str(path)!r} not found; run without --resume first")
-    state = load_torch_file(path, "checkpoint to resume")
-    if state.get("arch") != cfg.arch or state.get("class_names") != classes:
-        raise EdgeError(
-            f"{str(path)!r} is for arch {state.get('arch')!r} with classes {state.get('class_names')}, "
-            f"not {cfg.arch!r} with {classes}; resume with the same --arch and dataset"
-        )
-    if state.get("stage") not in [name for name, _ in cfg.stages]:
-        raise EdgeError(f"{str(path)!r} stopped in a {state.get('stage')!r} stage, which --mode {cfg.mode} does "
-                        "not have; resume with the same --mode")
-    return state
 
 
 # ---------------------------------------------------------------------------------------------- the job
@@ -357,7 +331,8 @@ def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[TrainRun, dic
     for line in info.summary_lines():
         log.info(line)
     device = dist.train_device(torch_device(cfg.device))
-    batch_size = cfg.batch_size or default_batch_size(device, cfg.arch)
+    global_batch = cfg.batch_size or default_batch_size(device, cfg.arch)
+    batch_size = dist.on_main(lambda: dist.split_batch(global_batch))  # this process's share (one error line)
     resume = dist.on_main(lambda: read_resume(cfg, info.classes)) if cfg.resume else None
     model = create_model(cfg.arch, len(info.classes), "none" if resume else cfg.weights).to(device)
     report = getattr(model, "load_report", None)
@@ -366,9 +341,10 @@ def prepare(cfg: TrainConfig, progress_bars: bool | None) -> tuple[TrainRun, dic
     out = dist.on_main(lambda: ensure_writable_dir(cfg.output))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    log.info("device %s, batch size %d, mode %s", device, batch_size, cfg.mode)
+    log.info("device %s, batch size %d, mode %s", device, batch_size * dist.world_size, cfg.mode)
     if dist.enabled:
-        log.info("data-parallel over %d processes: %d images per step", dist.world_size, batch_size * dist.world_size)
+        log.info("data-parallel over %d processes: %d images per step (%d each)", dist.world_size,
+                 batch_size * dist.world_size, batch_size)
     t = time.perf_counter()
     arch = get_arch(cfg.arch)
     train_images, train_targets = load_samples(info.train)
@@ -436,6 +412,18 @@ def augmented_view(job: TrainRun, most: int = 256) -> torch.Tensor:
     return extract_features(job, batches, len(range(0, len(images), bs)), "augmented features for novelty")
 
 
+def final_evaluation(job: TrainRun) -> Evaluation:
+    """The val set under the final weights: in head mode the head over the cached val features (the backbone
+    never changed), else the whole network over the val images."""
+    dist = job.dist
+    if job.clean_features is not None and job.cfg.mode == "head":
+        head = CachedFeaturesHead(job.model, job.arch)
+        return evaluate(head, TensorBatches(job.clean_features[1], job.val_y.to(job.device), HEAD_EVAL_BATCH),
+                        job.device)
+    return dist.gather_evaluation(
+        evaluate(job.model, TensorBatches(dist.shard(job.val_x), dist.shard(job.val_y), job.batch_size), job.device))
+
+
 def write_outputs(job: TrainRun, progress: Progress, seconds: float) -> TrainResult:
     """Evaluate the best epoch's weights, fit the novelty score and write model.pt, labels.txt, metrics.json,
     confusion_matrix.png, training_curves.png and mistakes.png."""
@@ -443,8 +431,7 @@ def write_outputs(job: TrainRun, progress: Progress, seconds: float) -> TrainRes
     if progress.best_state is not None:
         job.model.load_state_dict(progress.best_state)
     dist = job.dist
-    final: Evaluation = dist.gather_evaluation(
-        evaluate(job.model, TensorBatches(dist.shard(job.val_x), dist.shard(job.val_y), job.batch_size), job.device))
+    final = final_evaluation(job)
     metrics = classification_metrics(final.targets.tolist(), final.predictions, info.classes)
     metrics.update({
         "val_loss": final.loss,
@@ -459,14 +446,14 @@ def write_outputs(job: TrainRun, progress: Progress, seconds: float) -> TrainRes
         "skipped_images": len(info.skipped),
         "warnings": list(info.warnings),
         "device": str(job.device),
-        "world_size": dist.world_size,  # processes trained data-parallel (torchrun), each on --batch-size images
+        "world_size": dist.world_size,  # processes trained data-parallel (torchrun), sharing --batch-size
     })
     chance = chance_warning(metrics["val_accuracy"], info.counts("val"))
     if chance:
         metrics["warnings"].append(chance)
     training = {
         "data": str(Path(cfg.data).resolve()), "mode": cfg.mode, "weights": str(cfg.weights),
-        "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs, "batch_size": job.batch_size,
+        "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs, "batch_size": job.global_batch,
         "lr": cfg.lr, "backbone_lr_factor": cfg.backbone_lr_factor, "seed": cfg.seed,
         "val_fraction": cfg.val_fraction, "cache_views": cfg.cache_views, "augment": cfg.augment.to_dict(),
     }

@@ -128,10 +128,14 @@ def run_demo(
     epochs: int = 8,
     seconds: float = 12.0,
     fps: float = 15.0,
-    cache_views: int = 2,
+    cache_views: int = 1,
     size: tuple[int, int] = (640, 480),
+    bars: bool | None = None,
 ) -> dict[str, Any]:
-    """Run the demo into `output`; returns the metrics dict also written to output/metrics.json."""
+    """Run the demo into `output`; returns the metrics dict also written to output/metrics.json.
+
+    `bars`: training's tqdm bars (None: when stdout is a terminal); without them each stage is one line."""
+    bars = sys.stdout.isatty() if bars is None else bars
     from edge.core.synthetic import SceneRenderer, make_dataset
     from edge.runtime.backends import load_backend
     from edge.runtime.camera import Camera
@@ -169,7 +173,8 @@ def run_demo(
                         "reinstall with pip install -e .") from e
     rc = train_main([
         "--data", str(data), "--arch", DEMO_ARCH, "--weights", "imagenet", "--mode", "head",
-        "--epochs", str(epochs), "--cache-views", str(cache_views), "--output", str(model_dir), "--no-progress",
+        "--epochs", str(epochs), "--cache-views", str(cache_views), "--output", str(model_dir),
+        *([] if bars else ["--no-progress"]),
     ])
     if rc:
         raise EdgeError(f"training failed (exit code {rc}; its error is printed above)")
@@ -316,7 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    setup_logging(logging.DEBUG if a.verbose else logging.INFO, stream=sys.stdout, plain=True)
+    terminal = sys.stdout.isatty()
+    if not terminal and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # a pipe or a log file sees each stage as it starts
+    # on a terminal every step's log lines and tqdm bars; elsewhere one line per stage (and warnings), unless -v
+    setup_logging(logging.DEBUG if a.verbose else logging.INFO if terminal else logging.WARNING, stream=sys.stdout,
+                  plain=True)
+    if not a.verbose:
+        log.setLevel(logging.INFO)
     m = run_demo(a.output, per_class=a.per_class, epochs=a.epochs, seconds=a.seconds, fps=a.fps)
     r, f = m["run"], m["files"]
     print()
