@@ -153,3 +153,15 @@ def test_the_test_camera_shows_a_scene_never_taught_and_schedules_it():
     for bad in ("scene=cats", "scene=empty,arrows", "scene=arrows:-1,empty"):
         with pytest.raises(SourceConfigError, match="scene"):
             frames(f"test://?{bad}")
+
+
+def test_augmented_views_of_training_images_set_a_floor_under_the_threshold():
+    f, y, names, train, val = burst_dataset()
+    paths = dict(train_paths=[names[i] for i in train], val_paths=[names[i] for i in val], val_labels=y[val].tolist())
+    plain = calibrate(f[train], f[val], 0.95, y[train].tolist(), **paths)
+    g = torch.Generator().manual_seed(9)
+    wider = f[train] + 2.0 * torch.randn(len(train), D, generator=g)  # views further out than any new burst
+    fit = calibrate(f[train], f[val], 0.95, y[train].tolist(), augmented=wider, **paths)
+    assert fit.report.threshold > plain.report.threshold and "raised" in fit.report.note
+    close = calibrate(f[train], f[val], 0.95, y[train].tolist(), augmented=f[train], **paths)
+    assert close.report.threshold == plain.report.threshold  # a floor only: never lowers it

@@ -159,8 +159,9 @@ class ClassifierWithNovelty(nn.Module):
 class NoveltyReport:
     """How a model's novelty score was fitted and calibrated; JSON-serialisable, lives in ModelMeta.
 
-    calibration: "val" (threshold from the validation images, none of them in the bank) or "train-holdout"
-    (no val set: a slice of the training images held out of the bank while calibrating; see `note`).
+    calibration: "time-holdout" (images scored against the bank without their own burst: train.bursts), "val"
+    (threshold from the validation images, none of them in the bank) or "train-holdout" (no val set: a slice of
+    the training images held out of the bank while calibrating); see `note`.
     """
 
     k: int
