@@ -177,8 +177,8 @@ def main() -> None:
 def _line(r: dict) -> str:
     ok = r["kept"] >= 0.9 and min(r["unknown_empty"], r["unknown_shapes"]) >= 0.8
     near = r["val_near_copy_fraction"]
-    return (f"{r['dataset']:>15} {r['tool']:>5}: threshold {r['threshold']:.4f} ({r['calibration']}); later live frames "
-            f"keep their label {r['kept']:.0%} (unknown {r['known_unknown']:.0%}, novelty median "
+    return (f"{r['dataset']:>15} {r['tool']:>5}: threshold {r['threshold']:.4f} ({r['calibration']}); "
+            f"later live frames keep their label {r['kept']:.0%} (unknown {r['known_unknown']:.0%}, novelty median "
             f"{r.get('novelty_arrows_median')}); untaught scene unknown: empty {r['unknown_empty']:.0%} (median "
             f"{r.get('novelty_empty_median')}), shapes {r['unknown_shapes']:.0%} (median "
             f"{r.get('novelty_shapes_median')}); val near-copies {'-' if near is None else f'{near:.0%}'}; fit "
