@@ -31,7 +31,7 @@ def trained(arrows, tmp_path_factory):
     """efficientnet_lite0 with its offline ImageNet weights, head mode: the quickstart's path."""
     out = tmp_path_factory.mktemp("run") / "model"
     rc = train_main(["--data", str(arrows), "--arch", "efficientnet_lite0", "--weights", "imagenet", "--mode", "head",
-                     "--output", str(out), "--no-progress"])  # the default recipe: one backbone pass per image
+                     "--output", str(out), "--no-progress", "--cache-views", "3"])
     assert rc == 0
     return out
 

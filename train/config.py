@@ -56,7 +56,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     patience: int = 5  # early stop after this many epochs without a better val accuracy
-    cache_views: int = 1  # head mode: 1 clean (augmented in feature space) or 1 clean + (n-1) augmented views
+    cache_views: int = 4  # head mode: 1 clean + (n-1) augmented views; 1: the clean view, augmented in feature space
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     workers: int | None = None
     threads: int | None = None  # CPU intra-op threads; None: the free cores (edge.core.threads), re-measured

@@ -1,10 +1,9 @@
 """Transfer learning: head-only on cached features, full fine-tune, or both (two-stage).
 
-Head mode runs the frozen backbone once per image: the clean view's features are cached (plus `cache_views - 1`
-augmented views when asked for) and the head trains on that cache with augmentation in feature space (noise and
-dropout, fresh at every pass), so a few hundred images cost one backbone pass each plus seconds on a 2-core CPU;
-the final evaluation reuses the cached val features. Fine-tuning trains every layer, the backbone at a lower
-learning rate, with AMP on CUDA.
+Head mode runs the frozen backbone once per image view: features of a clean view plus `cache_views - 1` augmented
+views are cached and the head trains on that cache; with `cache_views` 1, one pass per image, augmented in feature
+space instead (noise and dropout, fresh at every pass). The final evaluation reuses the cached val features.
+Fine-tuning trains every layer, the backbone at a lower learning rate, with AMP on CUDA.
 Each stage is described by a `Stage` (what to train, on which batches) and run by the one `fit_stage` loop:
 AdamW, a per-step warm-up/cosine schedule, keep the best epoch by validation accuracy, stop early when it stops
 improving, and checkpoint to last.pt for `--resume`. After training, the model's novelty score is fitted on the
