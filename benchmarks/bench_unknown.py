@@ -153,12 +153,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="efficientnet_lite0")
     p.add_argument("--live", type=int, default=60, help="live frames per scene (default 60)")
+    p.add_argument("--video-fps", type=float, default=15.0, help="frames a second of the video dataset (default 15)")
+    p.add_argument("--only", choices=("bursts", "video"), help="one dataset only")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, make in (("burst snapshots", bursts), ("video frames", video)):
+        makers = {"bursts": ("burst snapshots", bursts),
+                  "video": ("video frames", lambda root: video(root, fps=a.video_fps))}
+        for name, make in [makers[a.only]] if a.only else makers.values():
             data = Path(tmp) / name.replace(" ", "-") / "data"
             setup = make(data)
             for tool, fit in (("train", train_model_on), ("teach", teach_model_on)):

@@ -371,7 +371,7 @@ def test_novelty_is_fitted_on_the_cached_features_and_reported(trained, arrows):
 
     metrics = json.loads((trained / "metrics.json").read_text())
     novelty = metrics["novelty"]
-    assert novelty["calibration"] == "val" and novelty["val_images"] == 32 and novelty["keep"] == 0.95
+    assert novelty["calibration"] == "time-holdout" and novelty["val_images"] == 32 and novelty["keep"] == 0.95
     assert novelty["bank_size"] == metrics["train_images"] == 128 and novelty["threshold"] > 0
     assert 0 <= novelty["val_unknown"] <= 3 and novelty["val_unknown_fraction"] == novelty["val_unknown"] / 32
     state, meta, raw = load_checkpoint(trained / "model.pt")
