@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge.core.fsutil import atomic_write_bytes  # noqa: E402 - after the path: runs from a checkout
-from edge.core.novelty import UNKNOWN_LABEL  # noqa: E402
-from edge.core.preprocess import preprocess_image  # noqa: E402
-from edge.core.synthetic import SceneRenderer  # noqa: E402
+from edge.core.novelty import UNKNOWN_LABEL  # noqa: E402 - after the path: runs from a checkout
+from edge.core.preprocess import preprocess_image  # noqa: E402 - after the path: runs from a checkout
+from edge.core.synthetic import SceneRenderer  # noqa: E402 - after the path: runs from a checkout
 
 W, H = 160, 120
 BASE = 1.75e9  # the scene's t = 0, as a capture time
