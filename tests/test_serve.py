@@ -137,7 +137,9 @@ def test_http_endpoints_and_token(svc):
     assert svc.get("api/prediction?token=" + TOKEN, token=None)[0] == 200
     status, headers, body = svc.get("")
     assert status == 200 and headers["Content-Type"].startswith("text/html") and b"stream.mjpg" in body
-    status, health = svc.json("healthz", token=None)
+    # a probe without the token learns only ok/stale; with it, the camera's state too
+    assert svc.json("healthz", token=None) == (200, {"status": "ok"})
+    status, health = svc.json("healthz")
     assert status == 200 and health["status"] == "ok" and health["source_state"] == "streaming"
     frames = mjpeg_frames(svc.url + "stream.mjpg", 3)
     assert all(f.shape == (SIZE[1], SIZE[0], 3) for f in frames)
