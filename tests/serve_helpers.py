@@ -15,6 +15,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -232,6 +234,44 @@ def find_chromium() -> str | None:
         if name and shutil.which(name):
             return shutil.which(name)
     return None
+
+
+@contextmanager
+def headless_chrome(tmp_path: Path, window: str = "1000,800"):
+    """A selenium driver of headless Chromium with its own profile under `tmp_path` (needs selenium, chromium and
+    chromedriver: the tests that use it skip without them)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = find_chromium()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-sync", f"--window-size={window}",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@contextmanager
+def mounted_tmpfs(tmp_path: Path, size: str):
+    """A tmpfs of `size` (e.g. "1m") mounted under `tmp_path`: a disk that fills up. Skips the test where mounting
+    is not allowed (not root, no CAP_SYS_ADMIN)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    where = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (no CAP_SYS_ADMIN)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def rendered_page(url: str, tmp_path: Path, budget_ms: int = 4000):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import uuid
 
 import pytest
+from serve_helpers import mounted_tmpfs
 
 from edge.core.errors import DiskFullError, EdgeError
 from edge.core.fsutil import atomic_write_bytes
@@ -17,14 +16,8 @@ from train.dataset import scan_dataset
 @pytest.fixture
 def full_disk(tmp_path):
     """A 1 MiB tmpfs (root only, where mounting is allowed); skipped elsewhere."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    where = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-    where.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (no CAP_SYS_ADMIN)")
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
+    with mounted_tmpfs(tmp_path, "1m") as where:
+        yield where
 
 
 def test_an_atomic_write_to_a_full_disk_is_a_disk_full_error_and_leaves_nothing(full_disk):

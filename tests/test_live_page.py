@@ -11,10 +11,9 @@ from importlib import resources
 
 import numpy as np
 import pytest
-from serve_helpers import TOKEN, Served, brightness_model, find_chromium, free_port
+from serve_helpers import TOKEN, Served, brightness_model, find_chromium, free_port, headless_chrome
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the test extra)")
-from selenium.webdriver.chrome.service import Service  # noqa: E402 - after importorskip (selenium)
 from selenium.webdriver.common.by import By  # noqa: E402 - after importorskip (selenium)
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402 - after importorskip (selenium)
 
@@ -30,16 +29,8 @@ pytestmark = [
 
 @pytest.fixture
 def browser(tmp_path):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-sync", "--window-size=1000,800",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    with headless_chrome(tmp_path, "1000,800") as driver:
+        yield driver
 
 
 def _text_becomes(driver, element_id: str, cond, timeout: float = 60.0) -> str:

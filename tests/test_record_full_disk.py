@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
-import uuid
 
 import cv2
 import numpy as np
 import pytest
+from serve_helpers import mounted_tmpfs
 
 from edge.runtime.outputs.record import RecordOutput
 from edge.runtime.outputs.video import writes_and_reads_back
@@ -20,14 +19,8 @@ from edge.runtime.outputs.video import writes_and_reads_back
 @pytest.fixture
 def small_disk(tmp_path):
     """A 3 MiB tmpfs (root only, where mounting is allowed); skipped elsewhere."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    where = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-    where.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (no CAP_SYS_ADMIN)")
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
+    with mounted_tmpfs(tmp_path, "3m") as where:
+        yield where
 
 
 def _frames_readable(path) -> int:

@@ -11,16 +11,16 @@ import shutil
 import time
 
 import pytest
+from serve_helpers import find_chromium, headless_chrome
 from teach_helpers import FPS, PERIOD, Teach, phase_left, true_arrow
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the test extra)")
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402 - after importorskip (selenium)
-from selenium.webdriver.chrome.service import Service  # noqa: E402 - after importorskip (selenium)
 from selenium.webdriver.common.by import By  # noqa: E402 - after importorskip (selenium)
 from selenium.webdriver.common.keys import Keys  # noqa: E402 - after importorskip (selenium)
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402 - after importorskip (selenium)
 
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+CHROMIUM = find_chromium()
 CHROMEDRIVER = shutil.which("chromedriver")
 SOURCE = f"test://?width=320&height=240&fps={FPS:g}&period={PERIOD:g}"
 PER_LABEL = 8
@@ -34,16 +34,8 @@ pytestmark = [
 
 @pytest.fixture
 def browser(tmp_path):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-sync", "--window-size=1200,1300",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    with headless_chrome(tmp_path, "1200,1300") as driver:
+        yield driver
 
 
 @pytest.fixture
